@@ -1,0 +1,198 @@
+//! Types that cross the kernel/user boundary: map keys and values, the ring-buffer event
+//! records and the kernel struct offsets handed to the programs as a global.
+//!
+//! This crate is the only definition of each of them (both sides compile it), so the layout
+//! cannot drift. Everything is `#[repr(C)]` with explicit padding: the kernel side writes
+//! these bytes, the daemon reads them back as the same struct.
+#![no_std]
+
+/// Bytes of a name carried in an event (rename target, created file, unlinked path).
+pub const NAME_LEN: usize = 256;
+/// Length of a task's `comm`, as the kernel keeps it.
+pub const COMM_LEN: usize = 16;
+
+/// Identity of an inode as the kernel sees it: `dev` is the kernel-internal `s_dev`
+/// (`major << 20 | minor`), not the userspace `st_dev` encoding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+impl InodeKey {
+    pub const fn new(dev: u32, ino: u64) -> Self {
+        Self { dev, _pad: 0, ino }
+    }
+    pub const fn is_unknown(&self) -> bool {
+        self.ino == 0
+    }
+}
+
+/// Value of the watched-inode map: what the kernel side keeps per watched file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchedInode {
+    /// Highest `pos + len` written through a hook (seeded by the daemon with the size at the
+    /// time the watch was added); reported as the size before a path-based truncate.
+    pub known_end: u64,
+}
+
+/// Kinds of event, in the order the JSON output names them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Write = 1,
+    Rename = 2,
+    Truncate = 3,
+    Unlink = 4,
+    Create = 5,
+    Read = 6,
+    Copy = 7,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Write,
+            2 => Self::Rename,
+            3 => Self::Truncate,
+            4 => Self::Unlink,
+            5 => Self::Create,
+            6 => Self::Read,
+            7 => Self::Copy,
+            _ => return None,
+        })
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Rename => "rename",
+            Self::Truncate => "truncate",
+            Self::Unlink => "unlink",
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Copy => "copy",
+        }
+    }
+}
+
+/// Fields every event starts with. `kind` comes first so the reader can tell the record
+/// type (and size) before interpreting the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread id (`pid` in kernel terms).
+    pub tid: u32,
+    /// Process id (`tgid` in kernel terms).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns()` when the hook ran.
+    pub boot_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    /// The file the event is about.
+    pub inode: InodeKey,
+}
+
+/// write, read, truncate and copy: an inode and a byte range.
+///
+/// - write/read: `pos`, `len` in `inode`;
+/// - truncate: `pos` = size before, `len` = size after;
+/// - copy: `pos`, `len` read from `inode` (the source), written to `peer` at `peer_pos`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RangeEvent {
+    pub header: EventHeader,
+    pub pos: u64,
+    pub len: u64,
+    pub peer: InodeKey,
+    pub peer_pos: u64,
+}
+
+/// rename, create and unlink: an inode, directories and a name.
+///
+/// - rename: `new_parent`, `old_parent`, `name` = new name as the caller passed it;
+/// - create: `new_parent` = directory it was created in, `name` = its name;
+/// - unlink: `old_parent` = directory it was removed from, `name` = the path as passed.
+///
+/// A parent that the kernel side could not resolve without a path walk (an absolute or
+/// multi-component path) is left zero; the daemon resolves it from the name.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NameEvent {
+    pub header: EventHeader,
+    pub new_parent: InodeKey,
+    pub old_parent: InodeKey,
+    /// Bytes of `name` used, without the terminating NUL.
+    pub name_len: u32,
+    pub _pad: u32,
+    pub name: [u8; NAME_LEN],
+}
+
+/// Kernel struct member offsets (bytes), read from the running kernel's BTF by the daemon
+/// and set as the programs' `OFFSETS` global before load. Never hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub fs_pwd_dentry: u32,
+    pub file_inode: u32,
+    pub file_pos: u32,
+    pub file_mode: u32,
+    pub file_flags: u32,
+    pub file_dentry: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub inode_mode: u32,
+    pub inode_size: u32,
+    pub sb_dev: u32,
+    pub dentry_name: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    /// `struct renamedata` (vfs_rename's argument since 5.12); fentry/kprobe modes only,
+    /// `ABSENT` on older kernels.
+    pub renamedata_old_dentry: u32,
+    pub renamedata_new_dentry: u32,
+}
+
+impl KernelOffsets {
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// Counters the programs keep in the `COUNTERS` array map, by index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    /// Events that did not fit in the ring buffer.
+    RingBufferLost = 0,
+    /// Events emitted.
+    Emitted = 1,
+}
+pub const COUNTER_SLOTS: u32 = 2;
+
+/// `f_mode` bit set when `open()` created the file (include/linux/fs.h, stable since 4.19).
+pub const FMODE_CREATED: u32 = 0x10_0000;
+/// `O_APPEND` (open flags) and `RWF_APPEND` (pwritev2 flags): a write lands at the end,
+/// whatever offset was passed.
+pub const O_APPEND: u32 = 0o2000;
+pub const RWF_APPEND: u32 = 0x10;
+pub const O_TRUNC: u32 = 0o1000;
+
+/// `S_IFMT` and `S_IFREG` from the kernel's `i_mode`.
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFREG: u16 = 0o100000;
+pub const S_IFDIR: u16 = 0o040000;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are #[repr(C)] plain-old-data with explicit padding fields.
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::WatchedInode {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,48 @@
+//! Which inode a path-based syscall (rename, unlink, truncate) touched, without a path walk.
+//!
+//! Syscall tracepoints see only the path strings. Inside the call the filesystem sets the
+//! ctime of the inode it changes, and kernels from 6.13 on trace that (`timestamp` events,
+//! raw tracepoints with the `struct inode *`). Every filesystem sets the moved/removed/
+//! truncated file's ctime before the victim's of a replacing rename (ext4, xfs, tmpfs,
+//! btrfs), and directories are skipped, so the first regular file seen is the one the call
+//! is about. Without these tracepoints the inode stays unknown and the daemon resolves it
+//! from the path.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+
+use crate::{
+    kernel,
+    pending::{self, Op},
+};
+
+#[inline(always)]
+fn capture(inode: u64) {
+    let Some(call) = pending::current() else { return };
+    unsafe {
+        if (*call).captured_inode != 0 || !matches!((*call).op, Op::Rename | Op::Unlink | Op::Truncate) {
+            return;
+        }
+        if !kernel::inode_is_regular(inode) {
+            return;
+        }
+        (*call).captured_inode = inode;
+    }
+}
+
+#[raw_tracepoint(tracepoint = "inode_set_ctime_to_ts")]
+pub fn raw_tp_inode_set_ctime_to_ts(ctx: RawTracePointContext) -> i32 {
+    capture(ctx.arg::<*const u8>(0) as u64);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "ctime_ns_xchg")]
+pub fn raw_tp_ctime_ns_xchg(ctx: RawTracePointContext) -> i32 {
+    capture(ctx.arg::<*const u8>(0) as u64);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "ctime_xchg_skip")]
+pub fn raw_tp_ctime_xchg_skip(ctx: RawTracePointContext) -> i32 {
+    capture(ctx.arg::<*const u8>(0) as u64);
+    0
+}

@@ -1,0 +1,109 @@
+//! Writing events into the ring buffer, counting what does not fit, and the watched-set
+//! lookups every hook starts with.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+};
+use collector_common::{
+    Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
+};
+
+use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
+
+#[inline(always)]
+pub fn is_watched(key: &InodeKey) -> bool {
+    unsafe { WATCHED_INODES.get(key) }.is_some()
+}
+
+#[inline(always)]
+pub fn is_watched_dir(key: &InodeKey) -> bool {
+    unsafe { WATCHED_DIRS.get(key) }.is_some()
+}
+
+/// Starts watching a file the kernel saw appear in a watched directory, so none of its
+/// first writes slip by before the daemon decides whether it wants it.
+#[inline(always)]
+pub fn watch(key: &InodeKey) {
+    let _ = WATCHED_INODES.insert(key, &WatchedInode { known_end: 0 }, 0);
+}
+
+#[inline(always)]
+pub fn known_end(key: &InodeKey) -> u64 {
+    unsafe { WATCHED_INODES.get(key) }.map_or(0, |w| w.known_end)
+}
+
+#[inline(always)]
+pub fn set_known_end(key: &InodeKey, end: u64, only_grow: bool) {
+    if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
+        unsafe {
+            if !only_grow || end > (*w).known_end {
+                (*w).known_end = end;
+            }
+        }
+    }
+}
+
+fn bump(counter: Counter) {
+    // Per-CPU slots: a plain increment is race-free, the daemon sums the CPUs.
+    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn header(kind: EventKind, inode: InodeKey) -> EventHeader {
+    let id = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        tid: id as u32,
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        inode,
+    }
+}
+
+#[inline(always)]
+pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKey, peer_pos: u64) {
+    let event = RangeEvent {
+        header: header(kind, inode),
+        pos,
+        len,
+        peer,
+        peer_pos,
+    };
+    match EVENTS.output::<RangeEvent>(&event, 0) {
+        Ok(()) => bump(Counter::Emitted),
+        Err(_) => bump(Counter::RingBufferLost),
+    }
+}
+
+/// Where an event's name comes from.
+pub enum Name {
+    User(u64),
+    Kernel(u64),
+}
+
+#[inline(always)]
+pub fn named(kind: EventKind, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, name: Name) {
+    let Some(mut entry) = EVENTS.reserve::<NameEvent>(0) else {
+        bump(Counter::RingBufferLost);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    unsafe {
+        (*p).header = header(kind, inode);
+        (*p).new_parent = new_parent;
+        (*p).old_parent = old_parent;
+        (*p)._pad = 0;
+        let read = match name {
+            Name::User(ptr) => bpf_probe_read_user_str_bytes(ptr as *const u8, &mut (*p).name),
+            Name::Kernel(ptr) => bpf_probe_read_kernel_str_bytes(ptr as *const u8, &mut (*p).name),
+        };
+        (*p).name_len = read.map_or(0, |s| s.len() as u32);
+    }
+    entry.submit(0);
+    bump(Counter::Emitted);
+}

@@ -1,0 +1,138 @@
+//! The only place that knows kernel struct layout: every read goes through the offsets the
+//! daemon took from the running kernel's BTF, so no layout is compiled in.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use collector_common::{InodeKey, S_IFMT, S_IFREG};
+
+use crate::maps::offsets;
+
+/// A kernel pointer (`struct file *`, `struct inode *`, ...), as an address.
+pub type KPtr = u64;
+
+#[inline(always)]
+fn read<T>(base: KPtr, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// `current->files->fdt->fd[fd]`, or None for a closed or out-of-range descriptor.
+#[inline(always)]
+pub fn file_of_fd(fd: i64) -> Option<KPtr> {
+    let fd = fd as i32;
+    if fd < 0 {
+        return None;
+    }
+    let o = offsets();
+    let task = unsafe { bpf_get_current_task() };
+    let files: KPtr = read(task, o.task_files)?;
+    let fdt: KPtr = read(files, o.files_fdt)?;
+    let max_fds: u32 = read(fdt, o.fdtable_max_fds)?;
+    if fd as u64 >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: KPtr = read(fdt, o.fdtable_fd)?;
+    let file: KPtr = read(fd_array, (fd as u32).wrapping_mul(8))?;
+    (file != 0).then_some(file)
+}
+
+#[inline(always)]
+pub fn file_inode(file: KPtr) -> Option<KPtr> {
+    read(file, offsets().file_inode)
+}
+
+#[inline(always)]
+pub fn file_pos(file: KPtr) -> Option<i64> {
+    read(file, offsets().file_pos)
+}
+
+#[inline(always)]
+pub fn file_mode(file: KPtr) -> Option<u32> {
+    read(file, offsets().file_mode)
+}
+
+#[inline(always)]
+pub fn file_flags(file: KPtr) -> Option<u32> {
+    read(file, offsets().file_flags)
+}
+
+#[inline(always)]
+pub fn file_dentry(file: KPtr) -> Option<KPtr> {
+    read(file, offsets().file_dentry)
+}
+
+#[inline(always)]
+pub fn inode_key(inode: KPtr) -> Option<InodeKey> {
+    let o = offsets();
+    let ino: u64 = read(inode, o.inode_ino)?;
+    let sb: KPtr = read(inode, o.inode_sb)?;
+    let dev: u32 = read(sb, o.sb_dev)?;
+    Some(InodeKey::new(dev, ino))
+}
+
+#[inline(always)]
+pub fn inode_size(inode: KPtr) -> Option<u64> {
+    read(inode, offsets().inode_size)
+}
+
+#[inline(always)]
+fn inode_type(inode: KPtr) -> Option<u16> {
+    read::<u16>(inode, offsets().inode_mode).map(|m| m & S_IFMT)
+}
+
+#[inline(always)]
+pub fn inode_is_regular(inode: KPtr) -> bool {
+    inode_type(inode) == Some(S_IFREG)
+}
+
+#[inline(always)]
+pub fn dentry_inode(dentry: KPtr) -> Option<KPtr> {
+    read(dentry, offsets().dentry_inode)
+}
+
+#[inline(always)]
+pub fn dentry_parent(dentry: KPtr) -> Option<KPtr> {
+    read(dentry, offsets().dentry_parent)
+}
+
+/// `dentry->d_name.name`: a NUL-terminated kernel string.
+#[inline(always)]
+pub fn dentry_name(dentry: KPtr) -> Option<KPtr> {
+    read(dentry, offsets().dentry_name)
+}
+
+/// The directory a `*at()` call resolves relative names against: `dfd`'s directory, or the
+/// task's cwd for AT_FDCWD.
+#[inline(always)]
+pub fn base_dir_of(dfd: i64) -> Option<InodeKey> {
+    const AT_FDCWD: i32 = -100;
+    // An `int` argument: only the low 32 bits of the register are meaningful.
+    let dfd = dfd as i32;
+    let dentry = if dfd == AT_FDCWD {
+        let o = offsets();
+        let task = unsafe { bpf_get_current_task() };
+        let fs: KPtr = read(task, o.task_fs)?;
+        read::<KPtr>(fs, o.fs_pwd_dentry)?
+    } else {
+        file_dentry(file_of_fd(dfd as i64)?)?
+    };
+    inode_key(dentry_inode(dentry)?)
+}
+
+/// A `loff_t` the kernel keeps behind a pointer (vfs_write's `*pos`, ...).
+#[inline(always)]
+pub fn deref_pos(ptr: KPtr) -> Option<i64> {
+    read(ptr, 0)
+}
+
+#[inline(always)]
+pub fn dentry_key(dentry: KPtr) -> Option<InodeKey> {
+    inode_key(dentry_inode(dentry)?)
+}
+
+/// `rd->old_dentry` of vfs_rename's `struct renamedata *rd`.
+#[inline(always)]
+pub fn renamedata_old_dentry(rd: KPtr) -> Option<KPtr> {
+    read(rd, offsets().renamedata_old_dentry)
+}

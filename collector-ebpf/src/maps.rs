@@ -1,0 +1,57 @@
+//! Maps shared with the daemon, and the globals it sets before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use collector_common::{COUNTER_SLOTS, InodeKey, KernelOffsets, WatchedInode};
+
+use crate::pending::PendingCall;
+
+/// Struct member offsets of the running kernel, from its BTF (set by the daemon).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+/// The daemon's own process: its reads of watched files are not events.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+/// Offset of the first argument in a `syscalls/sys_enter_*` record and of `ret` in a
+/// `sys_exit_*` record, read by the daemon from tracefs format files.
+#[unsafe(no_mangle)]
+static TP_ENTER_ARGS: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_EXIT_RET: u32 = 0;
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // Volatile: the value is patched into the object at load time, the compiler must not
+    // fold the zero initialiser.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+#[inline(always)]
+pub fn self_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+#[inline(always)]
+pub fn tp_enter_args() -> usize {
+    unsafe { core::ptr::read_volatile(&TP_ENTER_ARGS) as usize }
+}
+#[inline(always)]
+pub fn tp_exit_ret() -> usize {
+    unsafe { core::ptr::read_volatile(&TP_EXIT_RET) as usize }
+}
+
+/// Files whose changes are reported, keyed by kernel (dev, ino).
+#[map]
+pub static WATCHED_INODES: HashMap<InodeKey, WatchedInode> = HashMap::with_max_entries(65536, 0);
+/// Directories where creations (and renames into) are reported.
+#[map]
+pub static WATCHED_DIRS: HashMap<InodeKey, u8> = HashMap::with_max_entries(16384, 0);
+/// A syscall in progress on a watched file, keyed by pid_tgid, from enter to exit.
+#[map]
+pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+/// Every event, in order per CPU.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+/// See `collector_common::Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

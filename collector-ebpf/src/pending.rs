@@ -1,0 +1,92 @@
+//! Syscalls in progress: what the enter hook learned (which file, which explicit offset,
+//! which path argument), kept by pid_tgid until the exit hook knows the result.
+
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use collector_common::InodeKey;
+
+use crate::{kernel::KPtr, maps::PENDING};
+
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Write = 1,
+    Read = 2,
+    /// copy_file_range, sendfile, splice: `file` is the source, `peer_file` the destination.
+    Copy = 3,
+    /// truncate(2) by path, ftruncate(2) by fd.
+    Truncate = 4,
+    /// open*(2) with O_TRUNC (creations are seen at exit whatever the flags).
+    Open = 5,
+    Rename = 6,
+    Unlink = 7,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingCall {
+    pub op: Op,
+    /// open flags, or RWF_* flags of pwritev2.
+    pub flags: u32,
+    pub file: KPtr,
+    pub peer_file: KPtr,
+    /// Offset given by the caller (pwrite, *off_in, ...), or -1 to use the file position.
+    pub pos: i64,
+    pub peer_pos: i64,
+    /// User pointer to the path argument (rename target, unlinked path, truncated path).
+    pub user_name: u64,
+    /// Directory the path argument resolves against (rename: the new name's).
+    pub base_dir: InodeKey,
+    /// rename: directory the old name resolves against.
+    pub old_base_dir: InodeKey,
+    /// First regular file whose ctime changed during the call (see capture.rs).
+    pub captured_inode: KPtr,
+    pub size_before: u64,
+}
+
+impl PendingCall {
+    pub const fn new(op: Op) -> Self {
+        Self {
+            op,
+            flags: 0,
+            file: 0,
+            peer_file: 0,
+            pos: -1,
+            peer_pos: -1,
+            user_name: 0,
+            base_dir: InodeKey::new(0, 0),
+            old_base_dir: InodeKey::new(0, 0),
+            captured_inode: 0,
+            size_before: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn begin(call: &PendingCall) {
+    let _ = PENDING.insert(bpf_get_current_pid_tgid(), call, 0);
+}
+
+/// Takes the `op` call this thread began, if that is what it began (a nested call of
+/// another kind leaves the outer one in place).
+#[inline(always)]
+pub fn finish(op: Op) -> Option<PendingCall> {
+    let id = bpf_get_current_pid_tgid();
+    let call = unsafe { PENDING.get(id) }.copied()?;
+    if call.op != op {
+        return None;
+    }
+    let _ = PENDING.remove(id);
+    Some(call)
+}
+
+/// The call in progress on this thread, to annotate from a hook inside it.
+#[inline(always)]
+pub fn current() -> Option<*mut PendingCall> {
+    PENDING.get_ptr_mut(bpf_get_current_pid_tgid())
+}
+
+/// Whether this thread is inside a sendfile/copy_file_range that copy.rs reports whole.
+#[inline(always)]
+pub fn copy_in_progress() -> bool {
+    unsafe { PENDING.get(bpf_get_current_pid_tgid()) }.is_some_and(|c| c.op == Op::Copy)
+}

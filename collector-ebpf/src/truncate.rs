@@ -1,0 +1,116 @@
+//! Truncation of watched files: truncate(2), ftruncate(2); open(O_TRUNC) is seen in
+//! lifecycle.rs and reported through the same body.
+
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use collector_common::{EventKind, InodeKey};
+
+use crate::{
+    emit,
+    kernel::{self, KPtr},
+    pending::{self, Op, PendingCall},
+    write::{arg, ret, watched_inode},
+};
+
+/// One hook body for every attach mode: a watched file went from `size_before` bytes to
+/// `size_after`.
+#[inline(always)]
+pub fn on_truncate(inode: InodeKey, size_before: u64, size_after: u64) {
+    emit::set_known_end(&inode, size_after, false);
+    emit::range(EventKind::Truncate, inode, size_before, size_after, InodeKey::default(), 0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
+pub fn tp_sys_enter_ftruncate(ctx: TracePointContext) {
+    let Some(file) = kernel::file_of_fd(arg(&ctx, 0)) else { return };
+    if watched_inode(file).is_none() {
+        return;
+    }
+    let mut call = PendingCall::new(Op::Truncate);
+    call.file = file;
+    call.captured_inode = kernel::file_inode(file).unwrap_or(0);
+    call.size_before = kernel::inode_size(call.captured_inode).unwrap_or(0);
+    pending::begin(&call);
+}
+
+/// The path is not resolved here: capture.rs learns the inode from inside the call.
+#[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
+pub fn tp_sys_enter_truncate(_ctx: TracePointContext) {
+    pending::begin(&PendingCall::new(Op::Truncate));
+}
+
+#[inline(always)]
+fn end(ctx: &TracePointContext) {
+    let Some(call) = pending::finish(Op::Truncate) else { return };
+    if ret(ctx) != 0 {
+        return;
+    }
+    let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
+    if !emit::is_watched(&inode) {
+        return;
+    }
+    // By path the size before is not readable in time (filesystems differ in whether
+    // ctime is set before or after i_size); the end of the last write seen stands in.
+    let size_before = if call.file != 0 { call.size_before } else { emit::known_end(&inode) };
+    let size_after = kernel::inode_size(call.captured_inode).unwrap_or(0);
+    on_truncate(inode, size_before, size_after);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
+pub fn tp_sys_exit_ftruncate(ctx: TracePointContext) {
+    end(&ctx);
+}
+#[tracepoint(category = "syscalls", name = "sys_exit_truncate")]
+pub fn tp_sys_exit_truncate(ctx: TracePointContext) {
+    end(&ctx);
+}
+
+/// do_truncate(idmap, dentry, length, time_attrs, filp): truncate(2), ftruncate(2) and
+/// open(O_TRUNC) all come through here.
+#[inline(always)]
+fn do_truncate_begin(dentry: KPtr) {
+    let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
+    let Some(inode) = kernel::inode_key(inode_ptr) else { return };
+    if !emit::is_watched(&inode) {
+        return;
+    }
+    let mut call = PendingCall::new(Op::Truncate);
+    call.captured_inode = inode_ptr;
+    call.size_before = kernel::inode_size(inode_ptr).unwrap_or(0);
+    pending::begin(&call);
+}
+
+#[inline(always)]
+fn do_truncate_end(result: i64) {
+    let Some(call) = pending::finish(Op::Truncate) else { return };
+    if result != 0 {
+        return;
+    }
+    let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
+    on_truncate(inode, call.size_before, kernel::inode_size(call.captured_inode).unwrap_or(0));
+}
+
+#[fentry(function = "do_truncate")]
+pub fn fentry_do_truncate(ctx: FEntryContext) -> i32 {
+    do_truncate_begin(ctx.arg(1));
+    0
+}
+#[fexit(function = "do_truncate")]
+pub fn fexit_do_truncate(ctx: FExitContext) -> i32 {
+    do_truncate_end(ctx.arg::<i32>(5) as i64);
+    0
+}
+#[kprobe(function = "do_truncate")]
+pub fn kprobe_do_truncate(ctx: ProbeContext) -> u32 {
+    if let Some(dentry) = ctx.arg(1) {
+        do_truncate_begin(dentry);
+    }
+    0
+}
+#[kretprobe(function = "do_truncate")]
+pub fn kretprobe_do_truncate(ctx: RetProbeContext) -> u32 {
+    do_truncate_end(ctx.ret::<i32>() as i64);
+    0
+}

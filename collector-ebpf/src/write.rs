@@ -1,0 +1,211 @@
+//! Writes into watched files: write, pwrite64, writev, pwritev, pwritev2. (In-kernel copies
+//! into a watched file are in copy.rs.)
+//!
+//! fentry mode: fexit on vfs_write/vfs_writev/vfs_iter_write sees the file, the bytes
+//! written and `*pos` after them. kprobe mode: the same, the kprobe keeping the arguments
+//! for the kretprobe. Syscall-tracepoint mode: the enter hook resolves fd -> file -> inode and, only for a
+//! watched inode, remembers the call; the exit hook knows how many bytes landed and where.
+
+use aya_ebpf::{
+    macros::{fexit, kprobe, kretprobe, tracepoint},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use collector_common::{EventKind, InodeKey, O_APPEND, RWF_APPEND};
+
+use crate::{
+    emit,
+    kernel::{self, KPtr},
+    maps::{tp_enter_args, tp_exit_ret},
+    pending::{self, Op, PendingCall},
+};
+
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, n: usize) -> i64 {
+    unsafe { ctx.read_at::<i64>(tp_enter_args() + 8 * n) }.unwrap_or(-1)
+}
+
+#[inline(always)]
+pub fn ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(tp_exit_ret()) }.unwrap_or(-1)
+}
+
+/// The watched inode behind `file`, if it is watched.
+#[inline(always)]
+pub fn watched_inode(file: KPtr) -> Option<InodeKey> {
+    let key = kernel::inode_key(kernel::file_inode(file)?)?;
+    emit::is_watched(&key).then_some(key)
+}
+
+/// Where `len` bytes just transferred through `file` started: the caller's offset, or the
+/// file position they advanced. A write with O_APPEND/RWF_APPEND lands at the end whatever
+/// offset was passed, and the end is then `i_size`.
+#[inline(always)]
+pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) -> u64 {
+    if explicit_pos >= 0 && !append {
+        return explicit_pos as u64;
+    }
+    let end = if explicit_pos >= 0 {
+        kernel::file_inode(file).and_then(kernel::inode_size).unwrap_or(0)
+    } else {
+        kernel::file_pos(file).unwrap_or(0) as u64
+    };
+    end.saturating_sub(len)
+}
+
+/// One hook body for every attach mode: `len` bytes were written to `file` at `pos`.
+#[inline(always)]
+pub fn on_write(inode: InodeKey, pos: u64, len: u64) {
+    emit::set_known_end(&inode, pos + len, true);
+    emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
+}
+
+#[inline(always)]
+fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32) {
+    let Some(file) = kernel::file_of_fd(fd) else { return };
+    if watched_inode(file).is_none() {
+        return;
+    }
+    let append = (kernel::file_flags(file).unwrap_or(0) & O_APPEND) != 0 || (rwf_flags & RWF_APPEND) != 0;
+    let mut call = PendingCall::new(Op::Write);
+    call.file = file;
+    call.pos = explicit_pos;
+    call.flags = append as u32;
+    pending::begin(&call);
+}
+
+#[inline(always)]
+fn end(ctx: &TracePointContext) {
+    let Some(call) = pending::finish(Op::Write) else { return };
+    let written = ret(ctx);
+    if written <= 0 {
+        return;
+    }
+    let Some(inode) = watched_inode(call.file) else { return };
+    let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
+    on_write(inode, pos, written as u64);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn tp_sys_enter_write(ctx: TracePointContext) {
+    begin(arg(&ctx, 0), -1, 0);
+}
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn tp_sys_enter_writev(ctx: TracePointContext) {
+    begin(arg(&ctx, 0), -1, 0);
+}
+#[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
+pub fn tp_sys_enter_pwrite64(ctx: TracePointContext) {
+    begin(arg(&ctx, 0), arg(&ctx, 3), 0);
+}
+#[tracepoint(category = "syscalls", name = "sys_enter_pwritev")]
+pub fn tp_sys_enter_pwritev(ctx: TracePointContext) {
+    begin(arg(&ctx, 0), arg(&ctx, 3), 0);
+}
+/// pwritev2 with offset -1 writes at the file position.
+#[tracepoint(category = "syscalls", name = "sys_enter_pwritev2")]
+pub fn tp_sys_enter_pwritev2(ctx: TracePointContext) {
+    begin(arg(&ctx, 0), arg(&ctx, 3), arg(&ctx, 5) as u32);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn tp_sys_exit_write(ctx: TracePointContext) {
+    end(&ctx);
+}
+#[tracepoint(category = "syscalls", name = "sys_exit_writev")]
+pub fn tp_sys_exit_writev(ctx: TracePointContext) {
+    end(&ctx);
+}
+#[tracepoint(category = "syscalls", name = "sys_exit_pwrite64")]
+pub fn tp_sys_exit_pwrite64(ctx: TracePointContext) {
+    end(&ctx);
+}
+#[tracepoint(category = "syscalls", name = "sys_exit_pwritev")]
+pub fn tp_sys_exit_pwritev(ctx: TracePointContext) {
+    end(&ctx);
+}
+#[tracepoint(category = "syscalls", name = "sys_exit_pwritev2")]
+pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
+    end(&ctx);
+}
+
+/// vfs_* write functions: `len` bytes written through `file`, `*pos` now just past them.
+#[inline(always)]
+fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64) {
+    if written <= 0 || pending::copy_in_progress() {
+        // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
+        return;
+    }
+    let Some(inode) = watched_inode(file) else { return };
+    let Some(end) = kernel::deref_pos(pos_ptr) else { return };
+    on_write(inode, (end as u64).saturating_sub(written as u64), written as u64);
+}
+
+/// vfs_write(file, buf, count, pos)
+#[fexit(function = "vfs_write")]
+pub fn fexit_vfs_write(ctx: FExitContext) -> i32 {
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4));
+    0
+}
+/// vfs_writev(file, vec, vlen, pos, flags)
+#[fexit(function = "vfs_writev")]
+pub fn fexit_vfs_writev(ctx: FExitContext) -> i32 {
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5));
+    0
+}
+/// vfs_iter_write(file, iter, pos, flags): splice(2) from a pipe into a file.
+#[fexit(function = "vfs_iter_write")]
+pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
+    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    0
+}
+
+/// kprobe mode keeps (file, pos pointer) from entry to return.
+#[inline(always)]
+pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>) {
+    let Some(file) = file else { return };
+    if watched_inode(file).is_none() || pending::copy_in_progress() {
+        return;
+    }
+    let mut call = PendingCall::new(op);
+    call.file = file;
+    call.user_name = pos_ptr.unwrap_or(0);
+    pending::begin(&call);
+}
+
+#[inline(always)]
+fn kretprobe_written(ctx: &RetProbeContext) {
+    if let Some(call) = pending::finish(Op::Write) {
+        vfs_written(call.file, call.user_name, ctx.ret());
+    }
+}
+
+#[kprobe(function = "vfs_write")]
+pub fn kprobe_vfs_write(ctx: ProbeContext) -> u32 {
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3));
+    0
+}
+#[kretprobe(function = "vfs_write")]
+pub fn kretprobe_vfs_write(ctx: RetProbeContext) -> u32 {
+    kretprobe_written(&ctx);
+    0
+}
+#[kprobe(function = "vfs_writev")]
+pub fn kprobe_vfs_writev(ctx: ProbeContext) -> u32 {
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3));
+    0
+}
+#[kretprobe(function = "vfs_writev")]
+pub fn kretprobe_vfs_writev(ctx: RetProbeContext) -> u32 {
+    kretprobe_written(&ctx);
+    0
+}
+#[kprobe(function = "vfs_iter_write")]
+pub fn kprobe_vfs_iter_write(ctx: ProbeContext) -> u32 {
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(2));
+    0
+}
+#[kretprobe(function = "vfs_iter_write")]
+pub fn kretprobe_vfs_iter_write(ctx: RetProbeContext) -> u32 {
+    kretprobe_written(&ctx);
+    0
+}

@@ -1,0 +1,44 @@
+//! Command-line interface: subcommands and their arguments only.
+
+use clap::{Parser, Subcommand};
+
+use crate::probe::AttachMode;
+
+#[derive(Parser, Debug)]
+#[command(name = "collector", about = "Ships log files, told by eBPF which inode every write, rename and truncate touched.", disable_version_flag = true)]
+pub struct Cli {
+    /// Print the version and the attach modes this kernel supports, then exit.
+    #[arg(long, short = 'V')]
+    pub version: bool,
+    /// Force an attach mode instead of the best one that loads (fentry, then kprobe, then tracepoint).
+    #[arg(long, global = true, value_enum)]
+    pub attach_mode: Option<AttachMode>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `collector=debug`.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print kernel file events for matching files as JSON lines (debugging; used by tests).
+    Events {
+        /// Absolute glob of files to watch (`*` stays in one directory, `**` crosses them). Repeatable.
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// Ring buffer size in bytes (power of two, at least a page).
+        #[arg(long, hide = true)]
+        ring_buffer_bytes: Option<u32>,
+    },
+    /// Print the kernel struct offsets the programs would use, read from BTF: the running
+    /// kernel's, a raw BTF file, or a vmlinux image (debugging a kernel before deploying).
+    Layout {
+        /// A raw BTF file (like /sys/kernel/btf/vmlinux).
+        #[arg(long, conflicts_with = "vmlinux")]
+        btf: Option<std::path::PathBuf>,
+        /// A vmlinux ELF image with a .BTF section.
+        #[arg(long)]
+        vmlinux: Option<std::path::PathBuf>,
+    },
+}

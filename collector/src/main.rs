@@ -1,0 +1,81 @@
+//! collector: ships log files to AWS Kinesis, told by eBPF exactly which inode every write,
+//! rename and truncate touched.
+
+mod cli;
+mod events;
+mod probe;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::{
+    cli::{Cli, Command},
+    probe::{AttachMode, Probe, ProbeOptions},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    if cli.version {
+        print_version();
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("collector: no command given; see `collector --help`");
+        return ExitCode::from(2);
+    };
+    match command {
+        Command::Layout { btf, vmlinux } => {
+            let btf = match (btf, vmlinux) {
+                (_, Some(image)) => probe::btf::KernelBtf::from_elf_file(&image),
+                (file, None) => probe::btf::KernelBtf::from_raw_file(&file.unwrap_or_else(probe::preflight::btf_path)),
+            };
+            match btf.and_then(|btf| probe::offsets::kernel_offsets(&btf)) {
+                Ok(offsets) => {
+                    println!("{offsets:#?}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Events { paths, ring_buffer_bytes } => {
+            let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes };
+            let probe = match Probe::start(&options) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    return ExitCode::from(e.exit_code());
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            match runtime.block_on(events::run(probe, &paths)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("collector: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// The version, then each attach mode and whether it loads here (and why not).
+fn print_version() {
+    println!("collector {}", env!("CARGO_PKG_VERSION"));
+    for mode in AttachMode::BEST_FIRST {
+        match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None }) {
+            Ok(_) => println!("attach mode {mode}: supported"),
+            Err(e) => println!("attach mode {mode}: not supported ({e})"),
+        }
+    }
+}

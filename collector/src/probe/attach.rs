@@ -1,0 +1,120 @@
+//! Attach planning, pure: which program of the object attaches where in which mode, derived
+//! from the program's name (`<mode>_<kernel function or tracepoint>`). The loader (mod.rs)
+//! is the only code that makes bpf syscalls.
+
+use std::fmt;
+
+/// How the programs hook the kernel, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum AttachMode {
+    /// fentry/fexit on the VFS functions: cheapest, needs BPF trampolines (and no lockdown).
+    Fentry,
+    /// kprobe/kretprobe on the same functions: needs CONFIG_KPROBES.
+    Kprobe,
+    /// Syscall tracepoints, resolving fd -> file -> inode in the program: works everywhere.
+    Tracepoint,
+}
+
+impl AttachMode {
+    pub const BEST_FIRST: [AttachMode; 3] = [AttachMode::Fentry, AttachMode::Kprobe, AttachMode::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Fentry => "fentry",
+            AttachMode::Kprobe => "kprobe",
+            AttachMode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where one program attaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `syscalls/<name>` tracepoint.
+    SyscallTracepoint(String),
+    /// Raw tracepoint by name; `optional` ones may be missing on older kernels.
+    RawTracepoint(String),
+    Fentry(String),
+    Fexit(String),
+    Kprobe(String),
+    Kretprobe(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub program: String,
+    pub target: Target,
+    /// The mode still works without it (it only sharpens events; see capture.rs).
+    pub optional: bool,
+}
+
+/// The programs of `mode` among `program_names`, with their targets.
+pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
+    let mut planned: Vec<Planned> = program_names
+        .into_iter()
+        .filter_map(|name| {
+            let (program_mode, target, optional) = target_of(name)?;
+            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
+        })
+        .collect();
+    planned.sort_by(|a, b| a.program.cmp(&b.program));
+    planned
+}
+
+fn target_of(program: &str) -> Option<(AttachMode, Target, bool)> {
+    let split = |prefix: &str| program.strip_prefix(prefix).map(str::to_owned);
+    if let Some(tp) = split("tp_") {
+        return Some((AttachMode::Tracepoint, Target::SyscallTracepoint(tp), false));
+    }
+    if let Some(tp) = split("raw_tp_") {
+        return Some((AttachMode::Tracepoint, Target::RawTracepoint(tp), true));
+    }
+    if let Some(f) = split("fentry_") {
+        return Some((AttachMode::Fentry, Target::Fentry(f), false));
+    }
+    if let Some(f) = split("fexit_") {
+        return Some((AttachMode::Fentry, Target::Fexit(f), false));
+    }
+    if let Some(f) = split("kprobe_") {
+        return Some((AttachMode::Kprobe, Target::Kprobe(f), false));
+    }
+    if let Some(f) = split("kretprobe_") {
+        return Some((AttachMode::Kprobe, Target::Kretprobe(f), false));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: [&str; 6] = [
+        "tp_sys_exit_write",
+        "tp_sys_enter_write",
+        "raw_tp_inode_set_ctime_to_ts",
+        "fexit_vfs_write",
+        "kretprobe_vfs_write",
+        "kprobe_vfs_write",
+    ];
+
+    #[test]
+    fn each_mode_takes_only_its_own_programs() {
+        let tp = plan(AttachMode::Tracepoint, NAMES);
+        assert_eq!(
+            tp.iter().map(|p| p.program.as_str()).collect::<Vec<_>>(),
+            ["raw_tp_inode_set_ctime_to_ts", "tp_sys_enter_write", "tp_sys_exit_write"]
+        );
+        assert_eq!(tp[1].target, Target::SyscallTracepoint("sys_enter_write".into()));
+        assert!(tp[0].optional && !tp[1].optional);
+        let kp = plan(AttachMode::Kprobe, NAMES);
+        assert_eq!(kp[0].target, Target::Kprobe("vfs_write".into()));
+        assert_eq!(kp[1].target, Target::Kretprobe("vfs_write".into()));
+        assert_eq!(plan(AttachMode::Fentry, NAMES)[0].target, Target::Fexit("vfs_write".into()));
+    }
+}

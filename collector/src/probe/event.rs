@@ -1,0 +1,189 @@
+//! Kernel event records decoded from ring-buffer bytes into owned values. The record types
+//! are the ones in collector-common, so the layout is the kernel side's by construction.
+
+use collector_common::{EventHeader, EventKind, InodeKey, NameEvent, RangeEvent};
+
+/// Who caused an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// CLOCK_BOOTTIME nanoseconds when the hook ran.
+    pub boot_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    Write { origin: Origin, inode: InodeKey, pos: u64, len: u64 },
+    Read { origin: Origin, inode: InodeKey, pos: u64, len: u64 },
+    Copy { origin: Origin, source: InodeKey, pos: u64, len: u64, destination: InodeKey, destination_pos: u64 },
+    Truncate { origin: Origin, inode: InodeKey, size_before: u64, size_after: u64 },
+    /// `name` resolves against `new_parent` unless absolute. `inode` may be unknown (0) on
+    /// kernels where the tracepoint mode cannot see which inode moved.
+    Rename { origin: Origin, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, name: Vec<u8> },
+    Create { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
+    Unlink { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes is too short for an event header")]
+    Short(usize),
+    #[error("ring buffer record has unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind} record has {got} bytes, expected {expected}")]
+    Size { kind: &'static str, got: usize, expected: usize },
+}
+
+impl KernelEvent {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            KernelEvent::Write { origin, .. }
+            | KernelEvent::Read { origin, .. }
+            | KernelEvent::Copy { origin, .. }
+            | KernelEvent::Truncate { origin, .. }
+            | KernelEvent::Rename { origin, .. }
+            | KernelEvent::Create { origin, .. }
+            | KernelEvent::Unlink { origin, .. } => origin,
+        }
+    }
+
+    /// The inode the event is about (a copy's source).
+    pub fn inode(&self) -> InodeKey {
+        match self {
+            KernelEvent::Write { inode, .. }
+            | KernelEvent::Read { inode, .. }
+            | KernelEvent::Truncate { inode, .. }
+            | KernelEvent::Rename { inode, .. }
+            | KernelEvent::Create { inode, .. }
+            | KernelEvent::Unlink { inode, .. } => *inode,
+            KernelEvent::Copy { source, .. } => *source,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < size_of::<EventHeader>() {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        let kind_raw = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
+        let kind = EventKind::from_u32(kind_raw).ok_or(DecodeError::UnknownKind(kind_raw))?;
+        match kind {
+            EventKind::Write | EventKind::Read | EventKind::Copy | EventKind::Truncate => {
+                let r: RangeEvent = read_record(bytes, kind)?;
+                let origin = origin(&r.header);
+                let inode = r.header.inode;
+                Ok(match kind {
+                    EventKind::Write => KernelEvent::Write { origin, inode, pos: r.pos, len: r.len },
+                    EventKind::Read => KernelEvent::Read { origin, inode, pos: r.pos, len: r.len },
+                    EventKind::Truncate => {
+                        KernelEvent::Truncate { origin, inode, size_before: r.pos, size_after: r.len }
+                    }
+                    _ => KernelEvent::Copy {
+                        origin,
+                        source: inode,
+                        pos: r.pos,
+                        len: r.len,
+                        destination: r.peer,
+                        destination_pos: r.peer_pos,
+                    },
+                })
+            }
+            EventKind::Rename | EventKind::Create | EventKind::Unlink => {
+                let n: NameEvent = read_record(bytes, kind)?;
+                let origin = origin(&n.header);
+                let inode = n.header.inode;
+                let name = n.name[..(n.name_len as usize).min(n.name.len())].to_vec();
+                Ok(match kind {
+                    EventKind::Rename => {
+                        KernelEvent::Rename { origin, inode, new_parent: n.new_parent, old_parent: n.old_parent, name }
+                    }
+                    EventKind::Create => KernelEvent::Create { origin, inode, parent: n.new_parent, name },
+                    _ => KernelEvent::Unlink { origin, inode, parent: n.old_parent, name },
+                })
+            }
+        }
+    }
+}
+
+fn read_record<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size { kind: kind.name(), got: bytes.len(), expected });
+    }
+    // SAFETY: T is a #[repr(C)] plain-old-data record of exactly this many bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn origin(h: &EventHeader) -> Origin {
+    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
+    Origin {
+        tid: h.tid,
+        pid: h.tgid,
+        comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+        boot_ns: h.boot_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use collector_common::NAME_LEN;
+
+    fn header(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"gzip");
+        EventHeader { kind: kind as u32, tid: 7, tgid: 6, _pad: 0, boot_ns: 99, comm, inode: InodeKey::new(3, 42) }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_truncate_record() {
+        let r = RangeEvent { header: header(EventKind::Truncate), pos: 100, len: 0, peer: InodeKey::default(), peer_pos: 0 };
+        let e = KernelEvent::decode(&bytes_of(&r)).unwrap();
+        assert_eq!(
+            e,
+            KernelEvent::Truncate {
+                origin: Origin { tid: 7, pid: 6, comm: "gzip".into(), boot_ns: 99 },
+                inode: InodeKey::new(3, 42),
+                size_before: 100,
+                size_after: 0
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_a_rename_record_with_its_name() {
+        let mut name = [0u8; NAME_LEN];
+        name[..9].copy_from_slice(b"app.log.1");
+        let n = NameEvent {
+            header: header(EventKind::Rename),
+            new_parent: InodeKey::new(3, 10),
+            old_parent: InodeKey::new(3, 11),
+            name_len: 9,
+            _pad: 0,
+            name,
+        };
+        match KernelEvent::decode(&bytes_of(&n)).unwrap() {
+            KernelEvent::Rename { new_parent, old_parent, name, .. } => {
+                assert_eq!((new_parent.ino, old_parent.ino, name.as_slice()), (10, 11, &b"app.log.1"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_records_of_the_wrong_size_or_kind() {
+        let r = RangeEvent { header: header(EventKind::Write), pos: 0, len: 1, peer: InodeKey::default(), peer_pos: 0 };
+        let mut b = bytes_of(&r);
+        b.pop();
+        assert!(matches!(KernelEvent::decode(&b), Err(DecodeError::Size { kind: "write", .. })));
+        b.push(0);
+        b[0] = 99;
+        assert_eq!(KernelEvent::decode(&b), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(KernelEvent::decode(&b[..3]), Err(DecodeError::Short(3)));
+    }
+}

@@ -1,0 +1,234 @@
+//! The kernel side, seen from the daemon: checks the kernel, reads its layout, loads the
+//! programs, attaches them in the best mode that works, and gives access to the watch maps,
+//! the event ring buffer and the counters. This is the only module that makes bpf syscalls.
+
+pub mod attach;
+pub mod btf;
+pub mod event;
+pub mod offsets;
+pub mod preflight;
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::Program,
+};
+use collector_common::{Counter, InodeKey, KernelOffsets, WatchedInode};
+
+pub use attach::AttachMode;
+use attach::{Planned, Target};
+
+/// The kernel programs, built by build.rs (collector-ebpf through aya-build).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
+
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    /// Force one mode instead of the best that works.
+    pub mode: Option<AttachMode>,
+    /// Ring buffer size (bytes, a power of two multiple of the page size).
+    pub ring_buffer_bytes: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error("reading the kernel's struct layout from its BTF: {0}")]
+    Layout(#[from] btf::BtfError),
+    #[error("no attach mode works on this kernel: {0}")]
+    NoMode(String),
+    #[error("{0:#}")]
+    Load(anyhow::Error),
+}
+
+impl StartError {
+    /// Exit status: 2 for what the host lacks (kernel features, capabilities), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Preflight(_) | StartError::Layout(_) | StartError::NoMode(_) => 2,
+            StartError::Load(_) => 1,
+        }
+    }
+}
+
+/// Events emitted and lost by the kernel side since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub emitted: u64,
+    pub lost: u64,
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    mode: AttachMode,
+}
+
+impl Probe {
+    pub fn start(options: &ProbeOptions) -> Result<Probe, StartError> {
+        preflight::check()?;
+        let kernel_btf = btf::KernelBtf::from_raw_file(&preflight::btf_path())?;
+        let kernel_offsets = offsets::kernel_offsets(&kernel_btf)?;
+        let layout = offsets::syscall_record_layout(Path::new(preflight::TRACEFS)).map_err(StartError::Load)?;
+        let self_tgid = std::process::id();
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("OFFSETS", &kernel_offsets, true)
+            .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("TP_ENTER_ARGS", &layout.enter_args, true)
+            .override_global("TP_EXIT_RET", &layout.exit_ret, true);
+        if let Some(bytes) = options.ring_buffer_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object").map_err(StartError::Load)?;
+
+        let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
+        let mut rejected = Vec::new();
+        for mode in candidates {
+            let attached = if mode != AttachMode::Tracepoint && kernel_offsets.renamedata_old_dentry == KernelOffsets::ABSENT {
+                Err("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned())
+            } else {
+                attach_mode(&mut ebpf, mode)
+            };
+            match attached {
+                Ok(()) => {
+                    for (worse, why) in &rejected {
+                        tracing::info!(mode = %worse, reason = %why, "attach mode not usable");
+                    }
+                    tracing::info!(%mode, "kernel programs attached");
+                    return Ok(Probe { ebpf, mode });
+                }
+                Err(why) => rejected.push((mode, why)),
+            }
+        }
+        let reasons: Vec<String> = rejected.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+        Err(StartError::NoMode(reasons.join("; ")))
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Reports changes to this inode from now on; `known_end` is its current size.
+    pub fn watch_inode(&mut self, inode: InodeKey, known_end: u64) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
+        map.insert(inode, WatchedInode { known_end }, 0).context("adding a watched inode (map full?)")
+    }
+
+    pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
+        match map.remove(&inode) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a watched inode"),
+        }
+    }
+
+    /// Reports files created in (or renamed into) this directory.
+    pub fn watch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
+        map.insert(dir, 1, 0).context("adding a watched directory (map full?)")
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let map = self.ebpf.map("COUNTERS").context("COUNTERS map")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let sum = |c: Counter| -> anyhow::Result<u64> { Ok(counters.get(&(c as u32), 0)?.iter().sum()) };
+        Ok(Counters { emitted: sum(Counter::Emitted)?, lost: sum(Counter::RingBufferLost)? })
+    }
+
+    /// The event stream; can be taken once.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    fn map<'a, V: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a mut self,
+        name: &str,
+    ) -> anyhow::Result<V> {
+        let map = self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
+        Ok(V::try_from(map)?)
+    }
+}
+
+/// Loads and attaches every program of `mode`; on failure unloads what it attached and says
+/// which program failed and why.
+fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode) -> Result<(), String> {
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+    let planned = attach::plan(mode, names.iter().map(String::as_str));
+    if planned.is_empty() {
+        return Err("this build has no programs for it".into());
+    }
+    let mut btf = None;
+    let mut attached = Vec::new();
+    for p in &planned {
+        match attach_one(ebpf, p, &mut btf) {
+            Ok(()) => attached.push(p.program.as_str()),
+            Err(e) if p.optional => {
+                tracing::debug!(program = %p.program, error = %format!("{e:#}"), "optional program not attached");
+            }
+            Err(e) => {
+                for name in attached {
+                    unload(ebpf, name);
+                }
+                unload(ebpf, &p.program);
+                return Err(format!("{}: {e:#}", p.program));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_one(ebpf: &mut Ebpf, planned: &Planned, btf: &mut Option<aya::Btf>) -> anyhow::Result<()> {
+    let program = ebpf.program_mut(&planned.program).context("program vanished from the object")?;
+    let kernel_btf = |btf: &mut Option<aya::Btf>| -> anyhow::Result<aya::Btf> {
+        if btf.is_none() {
+            *btf = Some(aya::Btf::from_sys_fs().context("reading kernel BTF for fentry")?);
+        }
+        Ok(btf.clone().expect("set above"))
+    };
+    match (&planned.target, program) {
+        (Target::SyscallTracepoint(name), Program::TracePoint(p)) => {
+            load(p.load())?;
+            p.attach("syscalls", name).context("attach")?;
+        }
+        (Target::RawTracepoint(name), Program::RawTracePoint(p)) => {
+            load(p.load())?;
+            p.attach(name).context("attach")?;
+        }
+        (Target::Fentry(func), Program::FEntry(p)) => {
+            load(p.load(func, &kernel_btf(btf)?))?;
+            p.attach().context("attach")?;
+        }
+        (Target::Fexit(func), Program::FExit(p)) => {
+            load(p.load(func, &kernel_btf(btf)?))?;
+            p.attach().context("attach")?;
+        }
+        (Target::Kprobe(func) | Target::Kretprobe(func), Program::KProbe(p)) => {
+            load(p.load())?;
+            p.attach(func, 0).context("attach")?;
+        }
+        (target, _) => anyhow::bail!("program type does not fit {target:?}"),
+    }
+    Ok(())
+}
+
+fn load(result: Result<(), aya::programs::ProgramError>) -> anyhow::Result<()> {
+    result.context("load")
+}
+
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    let Some(program) = ebpf.program_mut(name) else { return };
+    let _ = match program {
+        Program::TracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    };
+}
+

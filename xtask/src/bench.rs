@@ -1,0 +1,3 @@
+pub fn run(_name: Option<&str>) -> anyhow::Result<()> {
+    anyhow::bail!("not yet")
+}

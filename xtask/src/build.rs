@@ -1,0 +1,22 @@
+//! Builds: the kernel programs alone, and the daemon (which embeds them).
+
+use std::{path::PathBuf, process::Command};
+
+use crate::shell;
+
+/// `cargo xtask build-ebpf`: the eBPF object, as aya-build makes it for the daemon.
+pub fn ebpf() -> anyhow::Result<()> {
+    shell::run(
+        Command::new("cargo")
+            .args(["+nightly", "build", "--release", "-p", "collector-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--bins"])
+            .current_dir(shell::root()),
+    )?;
+    eprintln!("built {}", shell::root().join("target/bpfel-unknown-none/release/collector-ebpf").display());
+    Ok(())
+}
+
+/// The release daemon; returns its path.
+pub fn collector() -> anyhow::Result<PathBuf> {
+    shell::run(Command::new("cargo").args(["build", "--release", "-p", "collector"]).current_dir(shell::root()))?;
+    Ok(shell::root().join("target/release/collector"))
+}

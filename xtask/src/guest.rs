@@ -1,0 +1,185 @@
+//! Guest kernels for the attach modes this host refuses (fentry, kprobe): Debian's cloud
+//! kernels, downloaded and unpacked (never installed), booted by QEMU under TCG with a
+//! busybox initramfs. KVM here is PVM and cannot run a stock kernel, so TCG it is.
+//!
+//! A run appends a per-run cpio (the payload directory as /t, plus the command) to a
+//! prebuilt base cpio; the kernel unpacks both. The command's output comes back on the
+//! second serial port, its status through isa-debug-exit.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::shell;
+
+/// Meta packages that resolve to the newest 6.1 and 6.12 cloud kernels of bookworm(-security).
+pub const KERNELS: &[(&str, &str)] = &[("6.1", "linux-image-cloud-amd64"), ("6.12", "linux-image-6.12-cloud-amd64")];
+
+pub fn dir() -> PathBuf {
+    shell::work_dir().join("guest")
+}
+
+/// The bootable image of a kernel series ("6.1", "6.12").
+pub fn kernel_image(series: &str) -> PathBuf {
+    dir().join("kernels").join(series).join("vmlinuz")
+}
+
+/// The uncompressed ELF image of a kernel series (for its BTF), when it could be extracted.
+pub fn kernel_elf(series: &str) -> PathBuf {
+    dir().join("kernels").join(series).join("vmlinux")
+}
+
+pub fn prepare_kernels() -> anyhow::Result<()> {
+    for (series, meta) in KERNELS {
+        let image = kernel_image(series);
+        if image.exists() {
+            continue;
+        }
+        let package = match resolve(meta) {
+            Some(p) => p,
+            None => {
+                // Package lists may predate the meta package (6.12 came to bookworm later).
+                shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
+                resolve(meta).with_context(|| format!("apt-cache depends {meta}: no linux-image package"))?
+            }
+        };
+        let scratch = dir().join("download");
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch)?;
+        shell::run(Command::new("apt-get").args(["download", "-qq", &package]).current_dir(&scratch))?;
+        let deb = fs::read_dir(&scratch)?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
+        let deb = deb.context("apt-get download produced no .deb")?;
+        let unpacked = scratch.join("x");
+        shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        let release = package.trim_start_matches("linux-image-");
+        let target = image.parent().expect("kernel dir");
+        fs::create_dir_all(target)?;
+        fs::copy(unpacked.join(format!("boot/vmlinuz-{release}")), &image)?;
+        fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
+        fs::write(target.join("release"), release)?;
+        extract_elf(&image, &kernel_elf(series));
+        fs::remove_dir_all(&scratch)?;
+    }
+    base_initramfs()
+}
+
+/// The versioned image package a meta package points at (versions leave the archive).
+fn resolve(meta: &str) -> Option<String> {
+    let depends = shell::output(Command::new("apt-cache").args(["depends", meta])).ok()?;
+    depends
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
+        .map(str::to_owned)
+}
+
+/// Pulls the zstd-compressed vmlinux out of a bzImage (6.12 cloud kernels use zstd; 6.1
+/// uses LZ4 and is left as is: its BTF is read inside the guest).
+fn extract_elf(image: &Path, elf: &Path) {
+    let Ok(data) = fs::read(image) else { return };
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut at = 0;
+    while let Some(found) = data[at..].windows(4).position(|w| w == ZSTD_MAGIC) {
+        let start = at + found;
+        let payload = dir().join("payload.zst");
+        if fs::write(&payload, &data[start..]).is_ok()
+            && shell::succeeds(Command::new("sh").arg("-c").arg(format!(
+                "zstd -dc '{}' 2>/dev/null > '{}'; test \"$(head -c4 '{}' | od -An -tx1 | tr -d ' ')\" = 7f454c46",
+                payload.display(),
+                elf.display(),
+                elf.display()
+            )))
+        {
+            let _ = fs::remove_file(&payload);
+            return;
+        }
+        let _ = fs::remove_file(elf);
+        at = start + 1;
+    }
+}
+
+fn base_initramfs() -> anyhow::Result<()> {
+    let base = dir().join("base");
+    let cpio = dir().join("base.cpio");
+    if cpio.exists() {
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(&base);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "t", "etc", "run", "var/lib", "sys/fs/bpf"] {
+        fs::create_dir_all(base.join(d))?;
+    }
+    fs::copy("/bin/busybox", base.join("bin/busybox")).context("busybox-static is needed (cargo xtask setup)")?;
+    let applets = shell::output(Command::new("/bin/busybox").arg("--list"))?;
+    for applet in applets.lines().filter(|a| *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet))?;
+    }
+    std::os::unix::fs::symlink("bin", base.join("sbin"))?;
+    let here = shell::root().join("xtask/guest");
+    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(base.join("bin/qexit")).arg(here.join("qexit.c")))?;
+    fs::copy(here.join("init"), base.join("init"))?;
+    shell::run(Command::new("chmod").arg("+x").arg(base.join("init")))?;
+    make_cpio(&base, &cpio)
+}
+
+pub fn make_cpio(tree: &Path, out: &Path) -> anyhow::Result<()> {
+    shell::run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+        tree.display(),
+        out.display()
+    )))
+}
+
+/// Result of one guest run.
+pub struct GuestRun {
+    pub status: i32,
+    pub output: String,
+}
+
+/// Boots `series` with `payload` as /t and runs `command` (sh) there.
+pub fn run(series: &str, payload: &Path, command: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
+    let run_dir = dir().join(format!("run-{series}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&run_dir);
+    let stage = run_dir.join("stage");
+    fs::create_dir_all(stage.join("t"))?;
+    shell::run(Command::new("cp").arg("-a").arg(format!("{}/.", payload.display())).arg(stage.join("t")))?;
+    fs::write(stage.join("t/cmd"), command)?;
+    make_cpio(&stage, &run_dir.join("overlay.cpio"))?;
+    let initrd = run_dir.join("initrd.cpio");
+    let mut joined = fs::read(dir().join("base.cpio"))?;
+    joined.extend(fs::read(run_dir.join("overlay.cpio"))?);
+    fs::write(&initrd, joined)?;
+    let results = run_dir.join("results.log");
+    let console = run_dir.join("console.log");
+    let status = Command::new("timeout")
+        .arg(timeout.as_secs().to_string())
+        .arg("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1", "-no-reboot", "-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nic", "none", "-kernel"])
+        .arg(kernel_image(series))
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .status()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let output = fs::read_to_string(&results).unwrap_or_default();
+    let reported = output.lines().rev().find_map(|l| l.strip_prefix("GUEST-EXIT status=")).and_then(|s| s.trim().parse::<i32>().ok());
+    match (status.code(), reported) {
+        (Some(124), _) => bail!("guest {series} timed out after {timeout:?}; console: {}", console.display()),
+        (Some(q), Some(g)) if q & 1 == 1 && (q >> 1) == (g & 127) => {
+            let _ = fs::remove_dir_all(&run_dir);
+            Ok(GuestRun { status: g, output })
+        }
+        _ => bail!(
+            "guest {series} reported no status (qemu {status}); console: {}\n{output}",
+            console.display()
+        ),
+    }
+}

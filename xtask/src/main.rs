@@ -1,0 +1,56 @@
+//! Project procedures, in Rust, one subcommand each: `cargo xtask <command> --help`.
+
+mod bench;
+mod build;
+mod guest;
+mod run;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "collector's procedures: setup, build-ebpf, run, test, bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything builds and tests need (idempotent): nightly rust-src, bpf-linker
+    /// 0.10, tracefs/bpffs mounts, logrotate, qemu and the guest kernels.
+    Setup {
+        /// Skip qemu and the guest kernels.
+        #[arg(long)]
+        no_guest: bool,
+    },
+    /// Build the kernel programs alone (they are also built by `cargo build -p collector`).
+    BuildEbpf,
+    /// Set up, build, and run the collector on a demo log that a writer appends to and
+    /// logrotate rotates; prints what the kernel reports.
+    Run,
+    /// Set up and run every test: unit, native integration (tracepoint mode on this kernel),
+    /// and the guest kernels (fentry and kprobe modes under QEMU).
+    Test {
+        /// Only the tests that run on this kernel.
+        #[arg(long)]
+        native_only: bool,
+    },
+    /// Run benchmarks and print figures with ratios against a baseline from the same run.
+    Bench {
+        /// Which benchmark (default: all).
+        name: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup { no_guest } => setup::run(!no_guest),
+        Command::BuildEbpf => build::ebpf(),
+        Command::Run => run::run(),
+        Command::Test { native_only } => test::run(!native_only),
+        Command::Bench { name } => bench::run(name.as_deref()),
+    }
+}

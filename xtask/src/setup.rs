@@ -1,0 +1,77 @@
+//! `cargo xtask setup`: everything a fresh machine of this kind needs, each step skipped
+//! when already done.
+
+use std::{path::Path, process::Command};
+
+use anyhow::Context as _;
+
+use crate::{guest, shell};
+
+/// Debian packages the tests use: logrotate (rotation tests), and for the guest tests qemu,
+/// a static busybox for the guest userland, zstd to unpack the kernel image.
+const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux"];
+const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio"];
+
+pub fn run(with_guest: bool) -> anyhow::Result<()> {
+    rust_toolchain()?;
+    mount_kernel_filesystems()?;
+    let mut packages = HOST_PACKAGES.to_vec();
+    if with_guest {
+        packages.extend_from_slice(GUEST_PACKAGES);
+    }
+    apt_install(&packages)?;
+    if with_guest {
+        guest::prepare_kernels()?;
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn rust_toolchain() -> anyhow::Result<()> {
+    // The kernel programs build with the installed nightly's rust-src (build-std=core).
+    // Never update the nightly: bpf-linker 0.10 loads the same LLVM (22) that it ships.
+    let installed = shell::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .context("a nightly toolchain is needed for the eBPF crate (rustup toolchain install nightly)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        shell::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = shell::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains("bpf-linker 0.10.") {
+        // 0.10.x uses rustc's own LLVM; newer releases need a system LLVM this machine lacks.
+        shell::run(Command::new("cargo").args(["install", "bpf-linker", "--version", "~0.10", "--locked"]))?;
+    }
+    Ok(())
+}
+
+fn mount_kernel_filesystems() -> anyhow::Result<()> {
+    for (fs, dir, probe) in [("tracefs", "/sys/kernel/tracing", "events"), ("bpf", "/sys/fs/bpf", "")] {
+        let mounted = shell::output(Command::new("findmnt").args(["-n", "-t", fs, dir])).is_ok_and(|o| !o.is_empty());
+        if !mounted && !(probe != "" && Path::new(dir).join(probe).exists()) {
+            shell::run(Command::new("mount").args(["-t", fs, fs, dir]))?;
+        }
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    shell::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn installed(package: &str) -> bool {
+    shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|s| s.contains("install ok installed"))
+}
