@@ -5,13 +5,14 @@
 //! raw tracepoints with the `struct inode *`). Every filesystem sets the moved/removed/
 //! truncated file's ctime before the victim's of a replacing rename (ext4, xfs, tmpfs,
 //! btrfs), and directories are skipped, so the first regular file seen is the one the call
-//! is about. Without these tracepoints the inode stays unknown and the daemon resolves it
+//! is about. A rename also touches both parent directories: whether one of them is watched
+//! tells a move into a watched directory even when the new name was absolute. Without these tracepoints the inode stays unknown and the daemon resolves it
 //! from the path.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
-    kernel,
+    emit, kernel,
     pending::{self, Op},
 };
 
@@ -19,13 +20,19 @@ use crate::{
 fn capture(inode: u64) {
     let Some(call) = pending::current() else { return };
     unsafe {
-        if (*call).captured_inode != 0 || !matches!((*call).op, Op::Rename | Op::Unlink | Op::Truncate) {
+        if !matches!((*call).op, Op::Rename | Op::Unlink | Op::Truncate) {
             return;
         }
-        if !kernel::inode_is_regular(inode) {
-            return;
+        if kernel::inode_is_regular(inode) {
+            if (*call).captured_inode == 0 {
+                (*call).captured_inode = inode;
+            }
+        } else if (*call).op == Op::Rename
+            && let Some(dir) = kernel::inode_key(inode)
+            && emit::is_watched_dir(&dir)
+        {
+            (*call).touched_watched_dir = true;
         }
-        (*call).captured_inode = inode;
     }
 }
 

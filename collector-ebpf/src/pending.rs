@@ -40,6 +40,8 @@ pub struct PendingCall {
     pub old_base_dir: InodeKey,
     /// First regular file whose ctime changed during the call (see capture.rs).
     pub captured_inode: KPtr,
+    /// rename: a watched directory whose ctime changed during the call (old or new parent).
+    pub touched_watched_dir: bool,
     pub size_before: u64,
 }
 
@@ -56,6 +58,7 @@ impl PendingCall {
             base_dir: InodeKey::new(0, 0),
             old_base_dir: InodeKey::new(0, 0),
             captured_inode: 0,
+            touched_watched_dir: false,
             size_before: 0,
         }
     }

@@ -3,7 +3,6 @@
 //! daemon knows the new path without looking at the filesystem again.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -17,10 +16,11 @@ use crate::{
 };
 
 /// One hook body for every attach mode. A file renamed into a watched directory is watched
-/// from now on, like a created one.
+/// from now on, like a created one, so no write right after the rename slips by (the
+/// daemon drops it again if its new name does not match).
 #[inline(always)]
-pub fn on_rename(inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, name: Name) {
-    if !inode.is_unknown() && emit::is_watched_dir(&new_parent) {
+pub fn on_rename(inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, into_watched_dir: bool, name: Name) {
+    if !inode.is_unknown() && into_watched_dir {
         emit::watch(&inode);
     }
     emit::named(EventKind::Rename, inode, new_parent, old_parent, name);
@@ -42,16 +42,16 @@ fn end(ctx: &TracePointContext) {
         return;
     }
     let inode = kernel::inode_key(call.captured_inode).unwrap_or_default();
-    // An absolute new name may land in a watched directory that this side cannot resolve;
-    // the daemon filters those. Renames are rare next to writes.
-    let absolute = unsafe { bpf_probe_read_user(call.user_name as *const u8) } == Ok(b'/');
+    // A name with a directory part lands where this side cannot resolve; a watched
+    // directory touched by the call stands in (it may be the old one: the daemon sorts
+    // that out).
+    let into_watched_dir = emit::is_watched_dir(&call.base_dir) || call.touched_watched_dir;
     let relevant = inode.is_unknown()
         || emit::is_watched(&inode)
-        || emit::is_watched_dir(&call.base_dir)
-        || emit::is_watched_dir(&call.old_base_dir)
-        || absolute;
+        || into_watched_dir
+        || emit::is_watched_dir(&call.old_base_dir);
     if relevant {
-        on_rename(inode, call.base_dir, call.old_base_dir, Name::User(call.user_name));
+        on_rename(inode, call.base_dir, call.old_base_dir, into_watched_dir, Name::User(call.user_name));
     }
 }
 
@@ -104,8 +104,10 @@ fn vfs_rename_end(result: i64) {
     }
     let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
     let new_parent = kernel::dentry_parent(call.file).and_then(kernel::dentry_key).unwrap_or_default();
-    if emit::is_watched(&inode) || emit::is_watched_dir(&new_parent) || emit::is_watched_dir(&call.old_base_dir) {
-        on_rename(inode, new_parent, call.old_base_dir, Name::Kernel(kernel::dentry_name(call.file).unwrap_or(0)));
+    let into_watched_dir = emit::is_watched_dir(&new_parent);
+    if emit::is_watched(&inode) || into_watched_dir || emit::is_watched_dir(&call.old_base_dir) {
+        let name = Name::Kernel(kernel::dentry_name(call.file).unwrap_or(0));
+        on_rename(inode, new_parent, call.old_base_dir, into_watched_dir, name);
     }
 }
 

@@ -315,7 +315,7 @@ mod tests {
         let btf_at = elf.len();
         elf.extend_from_slice(btf);
         let shoff = elf.len();
-        let mut section = |name: u32, at: usize, len: usize| {
+        let section = |name: u32, at: usize, len: usize| {
             let mut h = vec![0u8; 64];
             h[..4].copy_from_slice(&name.to_le_bytes());
             h[0x18..0x20].copy_from_slice(&(at as u64).to_le_bytes());
