@@ -110,7 +110,7 @@ impl Events {
     }
 
     /// Every line up to and including the first one for which `last` holds.
-    pub fn until(&self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn until(&self, mut last: impl FnMut(&Value) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = Vec::new();
         loop {
