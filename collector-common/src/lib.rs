@@ -37,6 +37,17 @@ pub struct WatchedInode {
     /// Highest `pos + len` written through a hook (seeded by the daemon with the size at the
     /// time the watch was added); reported as the size before a path-based truncate.
     pub known_end: u64,
+    /// Always `WATCHED`: the programs test a loaded value, not the lookup's pointer (the
+    /// verifier refuses arithmetic on pointers that the compiler may fold such tests into).
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl WatchedInode {
+    pub const WATCHED: u32 = 1;
+    pub const fn new(known_end: u64) -> Self {
+        Self { known_end, flags: Self::WATCHED, _pad: 0 }
+    }
 }
 
 /// Kinds of event, in the order the JSON output names them.
@@ -113,21 +124,22 @@ pub struct RangeEvent {
 
 /// rename, create and unlink: an inode, directories and a name.
 ///
-/// - rename: `new_parent`, `old_parent`, `name` = new name as the caller passed it;
+/// - rename: `name` = the new name as the caller passed it, relative to `base_dir` (its
+///   `dfd`, or the cwd when `dfd` is AT_FDCWD) unless absolute; `new_parent` and
+///   `old_parent` are the exact directories where the attach mode sees them (fentry,
+///   kprobe), else zero / the directory the old name resolved against;
 /// - create: `new_parent` = directory it was created in, `name` = its name;
-/// - unlink: `old_parent` = directory it was removed from, `name` = the path as passed.
-///
-/// A parent that the kernel side could not resolve without a path walk (an absolute or
-/// multi-component path) is left zero; the daemon resolves it from the name.
+/// - unlink: `old_parent` = directory it was removed from, `name` = the name removed.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NameEvent {
     pub header: EventHeader,
     pub new_parent: InodeKey,
     pub old_parent: InodeKey,
+    pub base_dir: InodeKey,
+    pub dfd: i32,
     /// Bytes of `name` used, without the terminating NUL.
     pub name_len: u32,
-    pub _pad: u32,
     pub name: [u8; NAME_LEN],
 }
 

@@ -13,19 +13,19 @@ use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
 
 #[inline(always)]
 pub fn is_watched(key: &InodeKey) -> bool {
-    unsafe { WATCHED_INODES.get(key) }.is_some()
+    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.flags == WatchedInode::WATCHED)
 }
 
 #[inline(always)]
 pub fn is_watched_dir(key: &InodeKey) -> bool {
-    unsafe { WATCHED_DIRS.get(key) }.is_some()
+    unsafe { WATCHED_DIRS.get(key) }.is_some_and(|v| *v != 0)
 }
 
 /// Starts watching a file the kernel saw appear in a watched directory, so none of its
 /// first writes slip by before the daemon decides whether it wants it.
 #[inline(always)]
 pub fn watch(key: &InodeKey) {
-    let _ = WATCHED_INODES.insert(key, &WatchedInode { known_end: 0 }, 0);
+    let _ = WATCHED_INODES.insert(key, &WatchedInode::new(0), 0);
 }
 
 #[inline(always)]
@@ -86,8 +86,17 @@ pub enum Name {
     Kernel(u64),
 }
 
+/// The directories a name event carries (see `collector_common::NameEvent`).
+#[derive(Default)]
+pub struct Dirs {
+    pub new_parent: InodeKey,
+    pub old_parent: InodeKey,
+    pub base_dir: InodeKey,
+    pub dfd: i32,
+}
+
 #[inline(always)]
-pub fn named(kind: EventKind, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, name: Name) {
+pub fn named(kind: EventKind, inode: InodeKey, dirs: Dirs, name: Name) {
     let Some(mut entry) = EVENTS.reserve::<NameEvent>(0) else {
         bump(Counter::RingBufferLost);
         return;
@@ -95,9 +104,10 @@ pub fn named(kind: EventKind, inode: InodeKey, new_parent: InodeKey, old_parent:
     let p = entry.as_mut_ptr();
     unsafe {
         (*p).header = header(kind, inode);
-        (*p).new_parent = new_parent;
-        (*p).old_parent = old_parent;
-        (*p)._pad = 0;
+        (*p).new_parent = dirs.new_parent;
+        (*p).old_parent = dirs.old_parent;
+        (*p).base_dir = dirs.base_dir;
+        (*p).dfd = dirs.dfd;
         let read = match name {
             Name::User(ptr) => bpf_probe_read_user_str_bytes(ptr as *const u8, &mut (*p).name),
             Name::Kernel(ptr) => bpf_probe_read_kernel_str_bytes(ptr as *const u8, &mut (*p).name),

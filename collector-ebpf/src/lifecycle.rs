@@ -9,7 +9,7 @@ use aya_ebpf::{
 use collector_common::{EventKind, FMODE_CREATED, InodeKey, O_TRUNC};
 
 use crate::{
-    emit::{self, Name},
+    emit::{self, Dirs, Name},
     kernel::{self, KPtr},
     pending::{self, Op, PendingCall},
     truncate::on_truncate,
@@ -24,14 +24,14 @@ const O_WRONLY: u32 = 0o1;
 #[inline(always)]
 pub fn on_create(inode: InodeKey, parent: InodeKey, name: Name) {
     emit::watch(&inode);
-    emit::named(EventKind::Create, inode, parent, InodeKey::default(), name);
+    emit::named(EventKind::Create, inode, Dirs { new_parent: parent, ..Dirs::default() }, name);
 }
 
 /// One hook body for every attach mode: the watched `inode` lost the name `name` (relative
 /// to `parent`).
 #[inline(always)]
 pub fn on_unlink(inode: InodeKey, parent: InodeKey, name: Name) {
-    emit::named(EventKind::Unlink, inode, InodeKey::default(), parent, name);
+    emit::named(EventKind::Unlink, inode, Dirs { old_parent: parent, ..Dirs::default() }, name);
 }
 
 #[inline(always)]

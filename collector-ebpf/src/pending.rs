@@ -34,13 +34,18 @@ pub struct PendingCall {
     pub peer_pos: i64,
     /// User pointer to the path argument (rename target, unlinked path, truncated path).
     pub user_name: u64,
-    /// Directory the path argument resolves against (rename: the new name's).
+    /// Directory the path argument resolves against (rename: the new name's), and the
+    /// descriptor it came from.
     pub base_dir: InodeKey,
-    /// rename: directory the old name resolves against.
-    pub old_base_dir: InodeKey,
+    pub dfd: i32,
+    /// rename: the old parent directory (exact once the VFS hook saw it, else the
+    /// directory the old name resolves against) and the new one (VFS hook only).
+    pub old_parent: InodeKey,
+    pub new_parent: InodeKey,
     /// First regular file whose ctime changed during the call (see capture.rs).
     pub captured_inode: KPtr,
-    /// rename: a watched directory whose ctime changed during the call (old or new parent).
+    /// rename: a watched directory is involved (ctime changed during the call, or the
+    /// VFS hook saw it as the new parent).
     pub touched_watched_dir: bool,
     pub size_before: u64,
 }
@@ -56,7 +61,9 @@ impl PendingCall {
             peer_pos: -1,
             user_name: 0,
             base_dir: InodeKey::new(0, 0),
-            old_base_dir: InodeKey::new(0, 0),
+            dfd: 0,
+            old_parent: InodeKey::new(0, 0),
+            new_parent: InodeKey::new(0, 0),
             captured_inode: 0,
             touched_watched_dir: false,
             size_before: 0,

@@ -1,6 +1,10 @@
-//! Renames: rename, renameat, renameat2. The event names the moved inode, the directories
-//! the old and new names resolve against, and the new name as the caller passed it, so the
+//! Renames: rename, renameat, renameat2. The event names the moved inode, the new name as
+//! the caller passed it with the directory it resolves against, and the directories, so the
 //! daemon knows the new path without looking at the filesystem again.
+//!
+//! In every mode the syscall tracepoints bracket the call (they carry the name); inside it,
+//! vfs_rename's fentry/fexit or kprobe/kretprobe fill in the exact inode and parents, and in
+//! tracepoint mode capture.rs fills in the inode from the ctime it sets.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
@@ -9,29 +13,30 @@ use aya_ebpf::{
 use collector_common::{EventKind, InodeKey};
 
 use crate::{
-    emit::{self, Name},
+    emit::{self, Dirs, Name},
     kernel::{self, KPtr},
     pending::{self, Op, PendingCall},
     write::{arg, ret},
 };
 
-/// One hook body for every attach mode. A file renamed into a watched directory is watched
-/// from now on, like a created one, so no write right after the rename slips by (the
-/// daemon drops it again if its new name does not match).
+/// One body for every attach mode. A file moved into a watched directory is watched from
+/// now on, like a created one, so no write right after the rename slips by (the daemon
+/// drops it again if its new name does not match).
 #[inline(always)]
-pub fn on_rename(inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, into_watched_dir: bool, name: Name) {
+pub fn on_rename(inode: InodeKey, into_watched_dir: bool, dirs: Dirs, name: Name) {
     if !inode.is_unknown() && into_watched_dir {
         emit::watch(&inode);
     }
-    emit::named(EventKind::Rename, inode, new_parent, old_parent, name);
+    emit::named(EventKind::Rename, inode, dirs, name);
 }
 
 #[inline(always)]
 fn begin(old_dfd: i64, new_dfd: i64, new_name: i64) {
     let mut call = PendingCall::new(Op::Rename);
     call.user_name = new_name as u64;
+    call.dfd = new_dfd as i32;
     call.base_dir = kernel::base_dir_of(new_dfd).unwrap_or_default();
-    call.old_base_dir = kernel::base_dir_of(old_dfd).unwrap_or_default();
+    call.old_parent = kernel::base_dir_of(old_dfd).unwrap_or_default();
     pending::begin(&call);
 }
 
@@ -42,16 +47,13 @@ fn end(ctx: &TracePointContext) {
         return;
     }
     let inode = kernel::inode_key(call.captured_inode).unwrap_or_default();
-    // A name with a directory part lands where this side cannot resolve; a watched
-    // directory touched by the call stands in (it may be the old one: the daemon sorts
-    // that out).
+    // Where the new directory is not known exactly, a watched directory the call touched
+    // stands in (it may be the old one: the daemon sorts that out).
     let into_watched_dir = emit::is_watched_dir(&call.base_dir) || call.touched_watched_dir;
-    let relevant = inode.is_unknown()
-        || emit::is_watched(&inode)
-        || into_watched_dir
-        || emit::is_watched_dir(&call.old_base_dir);
+    let relevant = inode.is_unknown() || emit::is_watched(&inode) || into_watched_dir || emit::is_watched_dir(&call.old_parent);
     if relevant {
-        on_rename(inode, call.base_dir, call.old_base_dir, into_watched_dir, Name::User(call.user_name));
+        let dirs = Dirs { new_parent: call.new_parent, old_parent: call.old_parent, base_dir: call.base_dir, dfd: call.dfd };
+        on_rename(inode, into_watched_dir, dirs, Name::User(call.user_name));
     }
 }
 
@@ -80,34 +82,37 @@ pub fn tp_sys_exit_renameat2(ctx: TracePointContext) {
     end(&ctx);
 }
 
-/// vfs_rename(struct renamedata *rd): at entry, the moving dentry, its inode and old
-/// directory; on success the same dentry carries the new name and parent (d_move).
+/// vfs_rename(struct renamedata *rd), inside a rename syscall: the moving dentry, its inode
+/// and old directory.
 #[inline(always)]
 fn vfs_rename_begin(rd: KPtr) {
+    let Some(call) = pending::current() else { return };
     let Some(dentry) = kernel::renamedata_old_dentry(rd) else { return };
-    let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
-    if !kernel::inode_is_regular(inode_ptr) {
-        return;
+    let Some(inode) = kernel::dentry_inode(dentry) else { return };
+    unsafe {
+        if (*call).op != Op::Rename || !kernel::inode_is_regular(inode) {
+            return;
+        }
+        (*call).file = dentry;
+        (*call).captured_inode = inode;
+        if let Some(old_parent) = kernel::dentry_parent(dentry).and_then(kernel::dentry_key) {
+            (*call).old_parent = old_parent;
+        }
     }
-    let mut call = PendingCall::new(Op::Rename);
-    call.file = dentry;
-    call.captured_inode = inode_ptr;
-    call.old_base_dir = kernel::dentry_parent(dentry).and_then(kernel::dentry_key).unwrap_or_default();
-    pending::begin(&call);
 }
 
+/// On success the same dentry carries the new name and parent (d_move).
 #[inline(always)]
 fn vfs_rename_end(result: i64) {
-    let Some(call) = pending::finish(Op::Rename) else { return };
-    if result != 0 {
-        return;
-    }
-    let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
-    let new_parent = kernel::dentry_parent(call.file).and_then(kernel::dentry_key).unwrap_or_default();
-    let into_watched_dir = emit::is_watched_dir(&new_parent);
-    if emit::is_watched(&inode) || into_watched_dir || emit::is_watched_dir(&call.old_base_dir) {
-        let name = Name::Kernel(kernel::dentry_name(call.file).unwrap_or(0));
-        on_rename(inode, new_parent, call.old_base_dir, into_watched_dir, name);
+    let Some(call) = pending::current() else { return };
+    unsafe {
+        if (*call).op != Op::Rename || (*call).file == 0 || result != 0 {
+            return;
+        }
+        if let Some(new_parent) = kernel::dentry_parent((*call).file).and_then(kernel::dentry_key) {
+            (*call).new_parent = new_parent;
+            (*call).touched_watched_dir = emit::is_watched_dir(&new_parent);
+        }
     }
 }
 

@@ -140,8 +140,8 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
             line.insert("dest_pos".into(), (*destination_pos).into());
             line.insert("dest_path".into(), destination_path.into());
         }
-        KernelEvent::Create { parent, name, origin, .. } => {
-            let Some(path) = watch.resolve(parent, name, origin.tid) else { return Ok(None) };
+        KernelEvent::Create { parent, name, .. } => {
+            let Some(path) = watch.in_dir(parent, name) else { return Ok(None) };
             if !watch.matches(&path) {
                 // The kernel side watches every file created in a watched directory.
                 probe.unwatch_inode(inode)?;
@@ -152,8 +152,8 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
             line.insert("parent".into(), parent.ino.into());
             line.insert("name".into(), file_name(&path).into());
         }
-        KernelEvent::Rename { new_parent, old_parent, name, origin, .. } => {
-            let Some(path) = watch.resolve(new_parent, name, origin.tid) else { return Ok(None) };
+        KernelEvent::Rename { old_parent, base_dir, dfd, name, origin, .. } => {
+            let Some(path) = watch.resolve(base_dir, *dfd, name, origin.tid) else { return Ok(None) };
             let inode = if inode.is_unknown() {
                 // Kernels without ctime tracepoints: the moved inode is the one now at `path`.
                 match std::fs::symlink_metadata(&path) {
@@ -171,9 +171,9 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
                 watch.track(inode, path.clone(), size);
                 probe.watch_inode(inode, size)?;
             } else {
-                if watch.is_watched_dir(new_parent) {
-                    probe.unwatch_inode(inode)?;
-                }
+                // The kernel side may have started watching it on its way into a watched
+                // directory.
+                probe.unwatch_inode(inode)?;
                 return Ok(None);
             }
             line.insert("ino".into(), inode.ino.into());

@@ -105,20 +105,23 @@ impl WatchSet {
         self.files.insert(inode, Tracked { path, unlinked: false, known_size: size });
     }
 
-    pub fn is_watched_dir(&self, dir: &InodeKey) -> bool {
-        self.dirs.contains_key(dir)
+    /// Where a name in a watched directory lands (creations: the kernel names the parent).
+    pub fn in_dir(&self, dir: &InodeKey, name: &[u8]) -> Option<PathBuf> {
+        Some(self.dirs.get(dir)?.join(OsStr::from_bytes(name)))
     }
 
-    /// Where a name given to a syscall lands: absolute as is, relative against `base` (a
-    /// watched directory, or else the task's cwd as /proc shows it).
-    pub fn resolve(&self, base: &InodeKey, name: &[u8], tid: u32) -> Option<PathBuf> {
+    /// Where a name given to a syscall lands: absolute as is; relative against `base` (the
+    /// directory of descriptor `dfd`, or the cwd for AT_FDCWD), found among the watched
+    /// directories or else through /proc while the task still has it.
+    pub fn resolve(&self, base: &InodeKey, dfd: i32, name: &[u8], tid: u32) -> Option<PathBuf> {
         let name = Path::new(OsStr::from_bytes(name));
         if name.is_absolute() {
             return Some(name.to_owned());
         }
         let base = match self.dirs.get(base) {
             Some(dir) => dir.clone(),
-            None => std::fs::read_link(format!("/proc/{tid}/cwd")).ok()?,
+            None if dfd == libc::AT_FDCWD => std::fs::read_link(format!("/proc/{tid}/cwd")).ok()?,
+            None => std::fs::read_link(format!("/proc/{tid}/fd/{dfd}")).ok()?,
         };
         Some(base.join(name))
     }

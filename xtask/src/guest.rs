@@ -2,8 +2,8 @@
 //! kernels, downloaded and unpacked (never installed), booted by QEMU under TCG with a
 //! busybox initramfs. KVM here is PVM and cannot run a stock kernel, so TCG it is.
 //!
-//! A run appends a per-run cpio (the payload directory as /t, plus the command) to a
-//! prebuilt base cpio; the kernel unpacks both. The command's output comes back on the
+//! A run appends a per-run cpio (a root tree: the payload, plus the command as /t/cmd) to
+//! a prebuilt base cpio; the kernel unpacks both. The command's output comes back on the
 //! second serial port, its status through isa-debug-exit.
 
 use std::{
@@ -139,13 +139,13 @@ pub struct GuestRun {
     pub output: String,
 }
 
-/// Boots `series` with `payload` as /t and runs `command` (sh) there.
-pub fn run(series: &str, payload: &Path, command: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
+/// Boots `series` with `root` laid over the guest's / and runs `command` (sh) in /t.
+pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
     let run_dir = dir().join(format!("run-{series}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     let stage = run_dir.join("stage");
     fs::create_dir_all(stage.join("t"))?;
-    shell::run(Command::new("cp").arg("-a").arg(format!("{}/.", payload.display())).arg(stage.join("t")))?;
+    shell::run(Command::new("cp").arg("-a").arg(format!("{}/.", root.display())).arg(&stage))?;
     fs::write(stage.join("t/cmd"), command)?;
     make_cpio(&stage, &run_dir.join("overlay.cpio"))?;
     let initrd = run_dir.join("initrd.cpio");
@@ -182,4 +182,23 @@ pub fn run(series: &str, payload: &Path, command: &str, timeout: Duration) -> an
             console.display()
         ),
     }
+}
+
+/// Copies a dynamically linked host program and the libraries it loads into `root`, at the
+/// same paths, so it runs in the guest.
+pub fn add_program(root: &Path, program: &Path) -> anyhow::Result<()> {
+    let mut files = vec![program.to_owned()];
+    let ldd = shell::output(Command::new("ldd").arg(program))?;
+    for line in ldd.lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/'));
+        if let Some(path) = path {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in files {
+        let target = root.join(file.strip_prefix("/").expect("absolute"));
+        fs::create_dir_all(target.parent().expect("parent"))?;
+        fs::copy(fs::canonicalize(&file)?, &target).with_context(|| format!("copying {}", file.display()))?;
+    }
+    Ok(())
 }

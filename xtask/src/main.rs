@@ -35,8 +35,11 @@ enum Command {
     /// and the guest kernels (fentry and kprobe modes under QEMU).
     Test {
         /// Only the tests that run on this kernel.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "guest_only")]
         native_only: bool,
+        /// Only the guest-kernel runs.
+        #[arg(long)]
+        guest_only: bool,
     },
     /// Run benchmarks and print figures with ratios against a baseline from the same run.
     Bench {
@@ -50,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup { no_guest } => setup::run(!no_guest),
         Command::BuildEbpf => build::ebpf(),
         Command::Run => run::run(),
-        Command::Test { native_only } => test::run(!native_only),
+        Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
         Command::Bench { name } => bench::run(name.as_deref()),
     }
 }

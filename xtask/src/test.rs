@@ -1,3 +1,103 @@
-pub fn run(_guest: bool) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+//! `cargo xtask test`: every test. Unit and integration tests on this kernel (tracepoint
+//! mode: the only one it allows), then the integration tests again inside each guest
+//! kernel in fentry and kprobe modes.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{build, guest, setup, shell};
+
+/// Integration tests that run in the guests (they need only the kernel, busybox and
+/// logrotate there).
+const GUEST_TESTS: &[&str] = &["kernel_events", "ring_buffer_loss"];
+const GUEST_MODES: &[&str] = &["fentry", "kprobe"];
+
+pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
+    setup::run(with_guest)?;
+    if native {
+        let collector = build::collector()?;
+        let mut tests = Command::new("cargo");
+        tests.args(["test", "--release"]).current_dir(shell::root()).env("COLLECTOR_BIN", &collector);
+        let guest_elf = guest::kernel_elf("6.12");
+        if guest_elf.exists() {
+            tests.env("COLLECTOR_GUEST_VMLINUX", &guest_elf);
+        }
+        shell::run(&mut tests)?;
+    }
+    if !with_guest {
+        return Ok(());
+    }
+    let root = guest_payload()?;
+    let mut failed = Vec::new();
+    for (series, _) in guest::KERNELS {
+        for mode in GUEST_MODES {
+            let started = Instant::now();
+            let script = guest_script(mode);
+            let run = guest::run(series, &root, &script, Duration::from_secs(900))?;
+            print!("{}", run.output);
+            eprintln!("guest {series} {mode}: status {} in {:.0?}", run.status, started.elapsed());
+            if run.status != 0 {
+                failed.push(format!("{series}/{mode}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("guest tests failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn guest_script(mode: &str) -> String {
+    let mut s = format!(
+        "export PATH=/t:/usr/sbin:/usr/bin:/sbin:/bin COLLECTOR_BIN=/t/collector COLLECTOR_TEST_ATTACH_MODE={mode} \
+         COLLECTOR_TEST_SCRATCH=/tmp/scratch RUST_BACKTRACE=1\nset -e\nuname -r\n"
+    );
+    for test in GUEST_TESTS {
+        s.push_str(&format!("echo '== {test} ({mode})'\n/t/{test} --test-threads=1\n"));
+    }
+    s
+}
+
+/// A root tree for the guests: static builds of the collector and the guest tests in /t,
+/// and logrotate with its libraries.
+fn guest_payload() -> anyhow::Result<PathBuf> {
+    let target_dir = shell::work_dir().join("static-target");
+    let static_build = |args: &[&str]| -> anyhow::Result<String> {
+        shell::output(
+            Command::new("cargo")
+                .args(args)
+                .args(["--release", "--target", "x86_64-unknown-linux-gnu", "--message-format=json"])
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .current_dir(shell::root()),
+        )
+    };
+    eprintln!("+ building static collector and guest tests");
+    static_build(&["build", "-p", "collector"])?;
+    let messages = static_build(&["test", "-p", "collector-tests", "--no-run"])?;
+    let root = guest::dir().join("payload");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("t"))?;
+    fs::copy(target_dir.join("x86_64-unknown-linux-gnu/release/collector"), root.join("t/collector"))?;
+    for test in GUEST_TESTS {
+        let exe = test_executable(&messages, test).with_context(|| format!("no test executable for {test}"))?;
+        fs::copy(exe, root.join("t").join(test))?;
+    }
+    guest::add_program(&root, Path::new("/usr/sbin/logrotate"))?;
+    Ok(root)
+}
+
+/// The executable of integration test `name` among cargo's JSON messages.
+fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["reason"] == "compiler-artifact" && v["target"]["name"] == name && v["profile"]["test"] == true)
+            .then(|| v["executable"].as_str().map(PathBuf::from))?
+    })
 }

@@ -59,7 +59,7 @@ pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a st
     let mut planned: Vec<Planned> = program_names
         .into_iter()
         .filter_map(|name| {
-            let (program_mode, target, optional) = target_of(name)?;
+            let (program_mode, target, optional) = target_of(name, mode)?;
             (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
         })
         .collect();
@@ -67,8 +67,22 @@ pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a st
     planned
 }
 
-fn target_of(program: &str) -> Option<(AttachMode, Target, bool)> {
+/// Syscall tracepoints every mode attaches: they carry the rename's name as the caller
+/// passed it, which no VFS function sees (see rename.rs).
+const EVERY_MODE: [&str; 6] = [
+    "tp_sys_enter_rename",
+    "tp_sys_exit_rename",
+    "tp_sys_enter_renameat",
+    "tp_sys_exit_renameat",
+    "tp_sys_enter_renameat2",
+    "tp_sys_exit_renameat2",
+];
+
+fn target_of(program: &str, mode: AttachMode) -> Option<(AttachMode, Target, bool)> {
     let split = |prefix: &str| program.strip_prefix(prefix).map(str::to_owned);
+    if EVERY_MODE.contains(&program) {
+        return Some((mode, Target::SyscallTracepoint(split("tp_")?), false));
+    }
     if let Some(tp) = split("tp_") {
         return Some((AttachMode::Tracepoint, Target::SyscallTracepoint(tp), false));
     }
@@ -94,7 +108,8 @@ fn target_of(program: &str) -> Option<(AttachMode, Target, bool)> {
 mod tests {
     use super::*;
 
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
+        "tp_sys_enter_rename",
         "tp_sys_exit_write",
         "tp_sys_enter_write",
         "raw_tp_inode_set_ctime_to_ts",
@@ -108,13 +123,16 @@ mod tests {
         let tp = plan(AttachMode::Tracepoint, NAMES);
         assert_eq!(
             tp.iter().map(|p| p.program.as_str()).collect::<Vec<_>>(),
-            ["raw_tp_inode_set_ctime_to_ts", "tp_sys_enter_write", "tp_sys_exit_write"]
+            ["raw_tp_inode_set_ctime_to_ts", "tp_sys_enter_rename", "tp_sys_enter_write", "tp_sys_exit_write"]
         );
-        assert_eq!(tp[1].target, Target::SyscallTracepoint("sys_enter_write".into()));
+        assert_eq!(tp[2].target, Target::SyscallTracepoint("sys_enter_write".into()));
         assert!(tp[0].optional && !tp[1].optional);
         let kp = plan(AttachMode::Kprobe, NAMES);
         assert_eq!(kp[0].target, Target::Kprobe("vfs_write".into()));
         assert_eq!(kp[1].target, Target::Kretprobe("vfs_write".into()));
-        assert_eq!(plan(AttachMode::Fentry, NAMES)[0].target, Target::Fexit("vfs_write".into()));
+        assert_eq!(kp[2].target, Target::SyscallTracepoint("sys_enter_rename".into()), "renames' names come from the syscall");
+        let fentry = plan(AttachMode::Fentry, NAMES);
+        assert_eq!(fentry[0].target, Target::Fexit("vfs_write".into()));
+        assert_eq!(fentry[1].program, "tp_sys_enter_rename");
     }
 }

@@ -19,9 +19,10 @@ pub enum KernelEvent {
     Read { origin: Origin, inode: InodeKey, pos: u64, len: u64 },
     Copy { origin: Origin, source: InodeKey, pos: u64, len: u64, destination: InodeKey, destination_pos: u64 },
     Truncate { origin: Origin, inode: InodeKey, size_before: u64, size_after: u64 },
-    /// `name` resolves against `new_parent` unless absolute. `inode` may be unknown (0) on
-    /// kernels where the tracepoint mode cannot see which inode moved.
-    Rename { origin: Origin, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, name: Vec<u8> },
+    /// `name` as the caller passed it: absolute, or relative to `base_dir` (descriptor
+    /// `dfd`). `new_parent` is zero where the attach mode cannot see it; `inode` is zero on
+    /// kernels where tracepoint mode cannot see which inode moved.
+    Rename { origin: Origin, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, base_dir: InodeKey, dfd: i32, name: Vec<u8> },
     Create { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
     Unlink { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
 }
@@ -95,9 +96,15 @@ impl KernelEvent {
                 let inode = n.header.inode;
                 let name = n.name[..(n.name_len as usize).min(n.name.len())].to_vec();
                 Ok(match kind {
-                    EventKind::Rename => {
-                        KernelEvent::Rename { origin, inode, new_parent: n.new_parent, old_parent: n.old_parent, name }
-                    }
+                    EventKind::Rename => KernelEvent::Rename {
+                        origin,
+                        inode,
+                        new_parent: n.new_parent,
+                        old_parent: n.old_parent,
+                        base_dir: n.base_dir,
+                        dfd: n.dfd,
+                        name,
+                    },
                     EventKind::Create => KernelEvent::Create { origin, inode, parent: n.new_parent, name },
                     _ => KernelEvent::Unlink { origin, inode, parent: n.old_parent, name },
                 })
@@ -163,13 +170,15 @@ mod tests {
             header: header(EventKind::Rename),
             new_parent: InodeKey::new(3, 10),
             old_parent: InodeKey::new(3, 11),
+            base_dir: InodeKey::new(3, 12),
+            dfd: -100,
             name_len: 9,
-            _pad: 0,
             name,
         };
         match KernelEvent::decode(&bytes_of(&n)).unwrap() {
-            KernelEvent::Rename { new_parent, old_parent, name, .. } => {
-                assert_eq!((new_parent.ino, old_parent.ino, name.as_slice()), (10, 11, &b"app.log.1"[..]));
+            KernelEvent::Rename { new_parent, old_parent, base_dir, dfd, name, .. } => {
+                assert_eq!((new_parent.ino, old_parent.ino, base_dir.ino, dfd), (10, 11, 12, -100));
+                assert_eq!(name, b"app.log.1");
             }
             other => panic!("{other:?}"),
         }

@@ -115,13 +115,14 @@ impl Probe {
     /// Reports changes to this inode from now on; `known_end` is its current size.
     pub fn watch_inode(&mut self, inode: InodeKey, known_end: u64) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
-        map.insert(inode, WatchedInode { known_end }, 0).context("adding a watched inode (map full?)")
+        map.insert(inode, WatchedInode::new(known_end), 0).context("adding a watched inode (map full?)")
     }
 
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
         match map.remove(&inode) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(e).context("removing a watched inode"),
         }
     }
