@@ -208,7 +208,8 @@ fn in_kernel_copies_of_a_watched_file_are_reported_as_copies() {
     let inode = ino(&log);
     let copies = of(&seen, "copy", inode);
     let cp: Vec<&Value> = copies.iter().filter(|c| c["comm"] == "cp").collect();
-    let reads_by_cp: u64 = of(&seen, "read", inode).iter().filter(|r| r["comm"] == "cp").map(|r| r["len"].as_u64().unwrap()).sum();
+    let reads_by_cp: u64 =
+        of(&seen, "read", inode).iter().filter(|r| r["comm"] == "cp").map(|r| r["len"].as_u64().unwrap()).sum();
     let copied_by_cp: u64 = cp.iter().map(|c| c["len"].as_u64().unwrap()).sum();
     assert_eq!(copied_by_cp + reads_by_cp, 10, "cp moved all 10 bytes, by copy_file_range or read: {seen:#?}");
     assert!(cp.iter().all(|c| c["dest_ino"] == ino(&copy)));
@@ -270,7 +271,9 @@ fn logrotate_copytruncate_and_compress_show_copy_truncate_and_derivative() {
     let rotated_ino = rotated["ino"].as_u64().unwrap();
     assert_eq!(rotated["comm"], "logrotate");
     let into_rotated: u64 = total(&by("logrotate", "write", rotated_ino))
-        + total(&by("logrotate", "copy", inode).into_iter().filter(|c| c["dest_ino"] == rotated_ino).collect::<Vec<_>>());
+        + total(
+            &by("logrotate", "copy", inode).into_iter().filter(|c| c["dest_ino"] == rotated_ino).collect::<Vec<_>>(),
+        );
     assert_eq!(into_rotated, 21, "the copy holds every byte: {seen:#?}");
     let truncates = of(&seen, "truncate", inode);
     let sizes: Vec<_> = truncates.iter().map(|t| (t["size_before"].as_u64(), t["size_after"].as_u64())).collect();

@@ -36,13 +36,12 @@ fn missing_capabilities_are_named_and_exit_2() {
 #[test]
 fn a_kernel_without_btf_is_named_and_exits_2() {
     // This kernel has BTF; pointing the collector elsewhere is how the case is reached here.
-    let out = collector(&["events", "--path", "/var/log/*.log"]).env("COLLECTOR_BTF_PATH", "/nonexistent/btf").output().unwrap();
+    let out = collector(&["events", "--path", "/var/log/*.log"])
+        .env("COLLECTOR_BTF_PATH", "/nonexistent/btf")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("this kernel has no BTF (/nonexistent/btf is missing)"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("this kernel has no BTF (/nonexistent/btf is missing)"), "{}", stderr(&out));
 }
 
 #[test]
@@ -52,7 +51,8 @@ fn version_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.starts_with("collector "), "{text}");
     for mode in ["fentry", "kprobe", "tracepoint"] {
-        let line = text.lines().find(|l| l.starts_with(&format!("attach mode {mode}: "))).unwrap_or_else(|| panic!("{text}"));
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("attach mode {mode}: "))).unwrap_or_else(|| panic!("{text}"));
         if line.ends_with(": supported") {
             continue;
         }

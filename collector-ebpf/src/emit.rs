@@ -2,12 +2,10 @@
 //! lookups every hook starts with.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+    bpf_probe_read_user_str_bytes,
 };
-use collector_common::{
-    Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
-};
+use collector_common::{Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode};
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
 
@@ -25,7 +23,7 @@ pub fn is_watched_dir(key: &InodeKey) -> bool {
 /// first writes slip by before the daemon decides whether it wants it.
 #[inline(always)]
 pub fn watch(key: &InodeKey) {
-    let _ = WATCHED_INODES.insert(key, &WatchedInode::new(0), 0);
+    let _ = WATCHED_INODES.insert(key, WatchedInode::new(0), 0);
 }
 
 #[inline(always)]
@@ -67,13 +65,7 @@ fn header(kind: EventKind, inode: InodeKey) -> EventHeader {
 
 #[inline(always)]
 pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKey, peer_pos: u64) {
-    let event = RangeEvent {
-        header: header(kind, inode),
-        pos,
-        len,
-        peer,
-        peer_pos,
-    };
+    let event = RangeEvent { header: header(kind, inode), pos, len, peer, peer_pos };
     match EVENTS.output::<RangeEvent>(&event, 0) {
         Ok(()) => bump(Counter::Emitted),
         Err(_) => bump(Counter::RingBufferLost),

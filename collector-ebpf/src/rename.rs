@@ -50,9 +50,11 @@ fn end(ctx: &TracePointContext) {
     // Where the new directory is not known exactly, a watched directory the call touched
     // stands in (it may be the old one: the daemon sorts that out).
     let into_watched_dir = emit::is_watched_dir(&call.base_dir) || call.touched_watched_dir;
-    let relevant = inode.is_unknown() || emit::is_watched(&inode) || into_watched_dir || emit::is_watched_dir(&call.old_parent);
+    let relevant =
+        inode.is_unknown() || emit::is_watched(&inode) || into_watched_dir || emit::is_watched_dir(&call.old_parent);
     if relevant {
-        let dirs = Dirs { new_parent: call.new_parent, old_parent: call.old_parent, base_dir: call.base_dir, dfd: call.dfd };
+        let dirs =
+            Dirs { new_parent: call.new_parent, old_parent: call.old_parent, base_dir: call.base_dir, dfd: call.dfd };
         on_rename(inode, into_watched_dir, dirs, Name::User(call.user_name));
     }
 }

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use crate::probe::AttachMode;
 
 #[derive(Parser, Debug)]
-#[command(name = "collector", about = "Ships log files, told by eBPF which inode every write, rename and truncate touched.", disable_version_flag = true)]
+#[command(
+    name = "collector",
+    about = "Ships log files, told by eBPF which inode every write, rename and truncate touched.",
+    disable_version_flag = true
+)]
 pub struct Cli {
     /// Print the version and the attach modes this kernel supports, then exit.
     #[arg(long, short = 'V')]

@@ -109,7 +109,8 @@ fn resync(watch: &mut WatchSet) -> Vec<Value> {
 fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow::Result<Option<Value>> {
     let mut line = base(&event);
     let inode = event.inode();
-    let path_of = |watch: &WatchSet, inode: &InodeKey| watch.tracked(inode).map(|t| t.path.to_string_lossy().into_owned());
+    let path_of =
+        |watch: &WatchSet, inode: &InodeKey| watch.tracked(inode).map(|t| t.path.to_string_lossy().into_owned());
     match &event {
         KernelEvent::Write { pos, len, .. } | KernelEvent::Read { pos, len, .. } => {
             let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };

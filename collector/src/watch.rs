@@ -80,8 +80,8 @@ impl WatchSet {
                     continue;
                 }
                 let key = key_of(&meta);
-                if !self.files.contains_key(&key) {
-                    self.files.insert(key, Tracked { path: file, unlinked: false, known_size: meta.len() });
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(key) {
+                    slot.insert(Tracked { path: file, unlinked: false, known_size: meta.len() });
                     scan.files.push((key, meta.len()));
                 }
             }

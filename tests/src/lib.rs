@@ -131,11 +131,15 @@ impl Events {
     /// Writes one line to `sentinel` (which must be watched) and returns every event before
     /// that write's event: the kernel reports in order, so everything earlier is in.
     pub fn drain(&self, sentinel: &Path) -> Vec<Value> {
-        std::fs::OpenOptions::new().append(true).create(true).open(sentinel).and_then(|mut f| {
-            use std::io::Write as _;
-            f.write_all(b"sentinel\n")
-        })
-        .expect("write sentinel");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(sentinel)
+            .and_then(|mut f| {
+                use std::io::Write as _;
+                f.write_all(b"sentinel\n")
+            })
+            .expect("write sentinel");
         let sentinel_ino = ino(sentinel);
         let mut events = self.until(|v| v["kind"] == "write" && v["ino"] == sentinel_ino);
         events.pop();

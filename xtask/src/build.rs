@@ -8,7 +8,18 @@ use crate::shell;
 pub fn ebpf() -> anyhow::Result<()> {
     shell::run(
         Command::new("cargo")
-            .args(["+nightly", "build", "--release", "-p", "collector-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--bins"])
+            .args([
+                "+nightly",
+                "build",
+                "--release",
+                "-p",
+                "collector-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--bins",
+            ])
             .current_dir(shell::root()),
     )?;
     eprintln!("built {}", shell::root().join("target/bpfel-unknown-none/release/collector-ebpf").display());

@@ -52,7 +52,8 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch)?;
         shell::run(Command::new("apt-get").args(["download", "-qq", &package]).current_dir(&scratch))?;
-        let deb = fs::read_dir(&scratch)?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
+        let deb =
+            fs::read_dir(&scratch)?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
         let deb = deb.context("apt-get download produced no .deb")?;
         let unpacked = scratch.join("x");
         shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
@@ -119,7 +120,9 @@ fn base_initramfs() -> anyhow::Result<()> {
     }
     std::os::unix::fs::symlink("bin", base.join("sbin"))?;
     let here = shell::root().join("xtask/guest");
-    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(base.join("bin/qexit")).arg(here.join("qexit.c")))?;
+    shell::run(
+        Command::new("gcc").args(["-O2", "-static", "-o"]).arg(base.join("bin/qexit")).arg(here.join("qexit.c")),
+    )?;
     fs::copy(here.join("init"), base.join("init"))?;
     shell::run(Command::new("chmod").arg("+x").arg(base.join("init")))?;
     make_cpio(&base, &cpio)
@@ -157,7 +160,21 @@ pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyho
     let status = Command::new("timeout")
         .arg(timeout.as_secs().to_string())
         .arg("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1", "-no-reboot", "-display", "none", "-monitor", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "512M",
+            "-smp",
+            "1",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
@@ -170,17 +187,18 @@ pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyho
         .status()
         .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
     let output = fs::read_to_string(&results).unwrap_or_default();
-    let reported = output.lines().rev().find_map(|l| l.strip_prefix("GUEST-EXIT status=")).and_then(|s| s.trim().parse::<i32>().ok());
+    let reported = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("GUEST-EXIT status="))
+        .and_then(|s| s.trim().parse::<i32>().ok());
     match (status.code(), reported) {
         (Some(124), _) => bail!("guest {series} timed out after {timeout:?}; console: {}", console.display()),
         (Some(q), Some(g)) if q & 1 == 1 && (q >> 1) == (g & 127) => {
             let _ = fs::remove_dir_all(&run_dir);
             Ok(GuestRun { status: g, output })
         }
-        _ => bail!(
-            "guest {series} reported no status (qemu {status}); console: {}\n{output}",
-            console.display()
-        ),
+        _ => bail!("guest {series} reported no status (qemu {status}); console: {}\n{output}", console.display()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: everything a fresh machine of this kind needs, each step skipped
 //! when already done.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::Context as _;
 
@@ -30,8 +30,9 @@ pub fn run(with_guest: bool) -> anyhow::Result<()> {
 fn rust_toolchain() -> anyhow::Result<()> {
     // The kernel programs build with the installed nightly's rust-src (build-std=core).
     // Never update the nightly: bpf-linker 0.10 loads the same LLVM (22) that it ships.
-    let installed = shell::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .context("a nightly toolchain is needed for the eBPF crate (rustup toolchain install nightly)")?;
+    let installed =
+        shell::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .context("a nightly toolchain is needed for the eBPF crate (rustup toolchain install nightly)")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         shell::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
@@ -44,9 +45,9 @@ fn rust_toolchain() -> anyhow::Result<()> {
 }
 
 fn mount_kernel_filesystems() -> anyhow::Result<()> {
-    for (fs, dir, probe) in [("tracefs", "/sys/kernel/tracing", "events"), ("bpf", "/sys/fs/bpf", "")] {
+    for (fs, dir) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         let mounted = shell::output(Command::new("findmnt").args(["-n", "-t", fs, dir])).is_ok_and(|o| !o.is_empty());
-        if !mounted && !(probe != "" && Path::new(dir).join(probe).exists()) {
+        if !mounted {
             shell::run(Command::new("mount").args(["-t", fs, fs, dir]))?;
         }
     }
@@ -54,11 +55,7 @@ fn mount_kernel_filesystems() -> anyhow::Result<()> {
 }
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -130,7 +130,11 @@ mod tests {
         let kp = plan(AttachMode::Kprobe, NAMES);
         assert_eq!(kp[0].target, Target::Kprobe("vfs_write".into()));
         assert_eq!(kp[1].target, Target::Kretprobe("vfs_write".into()));
-        assert_eq!(kp[2].target, Target::SyscallTracepoint("sys_enter_rename".into()), "renames' names come from the syscall");
+        assert_eq!(
+            kp[2].target,
+            Target::SyscallTracepoint("sys_enter_rename".into()),
+            "renames' names come from the syscall"
+        );
         let fentry = plan(AttachMode::Fentry, NAMES);
         assert_eq!(fentry[0].target, Target::Fexit("vfs_write".into()));
         assert_eq!(fentry[1].program, "tp_sys_enter_rename");

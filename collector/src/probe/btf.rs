@@ -173,7 +173,9 @@ impl KernelBtf {
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.types.get(id as usize) {
-                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                Some(t)
+                    if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) =>
+                {
                     id = t.size_or_type;
                 }
                 _ => break,
@@ -282,18 +284,43 @@ mod tests {
         };
         let mut t = Vec::new();
         let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
-        push(s("int")); push(KIND_INT << 24); push(4); push(32); // 1
-        push(s("inner")); push((KIND_STRUCT << 24) | 2); push(8); // 2
-        push(s("a")); push(1); push(0);
-        push(s("b")); push(1); push(32);
-        push(s("inner_t")); push(KIND_TYPEDEF << 24); push(2); // 3
-        push(0); push((KIND_UNION << 24) | 2); push(8); // 4
-        push(s("in")); push(3); push(0);
-        push(s("c")); push(1); push(0);
-        push(s("outer")); push((1 << 31) | (KIND_STRUCT << 24) | 3); push(24); // 5 (kind_flag)
-        push(s("x")); push(1); push(0);
-        push(0); push(4); push(64);
-        push(s("bits")); push(1); push((3 << 24) | 128);
+        push(s("int"));
+        push(KIND_INT << 24);
+        push(4);
+        push(32); // 1
+        push(s("inner"));
+        push((KIND_STRUCT << 24) | 2);
+        push(8); // 2
+        push(s("a"));
+        push(1);
+        push(0);
+        push(s("b"));
+        push(1);
+        push(32);
+        push(s("inner_t"));
+        push(KIND_TYPEDEF << 24);
+        push(2); // 3
+        push(0);
+        push((KIND_UNION << 24) | 2);
+        push(8); // 4
+        push(s("in"));
+        push(3);
+        push(0);
+        push(s("c"));
+        push(1);
+        push(0);
+        push(s("outer"));
+        push((1 << 31) | (KIND_STRUCT << 24) | 3);
+        push(24); // 5 (kind_flag)
+        push(s("x"));
+        push(1);
+        push(0);
+        push(0);
+        push(4);
+        push(64);
+        push(s("bits"));
+        push(1);
+        push((3 << 24) | 128);
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]); // version, flags
@@ -358,7 +385,10 @@ mod tests {
     fn running_kernel_layout_is_consistent() {
         let btf = KernelBtf::running_kernel().expect("this kernel has BTF");
         let path = btf.member_offset("file", "f_path").unwrap();
-        assert_eq!(btf.member_offset("file", "f_path.dentry").unwrap(), path + btf.member_offset("path", "dentry").unwrap());
+        assert_eq!(
+            btf.member_offset("file", "f_path.dentry").unwrap(),
+            path + btf.member_offset("path", "dentry").unwrap()
+        );
         assert_eq!(
             btf.member_offset("dentry", "d_name.name").unwrap(),
             btf.member_offset("dentry", "d_name").unwrap() + btf.member_offset("qstr", "name").unwrap()

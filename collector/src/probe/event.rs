@@ -15,16 +15,56 @@ pub struct Origin {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
-    Write { origin: Origin, inode: InodeKey, pos: u64, len: u64 },
-    Read { origin: Origin, inode: InodeKey, pos: u64, len: u64 },
-    Copy { origin: Origin, source: InodeKey, pos: u64, len: u64, destination: InodeKey, destination_pos: u64 },
-    Truncate { origin: Origin, inode: InodeKey, size_before: u64, size_after: u64 },
+    Write {
+        origin: Origin,
+        inode: InodeKey,
+        pos: u64,
+        len: u64,
+    },
+    Read {
+        origin: Origin,
+        inode: InodeKey,
+        pos: u64,
+        len: u64,
+    },
+    Copy {
+        origin: Origin,
+        source: InodeKey,
+        pos: u64,
+        len: u64,
+        destination: InodeKey,
+        destination_pos: u64,
+    },
+    Truncate {
+        origin: Origin,
+        inode: InodeKey,
+        size_before: u64,
+        size_after: u64,
+    },
     /// `name` as the caller passed it: absolute, or relative to `base_dir` (descriptor
     /// `dfd`). `new_parent` is zero where the attach mode cannot see it; `inode` is zero on
     /// kernels where tracepoint mode cannot see which inode moved.
-    Rename { origin: Origin, inode: InodeKey, new_parent: InodeKey, old_parent: InodeKey, base_dir: InodeKey, dfd: i32, name: Vec<u8> },
-    Create { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
-    Unlink { origin: Origin, inode: InodeKey, parent: InodeKey, name: Vec<u8> },
+    Rename {
+        origin: Origin,
+        inode: InodeKey,
+        new_parent: InodeKey,
+        old_parent: InodeKey,
+        base_dir: InodeKey,
+        dfd: i32,
+        name: Vec<u8>,
+    },
+    Create {
+        origin: Origin,
+        inode: InodeKey,
+        parent: InodeKey,
+        name: Vec<u8>,
+    },
+    Unlink {
+        origin: Origin,
+        inode: InodeKey,
+        parent: InodeKey,
+        name: Vec<u8>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,7 +189,13 @@ mod tests {
 
     #[test]
     fn decodes_a_truncate_record() {
-        let r = RangeEvent { header: header(EventKind::Truncate), pos: 100, len: 0, peer: InodeKey::default(), peer_pos: 0 };
+        let r = RangeEvent {
+            header: header(EventKind::Truncate),
+            pos: 100,
+            len: 0,
+            peer: InodeKey::default(),
+            peer_pos: 0,
+        };
         let e = KernelEvent::decode(&bytes_of(&r)).unwrap();
         assert_eq!(
             e,

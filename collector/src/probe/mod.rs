@@ -88,11 +88,12 @@ impl Probe {
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
         for mode in candidates {
-            let attached = if mode != AttachMode::Tracepoint && kernel_offsets.renamedata_old_dentry == KernelOffsets::ABSENT {
-                Err("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned())
-            } else {
-                attach_mode(&mut ebpf, mode)
-            };
+            let attached =
+                if mode != AttachMode::Tracepoint && kernel_offsets.renamedata_old_dentry == KernelOffsets::ABSENT {
+                    Err("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned())
+                } else {
+                    attach_mode(&mut ebpf, mode)
+                };
             match attached {
                 Ok(()) => {
                     for (worse, why) in &rejected {
@@ -232,4 +233,3 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         _ => Ok(()),
     };
 }
-

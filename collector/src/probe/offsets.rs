@@ -47,18 +47,14 @@ pub struct SyscallRecordLayout {
 pub fn syscall_record_layout(tracefs: &Path) -> anyhow::Result<SyscallRecordLayout> {
     let enter = tracefs.join("events/syscalls/sys_enter_write/format");
     let exit = tracefs.join("events/syscalls/sys_exit_write/format");
-    Ok(SyscallRecordLayout {
-        enter_args: field_offset(&enter, "fd")?,
-        exit_ret: field_offset(&exit, "ret")?,
-    })
+    Ok(SyscallRecordLayout { enter_args: field_offset(&enter, "fd")?, exit_ret: field_offset(&exit, "ret")? })
 }
 
 /// Offset of `field` in a tracefs `format` file (`field:unsigned int fd;\toffset:16;...`).
 fn field_offset(format_file: &Path, field: &str) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(format_file)
         .with_context(|| format!("reading tracepoint format {}", format_file.display()))?;
-    parse_field_offset(&text, field)
-        .with_context(|| format!("no field `{field}` in {}", format_file.display()))
+    parse_field_offset(&text, field).with_context(|| format!("no field `{field}` in {}", format_file.display()))
 }
 
 fn parse_field_offset(format: &str, field: &str) -> anyhow::Result<u32> {

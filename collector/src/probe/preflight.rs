@@ -15,9 +15,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    #[error(
-        "this kernel has no BTF ({0} is missing): collector needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("this kernel has no BTF ({0} is missing): collector needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(PathBuf),
     #[error(
         "missing capabilities {missing}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (or CAP_SYS_ADMIN)"
@@ -68,11 +66,7 @@ fn check_capabilities(effective: u64) -> Result<(), PreflightError> {
     if !has(CAP_DAC_READ_SEARCH) {
         missing.push("CAP_DAC_READ_SEARCH");
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PreflightError::Capabilities { missing: missing.join(", ") })
-    }
+    if missing.is_empty() { Ok(()) } else { Err(PreflightError::Capabilities { missing: missing.join(", ") }) }
 }
 
 /// Tracepoints are attached through tracefs; a fresh container or VM may not have it.
@@ -81,13 +75,7 @@ fn mount_tracefs() -> Result<(), PreflightError> {
         return Ok(());
     }
     let ok = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     } == 0;
     if ok { Ok(()) } else { Err(PreflightError::Tracefs(std::io::Error::last_os_error())) }
 }
