@@ -29,8 +29,12 @@ enum Command {
     /// Build the kernel programs alone (they are also built by `cargo build -p collector`).
     BuildEbpf,
     /// Set up, build, and run the collector on a demo log that a writer appends to and
-    /// logrotate rotates; prints what the kernel reports.
-    Run,
+    /// logrotate rotates; prints what the kernel reports. Ctrl-C stops it.
+    Run {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Set up and run every test: unit, native integration (tracepoint mode on this kernel),
     /// and the guest kernels (fentry and kprobe modes under QEMU).
     Test {
@@ -52,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup { no_guest } => setup::run(!no_guest),
         Command::BuildEbpf => build::ebpf(),
-        Command::Run => run::run(),
+        Command::Run { seconds } => run::run(seconds),
         Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
         Command::Bench { name } => bench::run(name.as_deref()),
     }
