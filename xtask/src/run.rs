@@ -26,7 +26,8 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     fs::write(&log, b"")?;
     let conf = demo.join("logrotate.conf");
 
-    let mut child = Command::new(&collector).arg("events").arg("--path").arg(format!("{}/app.log*", demo.display())).spawn()?;
+    let mut child =
+        Command::new(&collector).arg("events").arg("--path").arg(format!("{}/app.log*", demo.display())).spawn()?;
     eprintln!("demo: collector (pid {}) watching {}/app.log*; Ctrl-C to stop", child.id(), demo.display());
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -55,7 +56,12 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
                 let body = format!("{} {{\n  {how}\n  rotate 3\n  compress\n  delaycompress\n}}\n", log.display());
                 if fs::write(&conf, body).is_ok() {
                     eprintln!("demo: logrotate ({how})");
-                    let _ = Command::new("logrotate").arg("-f").arg("-s").arg(conf.with_extension("state")).arg(&conf).status();
+                    let _ = Command::new("logrotate")
+                        .arg("-f")
+                        .arg("-s")
+                        .arg(conf.with_extension("state"))
+                        .arg(&conf)
+                        .status();
                 }
             }
         })
