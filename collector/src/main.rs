@@ -2,7 +2,9 @@
 //! rename and truncate touched.
 
 mod cli;
+mod config;
 mod events;
+mod framer;
 mod probe;
 mod watch;
 

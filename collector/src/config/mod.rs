@@ -1,0 +1,271 @@
+//! Configuration: the TOML model (raw.rs) validated once into typed values. Every error
+//! names the file, the line and the key, and nothing is attached before the config is good.
+
+mod raw;
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/collector/collector.toml";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub host: String,
+    pub flows: Vec<Flow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    Start,
+    End,
+}
+
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub exclude: Vec<glob::Pattern>,
+    /// Where to start in files that have no checkpoint and existed before start-up (files
+    /// created while running are always read from the start).
+    pub initial_position: InitialPosition,
+    pub multiline_start: Option<regex_lite::Regex>,
+    pub multiline_flush: Duration,
+    pub skip_header_lines: u32,
+    pub max_record_bytes: usize,
+    pub truncated_terminator: Vec<u8>,
+    pub rotated_idle: Duration,
+    pub follow_symlinks: bool,
+    pub sink: SinkConfig,
+}
+
+#[derive(Clone, Debug)]
+pub enum SinkConfig {
+    File { path: PathBuf, format: FileFormat },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Raw,
+    Json,
+}
+
+/// A config error, located: `file:line: key: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, key: &str, message: String| ConfigError {
+            file: file.into(),
+            line: line_of(text, span.start),
+            key: key.into(),
+            message,
+        };
+        let raw: raw::File = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at(span, &key_near(text, e.span()), e.message().trim().to_owned())
+        })?;
+        let state_dir = match &raw.collector.state_dir {
+            Some(dir) if !dir.get_ref().starts_with('/') => {
+                return Err(at(dir.span(), "collector.state_dir", "must be an absolute path".into()));
+            }
+            Some(dir) => PathBuf::from(dir.get_ref()),
+            None => PathBuf::from("/var/lib/collector"),
+        };
+        let host = raw.collector.host.clone().unwrap_or_else(hostname);
+        if raw.flow.is_empty() {
+            return Err(at(0..0, "flow", "no [[flow]] defined: nothing to ship".into()));
+        }
+        let mut flows = Vec::new();
+        for (i, f) in raw.flow.iter().enumerate() {
+            let key = |k: &str| format!("flow[{i}].{k}");
+            let name = f.name.get_ref().clone();
+            if name.is_empty() || flows.iter().any(|g: &Flow| g.name == name) {
+                return Err(at(f.name.span(), &key("name"), format!("`{name}` must be non-empty and unique")));
+            }
+            if f.paths.get_ref().is_empty() {
+                return Err(at(f.paths.span(), &key("paths"), "needs at least one glob".into()));
+            }
+            let mut paths = Vec::new();
+            for p in f.paths.get_ref() {
+                pattern(p, &at, &key("paths"))?;
+                paths.push(p.get_ref().clone());
+            }
+            let exclude = f.exclude.iter().map(|p| pattern(p, &at, &key("exclude"))).collect::<Result<_, _>>()?;
+            let initial_position = match f.initial_position.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+                None | Some(("start", _)) => InitialPosition::Start,
+                Some(("end", _)) => InitialPosition::End,
+                Some((other, span)) => {
+                    return Err(at(
+                        span,
+                        &key("initial_position"),
+                        format!("`{other}`: expected \"start\" or \"end\""),
+                    ));
+                }
+            };
+            let multiline_start = match &f.multiline_start {
+                Some(re) => Some(
+                    regex_lite::Regex::new(re.get_ref())
+                        .map_err(|e| at(re.span(), &key("multiline_start"), format!("bad regex: {e}")))?,
+                ),
+                None => None,
+            };
+            let max_record_bytes = match &f.max_record_bytes {
+                Some(n) if *n.get_ref() < 16 || *n.get_ref() > 1 << 30 => {
+                    return Err(at(n.span(), &key("max_record_bytes"), "must be between 16 and 1 GiB".into()));
+                }
+                Some(n) => *n.get_ref() as usize,
+                None => 1024 * 1024,
+            };
+            flows.push(Flow {
+                name,
+                paths,
+                exclude,
+                initial_position,
+                multiline_start,
+                multiline_flush: duration(&f.multiline_flush, Duration::from_secs(1), &at, &key("multiline_flush"))?,
+                skip_header_lines: f.skip_header_lines.unwrap_or(0),
+                max_record_bytes,
+                truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
+                rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
+                follow_symlinks: f.follow_symlinks,
+                sink: sink(f.sink.get_ref(), &at, &key("sink"))?,
+            });
+        }
+        Ok(Config { state_dir, host, flows })
+    }
+}
+
+type At<'a> = dyn Fn(Range<usize>, &str, String) -> ConfigError + 'a;
+
+fn pattern(p: &Spanned<String>, at: &At, key: &str) -> Result<glob::Pattern, ConfigError> {
+    if !p.get_ref().starts_with('/') {
+        return Err(at(p.span(), key, format!("`{}` must be an absolute path", p.get_ref())));
+    }
+    glob::Pattern::new(p.get_ref()).map_err(|e| at(p.span(), key, format!("`{}`: {e}", p.get_ref())))
+}
+
+fn duration(v: &Option<Spanned<String>>, default: Duration, at: &At, key: &str) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.get_ref())
+            .map_err(|e| at(s.span(), key, format!("`{}`: {e} (write e.g. \"500ms\", \"5m\")", s.get_ref()))),
+    }
+}
+
+fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
+    match s.kind.get_ref().as_str() {
+        "file" => {
+            let path = s
+                .path
+                .as_ref()
+                .ok_or_else(|| at(s.kind.span(), &format!("{key}.path"), "the file sink needs a path".into()))?;
+            let format = match s.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+                None | Some(("json", _)) => FileFormat::Json,
+                Some(("raw", _)) => FileFormat::Raw,
+                Some((other, span)) => {
+                    return Err(at(span, &format!("{key}.format"), format!("`{other}`: expected \"raw\" or \"json\"")));
+                }
+            };
+            Ok(SinkConfig::File { path: PathBuf::from(path.get_ref()), format })
+        }
+        other => Err(at(
+            s.kind.span(),
+            &format!("{key}.kind"),
+            format!("`{other}`: this build knows the sink kind \"file\""),
+        )),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key on the line of a parse error, for errors the TOML parser reports by position.
+fn key_near(text: &str, span: Option<Range<usize>>) -> String {
+    let Some(span) = span else { return "-".into() };
+    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('[')).unwrap_or("-").to_owned()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[collector]
+state_dir = "/var/lib/collector"
+
+[[flow]]
+name = "app"
+paths = ["/var/log/app/*.log"]
+multiline_start = '^\d{4}-'
+rotated_idle = "2m"
+
+[flow.sink]
+kind = "file"
+path = "/tmp/out.jsonl"
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = Config::parse("c.toml", GOOD).unwrap();
+        let f = &c.flows[0];
+        assert_eq!((f.name.as_str(), f.rotated_idle, f.max_record_bytes), ("app", Duration::from_secs(120), 1 << 20));
+        assert_eq!(f.initial_position, InitialPosition::Start);
+        assert!(matches!(f.sink, SinkConfig::File { format: FileFormat::Json, .. }));
+    }
+
+    fn error(text: &str) -> String {
+        Config::parse("c.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        assert_eq!(
+            error(&GOOD.replace("rotated_idle = \"2m\"", "rotated_idle = \"soon\"")),
+            "c.toml:9: flow[0].rotated_idle: `soon`: expected number at 0 (write e.g. \"500ms\", \"5m\")"
+        );
+        assert_eq!(
+            error(&GOOD.replace(r"'^\d{4}-'", "'(unclosed'")),
+            "c.toml:8: flow[0].multiline_start: bad regex: found open group without closing ')'"
+        );
+        assert!(
+            error(&GOOD.replace("kind = \"file\"", "kind = \"kafka\""))
+                .starts_with("c.toml:12: flow[0].sink.kind: `kafka`")
+        );
+        let relative = error(&GOOD.replace("/var/log/app/*.log", "logs/*.log"));
+        assert!(relative.starts_with("c.toml:7: flow[0].paths: `logs/*.log` must be an absolute path"), "{relative}");
+        let unknown = error(&GOOD.replace("rotated_idle", "rotate_idle"));
+        assert!(unknown.starts_with("c.toml:9: rotate_idle: unknown field `rotate_idle`"), "{unknown}");
+    }
+}

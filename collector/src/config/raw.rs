@@ -1,0 +1,48 @@
+//! The TOML file as written: serde structs that refuse unknown keys and keep each value's
+//! position, so validation (mod.rs) can name the line of a bad value.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub collector: Collector,
+    #[serde(default)]
+    pub flow: Vec<Flow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collector {
+    pub state_dir: Option<Spanned<String>>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    pub name: Spanned<String>,
+    pub paths: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+    pub initial_position: Option<Spanned<String>>,
+    pub multiline_start: Option<Spanned<String>>,
+    pub multiline_flush: Option<Spanned<String>>,
+    pub skip_header_lines: Option<u32>,
+    pub max_record_bytes: Option<Spanned<i64>>,
+    pub truncated_terminator: Option<String>,
+    pub rotated_idle: Option<Spanned<String>>,
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    pub sink: Spanned<Sink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+}
