@@ -1,11 +1,14 @@
 //! collector: ships log files to AWS Kinesis, told by eBPF exactly which inode every write,
 //! rename and truncate touched.
 
+mod checkpoint;
 mod cli;
 mod config;
 mod events;
 mod framer;
 mod probe;
+mod sink;
+mod tracker;
 mod watch;
 
 use std::process::ExitCode;
