@@ -166,11 +166,6 @@ impl Store {
     }
 }
 
-/// The kernel key of an open file (what the programs and the checkpoints use).
-pub fn key_of_file(file: &fs::File) -> std::io::Result<InodeKey> {
-    Ok(crate::watch::key_of(&file.metadata()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

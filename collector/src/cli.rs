@@ -26,6 +26,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the collector: ship every flow of the config.
+    Run {
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+    },
+    /// Check a config file and exit: 0 if good, 2 with file:line: key: message if not.
+    CheckConfig {
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+    },
     /// Print kernel file events for matching files as JSON lines (debugging; used by tests).
     Events {
         /// Absolute glob of files to watch (`*` stays in one directory, `**` crosses them). Repeatable.

@@ -135,13 +135,26 @@ impl Framer {
         }
     }
 
-    /// The multiline record held back, once no new line has come for `multiline_flush`.
-    pub fn flush(&mut self) -> Option<Record> {
-        self.held.take()
+    /// Everything held back, once nothing new has come for the flush timeout: the multiline
+    /// record being gathered, then the final line that has no newline yet.
+    pub fn flush(&mut self, out: &mut Vec<Record>) {
+        out.extend(self.held.take());
+        if !self.line.is_empty() || self.line_dropped > 0 {
+            let end = self.next_offset();
+            let data = std::mem::take(&mut self.line);
+            let truncated = std::mem::take(&mut self.line_dropped) > 0;
+            out.push(Record { offset: self.line_start, end, data, truncated });
+            self.line_start = end;
+        }
     }
 
-    pub fn holds_record(&self) -> bool {
-        self.held.is_some()
+    /// Whether something waits for more input or the flush timeout.
+    pub fn holds(&self) -> bool {
+        self.held.is_some() || !self.line.is_empty()
+    }
+
+    pub fn flush_after(&self) -> Duration {
+        self.config.multiline_flush
     }
 
     /// Offset up to which every byte belongs to a record already returned.
@@ -189,6 +202,10 @@ mod tests {
         assert_eq!(out.iter().map(|r| (r.offset, r.end)).collect::<Vec<_>>(), [(0, 4), (4, 8), (8, 14)]);
         assert_eq!(f.settled_offset(), 14, "the unfinished line waits for its newline");
         assert_eq!(f.next_offset(), 19);
+        let mut flushed = Vec::new();
+        f.flush(&mut flushed);
+        assert_eq!((datas(&flushed), flushed[0].offset, flushed[0].end), (vec!["three".to_owned()], 14, 19));
+        assert_eq!(f.settled_offset(), 19);
     }
 
     #[test]
@@ -198,7 +215,9 @@ mod tests {
         assert_eq!(datas(&out), ["2026-01 boom\n  at a\n  at b"]);
         assert_eq!((out[0].offset, out[0].end), (0, 27));
         assert_eq!(f.settled_offset(), 27);
-        assert_eq!(datas(&[f.flush().unwrap()]), ["2026-02 ok"]);
+        let mut flushed = Vec::new();
+        f.flush(&mut flushed);
+        assert_eq!(datas(&flushed), ["2026-02 ok"]);
     }
 
     #[test]

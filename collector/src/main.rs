@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cli;
 mod config;
+mod daemon;
 mod events;
 mod framer;
 mod probe;
@@ -32,6 +33,41 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match command {
+        Command::CheckConfig { config } => match config::Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} flows)", config.display(), c.flows.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("collector: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            // The config is checked before anything is attached.
+            let config = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let probe = match Probe::start(&ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes: None }) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    return ExitCode::from(e.exit_code());
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            match runtime.block_on(daemon::run(config, probe)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("collector: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Layout { btf, vmlinux } => {
             let btf = match (btf, vmlinux) {
                 (_, Some(image)) => probe::btf::KernelBtf::from_elf_file(&image),

@@ -101,6 +101,10 @@ impl WatchSet {
         self.files.iter()
     }
 
+    pub fn dirs(&self) -> impl Iterator<Item = (&InodeKey, &PathBuf)> {
+        self.dirs.iter()
+    }
+
     pub fn track(&mut self, inode: InodeKey, path: PathBuf, size: u64) {
         self.files.insert(inode, Tracked { path, unlinked: false, known_size: size });
     }

@@ -40,7 +40,6 @@ pub struct Flow {
     pub max_record_bytes: usize,
     pub truncated_terminator: Vec<u8>,
     pub rotated_idle: Duration,
-    pub follow_symlinks: bool,
     pub sink: SinkConfig,
 }
 
@@ -150,7 +149,6 @@ impl Config {
                 max_record_bytes,
                 truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
                 rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
-                follow_symlinks: f.follow_symlinks,
                 sink: sink(f.sink.get_ref(), &at, &key("sink"))?,
             });
         }

@@ -34,8 +34,6 @@ pub struct Flow {
     pub max_record_bytes: Option<Spanned<i64>>,
     pub truncated_terminator: Option<String>,
     pub rotated_idle: Option<Spanned<String>>,
-    #[serde(default)]
-    pub follow_symlinks: bool,
     pub sink: Spanned<Sink>,
 }
 

@@ -87,10 +87,6 @@ impl Tracker {
         self.files.get(inode)
     }
 
-    pub fn files(&self) -> impl Iterator<Item = (&InodeKey, &Tracked)> {
-        self.files.iter()
-    }
-
     /// A file found by scanning (start-up): an original read from `from`.
     pub fn discovered(&mut self, inode: InodeKey, flow: usize, path: PathBuf, from: u64, now_ns: u64) -> Action {
         self.files.insert(
@@ -203,16 +199,13 @@ impl Tracker {
                         t.path = path.clone();
                         t.rotated = true;
                         t.last_activity_ns = now_ns;
-                        if t.role == Role::Candidate && flow.is_some() {
+                        if t.role == Role::Candidate
+                            && let Some(flow) = flow
+                        {
                             t.role = Role::Original;
-                            t.flow = flow;
+                            t.flow = Some(flow);
                             t.rotated = false;
-                            actions.push(Action::Track {
-                                inode,
-                                flow: flow.expect("some"),
-                                path: path.clone(),
-                                from: 0,
-                            });
+                            actions.push(Action::Track { inode, flow, path: path.clone(), from: 0 });
                             actions.push(Action::Read { inode });
                         }
                         actions.push(Action::Moved { inode, path });

@@ -1,0 +1,590 @@
+//! `collector run`: the loop that ties the kernel events, the tracker, the files it holds
+//! open, the framer, the sinks and the checkpoints together. All I/O lives here; decisions
+//! about inodes live in the tracker.
+//!
+//! Each turn: take every kernel event there is and apply it; read what the events said is
+//! new (pread from held descriptors, never by path); take the events that arrived during
+//! the reads (a truncation among them voids what was just read of that file); frame and
+//! deliver; checkpoint what the sinks accepted.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use collector_common::InodeKey;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    checkpoint::{self, Checkpoint, Identity, Loaded, Store},
+    config::{Config, InitialPosition, SinkConfig},
+    framer::{Framer, FramerConfig, Record},
+    probe::{Probe, event::KernelEvent},
+    sink::{Outgoing, Sink, file::FileSink},
+    tracker::{self, Action, Tracker},
+    watch::{WatchSet, key_of},
+};
+
+/// Bytes read from one file per turn, so one busy file cannot starve the others.
+const READ_PER_TURN: usize = 4 << 20;
+
+struct OpenFile {
+    file: File,
+    flow: usize,
+    framer: Framer,
+    /// Every byte before this was accepted by the sink (or skipped on purpose).
+    acknowledged: u64,
+    identity: Identity,
+    /// A derived file (copy, .gz): held for recovery, never shipped.
+    derived: bool,
+    last_input: Instant,
+}
+
+pub struct Daemon {
+    config: Config,
+    probe: Probe,
+    tracker: Tracker,
+    open: HashMap<InodeKey, OpenFile>,
+    dirty: HashSet<InodeKey>,
+    store: Store,
+    sinks: Vec<Box<dyn Sink>>,
+    patterns: Vec<WatchSet>,
+    dirs: HashMap<InodeKey, PathBuf>,
+    started: Instant,
+    lost_seen: u64,
+}
+
+impl Daemon {
+    pub fn new(config: Config, probe: Probe) -> anyhow::Result<Daemon> {
+        let store = Store::open(&config.state_dir)?;
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut patterns = Vec::new();
+        for flow in &config.flows {
+            sinks.push(match &flow.sink {
+                SinkConfig::File { path, format } => Box::new(FileSink::open(path, *format, &config.host)?),
+            });
+            patterns.push(WatchSet::new(&flow.paths)?);
+        }
+        Ok(Daemon {
+            config,
+            probe,
+            tracker: Tracker::default(),
+            open: HashMap::new(),
+            dirty: HashSet::new(),
+            store,
+            sinks,
+            patterns,
+            dirs: HashMap::new(),
+            started: Instant::now(),
+            lost_seen: 0,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn flow_of(patterns: &[WatchSet], config: &Config) -> impl Fn(&Path) -> Option<usize> {
+        move |path: &Path| {
+            patterns
+                .iter()
+                .enumerate()
+                .position(|(i, p)| p.matches(path) && !config.flows[i].exclude.iter().any(|e| e.matches_path(path)))
+        }
+    }
+
+    /// Start-up: watch the flows' directories, pick up matching files at their
+    /// checkpoints, and find by inode the files that rotated while the collector was down.
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        for i in 0..self.patterns.len() {
+            let scan = self.patterns[i].scan();
+            for dir in scan.dirs {
+                self.probe.watch_dir(dir)?;
+            }
+            self.dirs.extend(self.patterns[i].dirs().map(|(k, p)| (*k, p.clone())));
+            found.extend(self.patterns[i].tracked_files().map(|(k, t)| (*k, i, t.path.clone())));
+        }
+        for (inode, flow, path) in found {
+            if self.open.contains_key(&inode) {
+                continue;
+            }
+            self.pick_up(inode, flow, path, false);
+        }
+        for c in self.store.all() {
+            let inode = InodeKey::new(c.dev, c.ino);
+            if self.open.contains_key(&inode) {
+                continue;
+            }
+            match self.find_moved(&c) {
+                Some(path) => {
+                    tracing::info!(path = %path.display(), was = %c.path.display(), "resuming a file that was rotated while stopped");
+                    let flow = self.config.flows.iter().position(|f| f.name == c.flow).unwrap_or(0);
+                    self.pick_up(inode, flow, path, true);
+                }
+                None => self.store.remove(inode),
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a checkpointed inode lives now: its old directory and the watched ones.
+    fn find_moved(&self, c: &Checkpoint) -> Option<PathBuf> {
+        let dirs = c.path.parent().map(Path::to_owned).into_iter().chain(self.dirs.values().cloned());
+        for dir in dirs {
+            for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+                let meta = entry.metadata().ok()?;
+                if meta.ino() == c.ino && meta.file_type().is_file() && key_of(&meta).dev == c.dev {
+                    return Some(entry.path());
+                }
+            }
+        }
+        None
+    }
+
+    /// Opens a file found on disk and starts tracking it from its checkpoint.
+    fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool) {
+        let Some(file) = open_safely(&path) else { return };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = match self.store.load(inode) {
+            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) && c.acknowledged <= size => c.acknowledged,
+            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) => {
+                tracing::warn!(path = %path.display(), checkpoint = c.acknowledged, size, "file shrank while stopped; reading from its start");
+                0
+            }
+            Loaded::Found(_) => {
+                tracing::info!(path = %path.display(), "inode number reused by a new file: its old checkpoint does not apply");
+                0
+            }
+            Loaded::Corrupt { moved_to, error } => {
+                tracing::error!(checkpoint = %moved_to.display(), %error, path = %path.display(), "corrupt checkpoint set aside; reading this file from its current end (nothing is sent twice)");
+                size
+            }
+            Loaded::Missing if self.config.flows[flow].initial_position == InitialPosition::End => size,
+            Loaded::Missing => 0,
+        };
+        let action = self.tracker.discovered(inode, flow, path.clone(), from, self.now_ns());
+        if rotated {
+            let _ = self.tracker.on_event(tracker::Event::Renamed { inode, path }, self.now_ns(), &|_| Some(flow));
+        }
+        self.apply(action, Some(file));
+    }
+
+    fn apply(&mut self, action: Action, opened: Option<File>) {
+        match action {
+            Action::Track { inode, flow, path, from } => {
+                let Some(file) = opened.or_else(|| open_safely(&path)) else { return };
+                let identity = Identity::of(&file).unwrap_or_default();
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if let Err(e) = self.probe.watch_inode(inode, size) {
+                    tracing::error!(path = %path.display(), "cannot watch: {e:#}");
+                    return;
+                }
+                let framer = Framer::new(framer_config(&self.config, flow), from);
+                let entry = OpenFile {
+                    file,
+                    flow,
+                    framer,
+                    acknowledged: from,
+                    identity,
+                    derived: false,
+                    last_input: Instant::now(),
+                };
+                // A file created while running is read on its first write: that write's
+                // task may show it is a copy, which must never be shipped.
+                let fresh = self.tracker.get(&inode).is_some_and(|t| t.fresh);
+                if from < size && !fresh {
+                    self.dirty.insert(inode);
+                }
+                self.open.insert(inode, entry);
+            }
+            Action::HoldDerived { inode, .. } => {
+                if let Some(f) = self.open.get_mut(&inode) {
+                    f.derived = true;
+                    self.dirty.remove(&inode);
+                } else if let Some(t) = self.tracker.get(&inode)
+                    && let Some(file) = open_safely(&t.path)
+                {
+                    let framer = Framer::new(framer_config(&self.config, 0), 0);
+                    let identity = Identity::default();
+                    self.open.insert(
+                        inode,
+                        OpenFile {
+                            file,
+                            flow: 0,
+                            framer,
+                            acknowledged: 0,
+                            identity,
+                            derived: true,
+                            last_input: Instant::now(),
+                        },
+                    );
+                }
+                self.store.remove(inode);
+            }
+            Action::Untrack { inode } => {
+                let _ = self.probe.unwatch_inode(inode);
+                self.dirty.remove(&inode);
+                if let Some(f) = self.open.remove(&inode)
+                    && f.file.metadata().is_ok_and(|m| m.nlink() == 0)
+                {
+                    self.store.remove(inode);
+                }
+            }
+            Action::Read { inode } => {
+                if self.open.get(&inode).is_some_and(|f| !f.derived) {
+                    self.dirty.insert(inode);
+                }
+            }
+            Action::Truncated { inode, size_before, size_after, recover_from } => {
+                self.truncated(inode, size_before, size_after, recover_from);
+            }
+            Action::Moved { .. } => {}
+        }
+    }
+
+    /// An original shrank: ship what it had that was not read yet — from the copy, when a
+    /// copytruncate made one — then restart it at its new end.
+    fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
+        let Some(f) = self.open.get(&inode) else { return };
+        let read_to = f.framer.next_offset();
+        if size_after >= read_to {
+            return;
+        }
+        let mut records = Vec::new();
+        let mut recovered_to = read_to;
+        if read_to < size_before
+            && let Some((copy, copied)) = recover_from
+            && let Some(c) = self.open.get(&copy)
+        {
+            let end = copied.min(size_before);
+            if end > read_to {
+                let mut buf = vec![0u8; (end - read_to) as usize];
+                if let Ok(n) = c.file.read_at(&mut buf, read_to) {
+                    let f = self.open.get_mut(&inode).expect("checked");
+                    f.framer.push(read_to, &buf[..n], &mut records);
+                    recovered_to = read_to + n as u64;
+                    tracing::info!(bytes = n, "recovered the unread tail of a copytruncated file from its copy");
+                }
+            }
+        }
+        let f = self.open.get_mut(&inode).expect("checked");
+        f.framer.flush(&mut records);
+        let lost = size_before.saturating_sub(recovered_to);
+        if lost > 0 {
+            let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
+        }
+        self.deliver(inode, records);
+        if let Some(f) = self.open.get_mut(&inode) {
+            f.framer.reset(size_after);
+            f.acknowledged = size_after;
+        }
+        self.checkpoint(inode);
+        self.dirty.insert(inode);
+    }
+
+    /// Applies kernel events to the tracker. Returns the inodes truncated among them.
+    fn on_events(&mut self, events: Vec<KernelEvent>) -> HashSet<InodeKey> {
+        let mut truncated = HashSet::new();
+        for event in events {
+            let Some(e) = self.translate(event) else { continue };
+            if let tracker::Event::Truncate { inode, .. } = &e {
+                truncated.insert(*inode);
+            }
+            let now = self.now_ns();
+            let actions = {
+                let flow_of = Self::flow_of(&self.patterns, &self.config);
+                self.tracker.on_event(e, now, &flow_of)
+            };
+            for a in actions {
+                self.apply(a, None);
+            }
+        }
+        truncated
+    }
+
+    /// A kernel event in the tracker's terms, with its path resolved.
+    fn translate(&self, event: KernelEvent) -> Option<tracker::Event> {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+        Some(match event {
+            KernelEvent::Write { inode, origin, pos, len } => {
+                tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
+            }
+            KernelEvent::Read { inode, origin, .. } => tracker::Event::Read { inode, pid: origin.pid },
+            KernelEvent::Copy { source, destination, destination_pos, len, .. } => {
+                tracker::Event::Copy { source, destination, destination_end: destination_pos + len }
+            }
+            KernelEvent::Truncate { inode, size_before, size_after, .. } => {
+                tracker::Event::Truncate { inode, size_before, size_after }
+            }
+            KernelEvent::Create { inode, parent, name, origin } => {
+                let path = self.dirs.get(&parent)?.join(OsStr::from_bytes(&name));
+                tracker::Event::Created { inode, path, pid: origin.pid }
+            }
+            KernelEvent::Rename { inode, base_dir, dfd, name, origin, .. } => {
+                let name = Path::new(OsStr::from_bytes(&name));
+                let path = if name.is_absolute() {
+                    name.to_owned()
+                } else if let Some(dir) = self.dirs.get(&base_dir) {
+                    dir.join(name)
+                } else if dfd == libc::AT_FDCWD {
+                    std::fs::read_link(format!("/proc/{}/cwd", origin.tid)).ok()?.join(name)
+                } else {
+                    std::fs::read_link(format!("/proc/{}/fd/{dfd}", origin.tid)).ok()?.join(name)
+                };
+                let inode = if inode.is_unknown() { key_of(&std::fs::symlink_metadata(&path).ok()?) } else { inode };
+                tracker::Event::Renamed { inode, path }
+            }
+            KernelEvent::Unlink { inode, .. } => tracker::Event::Unlinked { inode },
+        })
+    }
+
+    /// Reads what is new in every dirty file: (inode, offset, bytes).
+    fn read_dirty(&mut self) -> Vec<(InodeKey, u64, Vec<u8>)> {
+        let mut chunks = Vec::new();
+        for inode in std::mem::take(&mut self.dirty) {
+            let Some(f) = self.open.get_mut(&inode) else { continue };
+            let at = f.framer.next_offset();
+            let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if size < at {
+                // Shrunk without a truncate event (lost events): what was beyond is gone.
+                tracing::warn!(inode = inode.ino, at, size, "file shrank unseen; restarting at its end");
+                f.framer.reset(size);
+                f.acknowledged = size;
+                continue;
+            }
+            let want = ((size - at) as usize).min(READ_PER_TURN);
+            if want == 0 {
+                continue;
+            }
+            let mut buf = vec![0u8; want];
+            match f.file.read_at(&mut buf, at) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    if n == want && (size - at) as usize > want {
+                        self.dirty.insert(inode);
+                    }
+                    if at == 0 && is_compressed_or_binary(&buf) {
+                        let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+                        tracing::warn!(%path, "skipping a compressed or binary file that matches a pattern");
+                        f.derived = true;
+                        continue;
+                    }
+                    f.last_input = Instant::now();
+                    chunks.push((inode, at, buf));
+                }
+                Err(e) => tracing::warn!(inode = inode.ino, "read failed: {e}"),
+            }
+        }
+        chunks
+    }
+
+    fn frame_and_deliver(&mut self, chunks: Vec<(InodeKey, u64, Vec<u8>)>) {
+        for (inode, at, bytes) in chunks {
+            let Some(f) = self.open.get_mut(&inode) else { continue };
+            if f.framer.next_offset() != at {
+                continue;
+            }
+            let mut records = Vec::new();
+            f.framer.push(at, &bytes, &mut records);
+            self.deliver(inode, records);
+            self.checkpoint(inode);
+        }
+    }
+
+    /// Held-back records whose flush timeout passed.
+    fn flush_idle(&mut self) {
+        let due: Vec<InodeKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| !f.derived && f.framer.holds() && f.last_input.elapsed() >= f.framer.flush_after())
+            .map(|(k, _)| *k)
+            .collect();
+        for inode in due {
+            let mut records = Vec::new();
+            if let Some(f) = self.open.get_mut(&inode) {
+                f.framer.flush(&mut records);
+            }
+            self.deliver(inode, records);
+            self.checkpoint(inode);
+        }
+    }
+
+    /// Sends records of one file to its flow's sink; on success they count as acknowledged.
+    /// On failure they are kept on disk: the file is re-read from its acknowledged offset.
+    fn deliver(&mut self, inode: InodeKey, records: Vec<Record>) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        if records.is_empty() {
+            f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
+            return;
+        }
+        let flow = &self.config.flows[f.flow];
+        let path = self.tracker.get(&inode).map(|t| t.path.clone()).unwrap_or_default();
+        let batch: Vec<Outgoing> = records
+            .iter()
+            .map(|r| Outgoing { flow: &flow.name, path: &path, inode, offset: r.offset, data: &r.data })
+            .collect();
+        match self.sinks[f.flow].deliver(&batch) {
+            Ok(()) => f.acknowledged = f.acknowledged.max(f.framer.settled_offset()),
+            Err(e) => {
+                tracing::error!(flow = %flow.name, path = %path.display(), "sink refused a batch, will retry from the file: {e:#}");
+                let acknowledged = f.acknowledged;
+                f.framer.reset(acknowledged);
+                self.dirty.insert(inode);
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, inode: InodeKey) {
+        let (Some(f), Some(t)) = (self.open.get(&inode), self.tracker.get(&inode)) else { return };
+        if f.derived {
+            return;
+        }
+        let c = Checkpoint {
+            version: checkpoint::FORMAT_VERSION,
+            dev: inode.dev,
+            ino: inode.ino,
+            identity: f.identity.clone(),
+            flow: self.config.flows[f.flow].name.clone(),
+            path: t.path.clone(),
+            acknowledged: f.acknowledged,
+        };
+        if let Err(e) = self.store.save(&c) {
+            tracing::error!("checkpoint: {e:#}");
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = self.now_ns();
+        let idle: Vec<u64> = self.config.flows.iter().map(|f| f.rotated_idle.as_nanos() as u64).collect();
+        let open = &self.open;
+        let drained = |inode: &InodeKey| {
+            open.get(inode).is_none_or(|f| {
+                f.derived || f.file.metadata().is_ok_and(|m| m.len() <= f.framer.next_offset() && !f.framer.holds())
+            })
+        };
+        let actions = self.tracker.expired(now, &|flow| idle[flow], &drained);
+        for a in actions {
+            self.apply(a, None);
+        }
+    }
+
+    /// After the ring buffer dropped events: every held file may have news.
+    fn recheck_after_loss(&mut self) -> anyhow::Result<()> {
+        let lost = self.probe.counters()?.lost;
+        if lost > self.lost_seen {
+            tracing::warn!(
+                lost = lost - self.lost_seen,
+                "kernel ring buffer overflowed; re-reading every tracked file"
+            );
+            self.lost_seen = lost;
+            self.dirty.extend(self.open.iter().filter(|(_, f)| !f.derived).map(|(k, _)| *k));
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
+        for inode in inodes {
+            self.checkpoint(inode);
+        }
+    }
+}
+
+pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
+    let mut daemon = Daemon::new(config, probe)?;
+    // SAFETY: the RingBuf owns its map fd until it is dropped with the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register(daemon.probe.take_events()?) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the ring buffer")?;
+    daemon.start()?;
+    tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let events = drain(ring.get_mut());
+        daemon.on_events(events);
+        let chunks = daemon.read_dirty();
+        // Events that came while reading: a truncation voids what was read of that file.
+        let late = drain(ring.get_mut());
+        let truncated = daemon.on_events(late);
+        let chunks = chunks.into_iter().filter(|(inode, _, _)| !truncated.contains(inode)).collect();
+        daemon.frame_and_deliver(chunks);
+        if !daemon.dirty.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            guard = ring.readable_mut() => guard?.clear_ready(),
+            _ = tick.tick() => {
+                daemon.flush_idle();
+                daemon.expire();
+                daemon.recheck_after_loss()?;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    daemon.shutdown();
+    tracing::info!("collector stopped; checkpoints written");
+    Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<KernelEvent> {
+    let mut events = Vec::new();
+    while let Some(record) = ring.next() {
+        match KernelEvent::decode(&record) {
+            Ok(e) => events.push(e),
+            Err(e) => tracing::warn!("skipping a kernel record: {e}"),
+        }
+    }
+    events
+}
+
+fn framer_config(config: &Config, flow: usize) -> FramerConfig {
+    let f = &config.flows[flow];
+    FramerConfig {
+        multiline_start: f.multiline_start.clone(),
+        multiline_flush: f.multiline_flush,
+        skip_header_lines: f.skip_header_lines,
+        max_record_bytes: f.max_record_bytes,
+        truncated_terminator: f.truncated_terminator.clone(),
+    }
+}
+
+/// Opens a log file for reading without following a symlink, and refuses a hard link that
+/// someone other than root placed in a directory others can write to: the collector is
+/// root and must not read, through a link, what the link's creator could not.
+fn open_safely(path: &Path) -> Option<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| tracing::warn!(path = %path.display(), "cannot open: {e}"))
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    if meta.nlink() > 1 {
+        let dir = path.parent().and_then(|d| std::fs::metadata(d).ok())?;
+        let others_can_write = dir.mode() & 0o022 != 0 || dir.uid() != 0;
+        let owners_own_dir = meta.uid() == dir.uid() && dir.uid() != 0 && dir.mode() & 0o022 == 0;
+        if others_can_write && !owners_own_dir {
+            tracing::warn!(path = %path.display(), owner = meta.uid(), links = meta.nlink(), "skipping a hard-linked file in a directory others can write to (it may link to a file they cannot read)");
+            return None;
+        }
+    }
+    Some(file)
+}
+
+/// Compressed archives and executables are not logs.
+fn is_compressed_or_binary(head: &[u8]) -> bool {
+    const MAGICS: &[&[u8]] = &[b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"BZh", b"\x7fELF", b"PK\x03\x04"];
+    MAGICS.iter().any(|m| head.starts_with(m))
+}
