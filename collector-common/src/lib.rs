@@ -41,12 +41,18 @@ pub struct WatchedInode {
     /// verifier refuses arithmetic on pointers that the compiler may fold such tests into).
     pub flags: u32,
     pub _pad: u32,
+    /// Until this time (boot clock) writes carry their bytes: another task has just read the
+    /// file, which is how a copytruncate starts, and what is written between its copy and
+    /// its truncation exists nowhere else once the truncation is done.
+    pub capture_until_ns: u64,
 }
 
 impl WatchedInode {
     pub const WATCHED: u32 = 1;
+    /// How long a read by another task opens the capture window.
+    pub const CAPTURE_WINDOW_NS: u64 = 5_000_000_000;
     pub const fn new(known_end: u64) -> Self {
-        Self { known_end, flags: Self::WATCHED, _pad: 0 }
+        Self { known_end, flags: Self::WATCHED, _pad: 0, capture_until_ns: 0 }
     }
 }
 
@@ -61,6 +67,8 @@ pub enum EventKind {
     Create = 5,
     Read = 6,
     Copy = 7,
+    /// A write with its bytes (see `WatchedInode::capture_until_ns`).
+    WriteCaptured = 8,
 }
 
 impl EventKind {
@@ -73,6 +81,7 @@ impl EventKind {
             5 => Self::Create,
             6 => Self::Read,
             7 => Self::Copy,
+            8 => Self::WriteCaptured,
             _ => return None,
         })
     }
@@ -85,6 +94,7 @@ impl EventKind {
             Self::Create => "create",
             Self::Read => "read",
             Self::Copy => "copy",
+            Self::WriteCaptured => "write",
         }
     }
 }
@@ -120,6 +130,20 @@ pub struct RangeEvent {
     pub len: u64,
     pub peer: InodeKey,
     pub peer_pos: u64,
+}
+
+/// Bytes of a write carried in a `WriteCaptured` event; longer writes carry their start.
+pub const CAPTURE_LEN: usize = 4096;
+
+/// A write with its first `captured` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CapturedWrite {
+    pub header: EventHeader,
+    pub pos: u64,
+    pub len: u64,
+    pub captured: u64,
+    pub data: [u8; CAPTURE_LEN],
 }
 
 /// rename, create and unlink: an inode, directories and a name.

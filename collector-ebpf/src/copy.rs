@@ -26,6 +26,7 @@ fn is_self() -> bool {
 /// One hook body for every attach mode: a task read `len` bytes of a watched file at `pos`.
 #[inline(always)]
 pub fn on_read(inode: InodeKey, pos: u64, len: u64) {
+    emit::open_capture_window(&inode);
     emit::range(EventKind::Read, inode, pos, len, InodeKey::default(), 0);
 }
 
@@ -39,7 +40,7 @@ pub fn on_copy(source: Option<InodeKey>, pos: u64, destination: Option<InodeKey>
             emit::set_known_end(&dest, destination_pos + len, true);
             emit::range(EventKind::Copy, source, pos, len, dest, destination_pos);
         }
-        (None, Some(dest)) => on_write(dest, destination_pos, len),
+        (None, Some(dest)) => on_write(dest, destination_pos, len, 0),
         (None, None) => {}
     }
 }
@@ -225,7 +226,7 @@ fn kretprobe_read(ctx: &RetProbeContext) {
 #[kprobe(function = "vfs_read")]
 pub fn kprobe_vfs_read(ctx: ProbeContext) -> u32 {
     if !is_self() {
-        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3));
+        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3), 0);
     }
     0
 }
@@ -237,7 +238,7 @@ pub fn kretprobe_vfs_read(ctx: RetProbeContext) -> u32 {
 #[kprobe(function = "vfs_readv")]
 pub fn kprobe_vfs_readv(ctx: ProbeContext) -> u32 {
     if !is_self() {
-        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3));
+        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3), 0);
     }
     0
 }

@@ -3,15 +3,17 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
-    bpf_probe_read_user_str_bytes,
+    bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
 };
-use collector_common::{Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode};
+use collector_common::{
+    CAPTURE_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
+};
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
 
 #[inline(always)]
 pub fn is_watched(key: &InodeKey) -> bool {
-    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.flags == WatchedInode::WATCHED)
+    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.flags & WatchedInode::WATCHED != 0)
 }
 
 #[inline(always)]
@@ -40,6 +42,50 @@ pub fn set_known_end(key: &InodeKey, end: u64, only_grow: bool) {
             }
         }
     }
+}
+
+/// Another task read the file: writes carry their bytes for a while (copytruncate window).
+#[inline(always)]
+pub fn open_capture_window(key: &InodeKey) {
+    if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
+        unsafe { (*w).capture_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::CAPTURE_WINDOW_NS };
+    }
+}
+
+#[inline(always)]
+pub fn close_capture_window(key: &InodeKey) {
+    if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
+        unsafe { (*w).capture_until_ns = 0 };
+    }
+}
+
+#[inline(always)]
+pub fn capturing(key: &InodeKey) -> bool {
+    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.capture_until_ns > unsafe { bpf_ktime_get_boot_ns() })
+}
+
+/// A write with its bytes, read from the writer's buffer `buf` (user memory).
+#[inline(always)]
+pub fn captured_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
+    let Some(mut entry) = EVENTS.reserve::<CapturedWrite>(0) else {
+        bump(Counter::RingBufferLost);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    let mut n = len as usize;
+    if n > CAPTURE_LEN {
+        n = CAPTURE_LEN;
+    }
+    unsafe {
+        (*p).header = header(EventKind::WriteCaptured, inode);
+        (*p).pos = pos;
+        (*p).len = len;
+        let data = &mut (*p).data;
+        let ok = bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]).is_ok();
+        (*p).captured = if ok { n as u64 } else { 0 };
+    }
+    entry.submit(0);
+    bump(Counter::Emitted);
 }
 
 fn bump(counter: Counter) {

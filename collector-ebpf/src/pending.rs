@@ -44,6 +44,8 @@ pub struct PendingCall {
     pub new_parent: InodeKey,
     /// First regular file whose ctime changed during the call (see capture.rs).
     pub captured_inode: KPtr,
+    /// write: the writer's buffer (user memory), for captured writes.
+    pub buf: u64,
     /// rename: a watched directory is involved (ctime changed during the call, or the
     /// VFS hook saw it as the new parent).
     pub touched_watched_dir: bool,
@@ -65,6 +67,7 @@ impl PendingCall {
             old_parent: InodeKey::new(0, 0),
             new_parent: InodeKey::new(0, 0),
             captured_inode: 0,
+            buf: 0,
             touched_watched_dir: false,
             size_before: 0,
         }

@@ -19,6 +19,7 @@ use crate::{
 #[inline(always)]
 pub fn on_truncate(inode: InodeKey, size_before: u64, size_after: u64) {
     emit::set_known_end(&inode, size_after, false);
+    emit::close_capture_window(&inode);
     emit::range(EventKind::Truncate, inode, size_before, size_after, InodeKey::default(), 0);
 }
 

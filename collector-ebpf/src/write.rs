@@ -52,15 +52,21 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
     end.saturating_sub(len)
 }
 
-/// One hook body for every attach mode: `len` bytes were written to `file` at `pos`.
+/// One hook body for every attach mode: `len` bytes were written to `file` at `pos`, from
+/// the writer's buffer `buf` (user memory, 0 when not a plain buffer). In a capture window
+/// (see `WatchedInode::capture_until_ns`) the event carries the bytes.
 #[inline(always)]
-pub fn on_write(inode: InodeKey, pos: u64, len: u64) {
+pub fn on_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
     emit::set_known_end(&inode, pos + len, true);
-    emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
+    if buf != 0 && emit::capturing(&inode) {
+        emit::captured_write(inode, pos, len, buf);
+    } else {
+        emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
+    }
 }
 
 #[inline(always)]
-fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32) {
+fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32, buf: u64) {
     let Some(file) = kernel::file_of_fd(fd) else { return };
     if watched_inode(file).is_none() {
         return;
@@ -70,6 +76,7 @@ fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32) {
     call.file = file;
     call.pos = explicit_pos;
     call.flags = append as u32;
+    call.buf = buf;
     pending::begin(&call);
 }
 
@@ -82,29 +89,29 @@ fn end(ctx: &TracePointContext) {
     }
     let Some(inode) = watched_inode(call.file) else { return };
     let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
-    on_write(inode, pos, written as u64);
+    on_write(inode, pos, written as u64, call.buf);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn tp_sys_enter_write(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), -1, 0);
+    begin(arg(&ctx, 0), -1, 0, arg(&ctx, 1) as u64);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_writev")]
 pub fn tp_sys_enter_writev(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), -1, 0);
+    begin(arg(&ctx, 0), -1, 0, 0);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
 pub fn tp_sys_enter_pwrite64(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), 0);
+    begin(arg(&ctx, 0), arg(&ctx, 3), 0, arg(&ctx, 1) as u64);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pwritev")]
 pub fn tp_sys_enter_pwritev(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), 0);
+    begin(arg(&ctx, 0), arg(&ctx, 3), 0, 0);
 }
 /// pwritev2 with offset -1 writes at the file position.
 #[tracepoint(category = "syscalls", name = "sys_enter_pwritev2")]
 pub fn tp_sys_enter_pwritev2(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), arg(&ctx, 5) as u32);
+    begin(arg(&ctx, 0), arg(&ctx, 3), arg(&ctx, 5) as u32, 0);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
@@ -128,40 +135,41 @@ pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
     end(&ctx);
 }
 
-/// vfs_* write functions: `len` bytes written through `file`, `*pos` now just past them.
+/// vfs_* write functions: `len` bytes written through `file` from `buf` (0: an iovec or
+/// iterator, not captured), `*pos` now just past them.
 #[inline(always)]
-fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64) {
+fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64) {
     if written <= 0 || pending::copy_in_progress() {
         // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
         return;
     }
     let Some(inode) = watched_inode(file) else { return };
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
-    on_write(inode, (end as u64).saturating_sub(written as u64), written as u64);
+    on_write(inode, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
 
 /// vfs_write(file, buf, count, pos)
 #[fexit(function = "vfs_write")]
 pub fn fexit_vfs_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4));
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1));
     0
 }
 /// vfs_writev(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_writev")]
 pub fn fexit_vfs_writev(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5));
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0);
     0
 }
 /// vfs_iter_write(file, iter, pos, flags): splice(2) from a pipe into a file.
 #[fexit(function = "vfs_iter_write")]
 pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0);
     0
 }
 
 /// kprobe mode keeps (file, pos pointer) from entry to return.
 #[inline(always)]
-pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>) {
+pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>, buf: u64) {
     let Some(file) = file else { return };
     if watched_inode(file).is_none() || pending::copy_in_progress() {
         return;
@@ -169,19 +177,20 @@ pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>) {
     let mut call = PendingCall::new(op);
     call.file = file;
     call.user_name = pos_ptr.unwrap_or(0);
+    call.buf = buf;
     pending::begin(&call);
 }
 
 #[inline(always)]
 fn kretprobe_written(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Write) {
-        vfs_written(call.file, call.user_name, ctx.ret());
+        vfs_written(call.file, call.user_name, ctx.ret(), call.buf);
     }
 }
 
 #[kprobe(function = "vfs_write")]
 pub fn kprobe_vfs_write(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3));
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3), ctx.arg(1).unwrap_or(0));
     0
 }
 #[kretprobe(function = "vfs_write")]
@@ -191,7 +200,7 @@ pub fn kretprobe_vfs_write(ctx: RetProbeContext) -> u32 {
 }
 #[kprobe(function = "vfs_writev")]
 pub fn kprobe_vfs_writev(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3));
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3), 0);
     0
 }
 #[kretprobe(function = "vfs_writev")]
@@ -201,7 +210,7 @@ pub fn kretprobe_vfs_writev(ctx: RetProbeContext) -> u32 {
 }
 #[kprobe(function = "vfs_iter_write")]
 pub fn kprobe_vfs_iter_write(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(2));
+    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(2), 0);
     0
 }
 #[kretprobe(function = "vfs_iter_write")]

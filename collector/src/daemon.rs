@@ -32,6 +32,24 @@ use crate::{
 
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
 const READ_PER_TURN: usize = 4 << 20;
+/// Checkpoints of a busy file are written at most this often (and always on truncation,
+/// release and shutdown): after a crash, at most this much is sent again.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
+/// kernel events), to tell whether a truncation reported afterwards came before them.
+struct Chunk {
+    inode: InodeKey,
+    at: u64,
+    bytes: Vec<u8>,
+    read_end_ns: u64,
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 struct OpenFile {
     file: File,
@@ -43,6 +61,11 @@ struct OpenFile {
     /// A derived file (copy, .gz): held for recovery, never shipped.
     derived: bool,
     last_input: Instant,
+    /// When the checkpoint was last written, and at which offset.
+    checkpointed: Option<(Instant, u64)>,
+    /// Bytes the kernel carried with writes during a capture window, by file offset: what
+    /// a copytruncate's truncation would otherwise take before they are read.
+    captured: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 pub struct Daemon {
@@ -194,6 +217,8 @@ impl Daemon {
                     identity,
                     derived: false,
                     last_input: Instant::now(),
+                    checkpointed: None,
+                    captured: Default::default(),
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -208,7 +233,10 @@ impl Daemon {
                     f.derived = true;
                     self.dirty.remove(&inode);
                 } else if let Some(t) = self.tracker.get(&inode)
-                    && let Some(file) = open_safely(&t.path)
+                    && let Ok(file) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&t.path)
                 {
                     let framer = Framer::new(framer_config(&self.config, 0), 0);
                     let identity = Identity::default();
@@ -222,6 +250,8 @@ impl Daemon {
                             identity,
                             derived: true,
                             last_input: Instant::now(),
+                            checkpointed: None,
+                            captured: Default::default(),
                         },
                     );
                 }
@@ -274,6 +304,24 @@ impl Daemon {
             }
         }
         let f = self.open.get_mut(&inode).expect("checked");
+        // What was written after the copy was made, from the bytes the kernel carried.
+        let mut from_writes = 0;
+        while recovered_to < size_before {
+            let Some((at, bytes)) = f.captured.range(..=recovered_to).next_back() else { break };
+            let end = at + bytes.len() as u64;
+            if end <= recovered_to {
+                break;
+            }
+            let piece = &bytes[(recovered_to - at) as usize..];
+            let piece = &piece[..piece.len().min((size_before - recovered_to) as usize)];
+            f.framer.push(recovered_to, piece, &mut records);
+            recovered_to += piece.len() as u64;
+            from_writes += piece.len();
+        }
+        if from_writes > 0 {
+            tracing::info!(bytes = from_writes, "recovered bytes written just before a truncation from the kernel's capture");
+        }
+        f.captured.clear();
         f.framer.flush(&mut records);
         let lost = size_before.saturating_sub(recovered_to);
         if lost > 0 {
@@ -285,18 +333,14 @@ impl Daemon {
             f.framer.reset(size_after);
             f.acknowledged = size_after;
         }
-        self.checkpoint(inode);
+        self.checkpoint(inode, true);
         self.dirty.insert(inode);
     }
 
-    /// Applies kernel events to the tracker. Returns the inodes truncated among them.
-    fn on_events(&mut self, events: Vec<KernelEvent>) -> HashSet<InodeKey> {
-        let mut truncated = HashSet::new();
+    /// Applies kernel events to the tracker and carries out what follows.
+    fn on_events(&mut self, events: Vec<KernelEvent>) {
         for event in events {
             let Some(e) = self.translate(event) else { continue };
-            if let tracker::Event::Truncate { inode, .. } = &e {
-                truncated.insert(*inode);
-            }
             let now = self.now_ns();
             let actions = {
                 let flow_of = Self::flow_of(&self.patterns, &self.config);
@@ -306,14 +350,19 @@ impl Daemon {
                 self.apply(a, None);
             }
         }
-        truncated
     }
 
     /// A kernel event in the tracker's terms, with its path resolved.
-    fn translate(&self, event: KernelEvent) -> Option<tracker::Event> {
+    fn translate(&mut self, event: KernelEvent) -> Option<tracker::Event> {
         use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
         Some(match event {
-            KernelEvent::Write { inode, origin, pos, len } => {
+            KernelEvent::Write { inode, origin, pos, len, captured } => {
+                if !captured.is_empty()
+                    && let Some(f) = self.open.get_mut(&inode)
+                    && pos + captured.len() as u64 > f.framer.next_offset()
+                {
+                    f.captured.insert(pos, captured);
+                }
                 tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
             }
             KernelEvent::Read { inode, origin, .. } => tracker::Event::Read { inode, pid: origin.pid },
@@ -345,18 +394,15 @@ impl Daemon {
         })
     }
 
-    /// Reads what is new in every dirty file: (inode, offset, bytes).
-    fn read_dirty(&mut self) -> Vec<(InodeKey, u64, Vec<u8>)> {
+    /// Reads what is new in every dirty file.
+    fn read_dirty(&mut self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         for inode in std::mem::take(&mut self.dirty) {
             let Some(f) = self.open.get_mut(&inode) else { continue };
             let at = f.framer.next_offset();
             let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
             if size < at {
-                // Shrunk without a truncate event (lost events): what was beyond is gone.
-                tracing::warn!(inode = inode.ino, at, size, "file shrank unseen; restarting at its end");
-                f.framer.reset(size);
-                f.acknowledged = size;
+                // Truncated: its event is on its way and says what to recover.
                 continue;
             }
             let want = ((size - at) as usize).min(READ_PER_TURN);
@@ -377,7 +423,7 @@ impl Daemon {
                         continue;
                     }
                     f.last_input = Instant::now();
-                    chunks.push((inode, at, buf));
+                    chunks.push(Chunk { inode, at, bytes: buf, read_end_ns: boot_ns() });
                 }
                 Err(e) => tracing::warn!(inode = inode.ino, "read failed: {e}"),
             }
@@ -385,16 +431,24 @@ impl Daemon {
         chunks
     }
 
-    fn frame_and_deliver(&mut self, chunks: Vec<(InodeKey, u64, Vec<u8>)>) {
-        for (inode, at, bytes) in chunks {
-            let Some(f) = self.open.get_mut(&inode) else { continue };
-            if f.framer.next_offset() != at {
+    /// Frames and ships what was read. `truncated_at` holds, per inode, the time of a
+    /// truncation reported since: a chunk read after it may hold the file's new bytes at old
+    /// offsets, so it is dropped (the file is read again from its new start).
+    fn frame_and_deliver(&mut self, chunks: Vec<Chunk>, truncated_at: &HashMap<InodeKey, u64>) {
+        for c in chunks {
+            if truncated_at.get(&c.inode).is_some_and(|t| *t <= c.read_end_ns) {
+                continue;
+            }
+            let Some(f) = self.open.get_mut(&c.inode) else { continue };
+            if f.framer.next_offset() != c.at {
                 continue;
             }
             let mut records = Vec::new();
-            f.framer.push(at, &bytes, &mut records);
-            self.deliver(inode, records);
-            self.checkpoint(inode);
+            f.framer.push(c.at, &c.bytes, &mut records);
+            let read_to = f.framer.next_offset();
+            f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
+            self.deliver(c.inode, records);
+            self.checkpoint(c.inode, false);
         }
     }
 
@@ -412,7 +466,7 @@ impl Daemon {
                 f.framer.flush(&mut records);
             }
             self.deliver(inode, records);
-            self.checkpoint(inode);
+            self.checkpoint(inode, false);
         }
     }
 
@@ -441,11 +495,18 @@ impl Daemon {
         }
     }
 
-    fn checkpoint(&mut self, inode: InodeKey) {
-        let (Some(f), Some(t)) = (self.open.get(&inode), self.tracker.get(&inode)) else { return };
+    /// Saves the acknowledged offset; unless `force`, at most every CHECKPOINT_EVERY.
+    fn checkpoint(&mut self, inode: InodeKey, force: bool) {
+        let (Some(f), Some(t)) = (self.open.get_mut(&inode), self.tracker.get(&inode)) else { return };
         if f.derived {
             return;
         }
+        match f.checkpointed {
+            Some((_, at)) if at == f.acknowledged => return,
+            Some((when, _)) if !force && when.elapsed() < CHECKPOINT_EVERY => return,
+            _ => {}
+        }
+        f.checkpointed = Some((Instant::now(), f.acknowledged));
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
             dev: inode.dev,
@@ -485,14 +546,35 @@ impl Daemon {
             );
             self.lost_seen = lost;
             self.dirty.extend(self.open.iter().filter(|(_, f)| !f.derived).map(|(k, _)| *k));
+            // A truncation among the lost events: the file is now shorter than what was read.
+            let shrunk: Vec<(InodeKey, u64, u64)> = self
+                .open
+                .iter()
+                .filter(|(_, f)| !f.derived)
+                .filter_map(|(k, f)| {
+                    let size = f.file.metadata().ok()?.len();
+                    (size < f.framer.next_offset()).then_some((*k, f.framer.next_offset(), size))
+                })
+                .collect();
+            for (inode, read_to, size) in shrunk {
+                self.truncated(inode, read_to, size, None);
+            }
         }
         Ok(())
+    }
+
+    /// Checkpoints that waited for CHECKPOINT_EVERY.
+    fn checkpoint_all(&mut self) {
+        let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
+        for inode in inodes {
+            self.checkpoint(inode, false);
+        }
     }
 
     fn shutdown(&mut self) {
         let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
         for inode in inodes {
-            self.checkpoint(inode);
+            self.checkpoint(inode, true);
         }
     }
 }
@@ -511,17 +593,24 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         let events = drain(ring.get_mut());
         daemon.on_events(events);
         let chunks = daemon.read_dirty();
-        // Events that came while reading: a truncation voids what was read of that file.
+        // Events that came while reading: what was read before a truncation is kept and
+        // shipped before the truncation is applied; what may have been read after, dropped.
         let late = drain(ring.get_mut());
-        let truncated = daemon.on_events(late);
-        let chunks = chunks.into_iter().filter(|(inode, _, _)| !truncated.contains(inode)).collect();
-        daemon.frame_and_deliver(chunks);
+        let mut truncated_at = HashMap::new();
+        for e in &late {
+            if let KernelEvent::Truncate { inode, origin, .. } = e {
+                truncated_at.entry(*inode).or_insert(origin.boot_ns);
+            }
+        }
+        daemon.frame_and_deliver(chunks, &truncated_at);
+        daemon.on_events(late);
         if !daemon.dirty.is_empty() {
             continue;
         }
         tokio::select! {
             guard = ring.readable_mut() => guard?.clear_ready(),
             _ = tick.tick() => {
+                daemon.checkpoint_all();
                 daemon.flush_idle();
                 daemon.expire();
                 daemon.recheck_after_loss()?;

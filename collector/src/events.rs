@@ -114,8 +114,11 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
     match &event {
         KernelEvent::Write { pos, len, .. } | KernelEvent::Read { pos, len, .. } => {
             let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };
-            if matches!(event, KernelEvent::Write { .. }) {
+            if let KernelEvent::Write { captured, .. } = &event {
                 tracked.known_size = tracked.known_size.max(pos + len);
+                if !captured.is_empty() {
+                    line.insert("captured".into(), captured.len().into());
+                }
             }
             line.insert("path".into(), tracked.path.to_string_lossy().into());
             line.insert("pos".into(), (*pos).into());

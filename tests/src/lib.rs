@@ -165,3 +165,162 @@ pub fn of(events: &[Value], kind: &str, ino: u64) -> Vec<Value> {
 pub fn ranges(events: &[Value]) -> Vec<(u64, u64)> {
     events.iter().map(|v| (v["pos"].as_u64().unwrap(), v["len"].as_u64().unwrap())).collect()
 }
+
+/// A running `collector run` with a config written for the test.
+pub struct Running {
+    child: Child,
+    log: Receiver<String>,
+    pub config: PathBuf,
+}
+
+impl Running {
+    /// Starts `collector run --config <dir>/collector.toml` and waits until it runs.
+    pub fn start(dir: &Path, config: &str) -> Running {
+        let path = dir.join("collector.toml");
+        std::fs::write(&path, config).expect("write config");
+        Running::start_with(&path)
+    }
+
+    pub fn start_with(config: &Path) -> Running {
+        let mut child = Command::new(collector_bin())
+            .args(["--attach-mode", &attach_mode(), "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start collector");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("collector: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let running = Running { child, log, config: config.to_owned() };
+        running.wait_for_log("collector running");
+        running
+    }
+
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("collector never logged `{needle}`: {e}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(mut self, signal: i32) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A file-sink config for one flow.
+pub fn config(state_dir: &Path, paths: &[String], out: &Path, extra: &str) -> String {
+    let paths: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "[collector]\nstate_dir = {:?}\nhost = \"test\"\n\n[[flow]]\nname = \"app\"\npaths = [{}]\nrotated_idle = \"2s\"\n{extra}\n[flow.sink]\nkind = \"file\"\npath = {:?}\n",
+        state_dir.display(),
+        paths.join(", "),
+        out.display()
+    )
+}
+
+/// The records the file sink wrote so far.
+pub fn shipped(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad sink line ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until the sink holds at least `count` records (or a minute passes).
+pub fn wait_for_records(out: &Path, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = shipped(out);
+        if records.len() >= count || Instant::now() > deadline {
+            // A moment more: anything beyond `count` would be a duplicate.
+            std::thread::sleep(Duration::from_millis(500));
+            return shipped(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the test writer (a separate process): `exe` is `env!("CARGO_BIN_EXE_log_writer")`
+/// of the calling test.
+pub fn writer_process(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
+    let mut cmd = Command::new(exe);
+    cmd.arg(path).arg(tag).arg(lines.to_string()).arg(rate.to_string());
+    if reopen {
+        cmd.arg("--reopen");
+    }
+    cmd.spawn().expect("start writer")
+}
+
+/// Line numbers of `tag` in the records, in shipping order, with each record's inode and offset.
+pub fn numbered(records: &[Value], tag: &str) -> Vec<(u64, u64, u64)> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let (t, n) = r["data"].as_str()?.split_once(' ')?;
+            if t != tag {
+                return None;
+            }
+            Some((n.parse().ok()?, r["ino"].as_u64()?, r["offset"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Every line 1..=lines of `tag` shipped exactly once; within each inode, in file order.
+pub fn assert_every_line_once_in_order(records: &[Value], tag: &str, lines: u64) {
+    let got = numbered(records, tag);
+    let mut counts = std::collections::BTreeMap::new();
+    for (n, _, _) in &got {
+        *counts.entry(*n).or_insert(0u32) += 1;
+    }
+    let missing: Vec<u64> = (1..=lines).filter(|n| !counts.contains_key(n)).collect();
+    let duplicated: Vec<u64> = counts.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
+    assert!(missing.is_empty() && duplicated.is_empty(), "{tag}: {} missing {:?}, {} duplicated {:?}", missing.len(), &missing[..missing.len().min(20)], duplicated.len(), &duplicated[..duplicated.len().min(20)]);
+    let mut last: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
+    for (n, ino, offset) in got {
+        if let Some((prev_n, prev_offset)) = last.insert(ino, (n, offset)) {
+            assert!(n > prev_n && offset > prev_offset, "{tag}: line {n} at {offset} after line {prev_n} at {prev_offset} in inode {ino}");
+        }
+    }
+}
+
+/// Runs `logrotate -f` with `directives` for `log` every `every` until `stop` is set.
+pub fn rotate_repeatedly(log: PathBuf, directives: String, every: Duration, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let dir = log.parent().expect("dir").to_owned();
+        let conf = dir.join("logrotate.conf");
+        std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", log.display())).expect("logrotate.conf");
+        let mut rotations = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(every);
+            let status = Command::new("logrotate").arg("-f").arg("-s").arg(dir.join("logrotate.state")).arg(&conf).status().expect("logrotate");
+            assert!(status.success(), "logrotate failed");
+            rotations += 1;
+        }
+        rotations
+    })
+}

@@ -1,7 +1,7 @@
 //! Kernel event records decoded from ring-buffer bytes into owned values. The record types
 //! are the ones in collector-common, so the layout is the kernel side's by construction.
 
-use collector_common::{EventHeader, EventKind, InodeKey, NameEvent, RangeEvent};
+use collector_common::{CapturedWrite, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent};
 
 /// Who caused an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,11 +15,14 @@ pub struct Origin {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
+    /// `captured`: the first bytes written, when the kernel side carried them (a capture
+    /// window after another task read the file); empty otherwise.
     Write {
         origin: Origin,
         inode: InodeKey,
         pos: u64,
         len: u64,
+        captured: Vec<u8>,
     },
     Read {
         origin: Origin,
@@ -115,7 +118,7 @@ impl KernelEvent {
                 let origin = origin(&r.header);
                 let inode = r.header.inode;
                 Ok(match kind {
-                    EventKind::Write => KernelEvent::Write { origin, inode, pos: r.pos, len: r.len },
+                    EventKind::Write => KernelEvent::Write { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() },
                     EventKind::Read => KernelEvent::Read { origin, inode, pos: r.pos, len: r.len },
                     EventKind::Truncate => {
                         KernelEvent::Truncate { origin, inode, size_before: r.pos, size_after: r.len }
@@ -129,6 +132,12 @@ impl KernelEvent {
                         destination_pos: r.peer_pos,
                     },
                 })
+            }
+            EventKind::WriteCaptured => {
+                // Boxed: the record is larger than is comfortable on the stack.
+                let w: Box<CapturedWrite> = Box::new(read_record(bytes, kind)?);
+                let captured = w.data[..(w.captured as usize).min(w.data.len())].to_vec();
+                Ok(KernelEvent::Write { origin: origin(&w.header), inode: w.header.inode, pos: w.pos, len: w.len, captured })
             }
             EventKind::Rename | EventKind::Create | EventKind::Unlink => {
                 let n: NameEvent = read_record(bytes, kind)?;

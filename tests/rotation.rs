@@ -1,0 +1,141 @@
+//! The rows of SEMANTICS.md, each with a real writer process at >= 2,000 numbered lines/s,
+//! real logrotate rotating every few hundred milliseconds, and the collector as a real root
+//! process shipping to the file sink; every line must arrive exactly once and in order.
+
+use std::{
+    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    time::Duration,
+};
+
+use std::{path::Path, process::Child};
+
+use collector_tests::{
+    Running, Scratch, assert_every_line_once_in_order, config, rotate_repeatedly, shipped, wait_for_records,
+    writer_process,
+};
+
+fn writer(path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
+    writer_process(env!("CARGO_BIN_EXE_log_writer"), path, tag, lines, rate, reopen)
+}
+
+const LINES: u64 = 8_000;
+const RATE: u64 = 2_500;
+
+/// Writer + logrotate every 300 ms with `directives`; returns the records and rotations.
+fn under_rotation(name: &str, pattern: &str, directives: &str, reopen: bool) -> (Vec<serde_json::Value>, u32) {
+    under_rotation_every(name, pattern, directives, reopen, Duration::from_millis(300))
+}
+
+fn under_rotation_every(
+    name: &str,
+    pattern: &str,
+    directives: &str,
+    reopen: bool,
+    every: Duration,
+) -> (Vec<serde_json::Value>, u32) {
+    let scratch = Scratch::new(name);
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern(pattern)], &out, ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotate_repeatedly(log.clone(), directives.into(), every, stop.clone());
+    let mut w = writer(&log, "w", LINES, RATE, reopen);
+    assert!(w.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    let rotations = rotator.join().unwrap();
+    (wait_for_records(&out, LINES as usize), rotations)
+}
+
+#[test]
+fn rename_and_create_rotation_ships_every_line_once() {
+    let (records, rotations) = under_rotation("create", "app.log", "create\nrotate 100", true);
+    assert!(rotations >= 8, "{rotations} rotations");
+    assert_every_line_once_in_order(&records, "w", LINES);
+}
+
+#[test]
+fn dateext_and_olddir_rotations_ship_every_line_once() {
+    // dateext names have one-second resolution: one rotation a second.
+    let directives = "create\nrotate 100\ndateext\ndateformat -%s\nolddir old\ncreateolddir";
+    let (records, rotations) = under_rotation_every("dateext", "app.log", directives, true, Duration::from_millis(1100));
+    assert!(rotations >= 2, "{rotations} rotations");
+    assert_every_line_once_in_order(&records, "w", LINES);
+}
+
+#[test]
+fn copytruncate_rotation_never_ships_the_copy_and_loses_nothing() {
+    let (records, rotations) = under_rotation("copytruncate", "app.log*", "copytruncate\nrotate 100", false);
+    assert!(rotations >= 8, "{rotations} rotations");
+    assert_every_line_once_in_order(&records, "w", LINES);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
+}
+
+#[test]
+fn copytruncate_with_compress_and_delaycompress_ships_neither_copy_nor_archive() {
+    let (records, _) = under_rotation("compress", "app.log*", "copytruncate\nrotate 100\ncompress\ndelaycompress", false);
+    assert_every_line_once_in_order(&records, "w", LINES);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")));
+}
+
+#[test]
+fn a_file_deleted_while_open_is_read_to_its_end() {
+    let scratch = Scratch::new("deleted");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
+    let mut w = writer(&log, "w", 4_000, RATE, false);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&log).unwrap();
+    assert!(w.wait().unwrap().success());
+    assert_every_line_once_in_order(&wait_for_records(&out, 4_000), "w", 4_000);
+}
+
+#[test]
+fn writes_after_a_rename_out_of_the_pattern_are_shipped() {
+    let scratch = Scratch::new("late");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
+    let mut w = writer(&log, "w", 4_000, RATE, false);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::rename(&log, scratch.path("renamed.old")).unwrap();
+    assert!(w.wait().unwrap().success());
+    let records = wait_for_records(&out, 4_000);
+    assert_every_line_once_in_order(&records, "w", 4_000);
+    assert!(records.last().unwrap()["path"].as_str().unwrap().ends_with("renamed.old"), "followed by inode to its new name");
+}
+
+#[test]
+fn ten_active_files_under_one_glob_are_all_shipped() {
+    let scratch = Scratch::new("ten");
+    let out = scratch.path("out.jsonl");
+    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
+    let writers: Vec<_> = (0..10).map(|i| writer(&scratch.path(&format!("app{i}.log")), &format!("w{i}"), 1_000, 500, false)).collect();
+    for mut w in writers {
+        assert!(w.wait().unwrap().success());
+    }
+    let records = wait_for_records(&out, 10_000);
+    for i in 0..10 {
+        assert_every_line_once_in_order(&records, &format!("w{i}"), 1_000);
+    }
+}
+
+#[test]
+fn delete_and_recreate_ships_the_old_file_then_the_new_one() {
+    let scratch = Scratch::new("recreate");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
+    let mut first = writer(&log, "a", 2_000, RATE, false);
+    assert!(first.wait().unwrap().success());
+    std::fs::remove_file(&log).unwrap();
+    let mut second = writer(&log, "b", 2_000, RATE, false);
+    assert!(second.wait().unwrap().success());
+    let records = wait_for_records(&out, 4_000);
+    assert_every_line_once_in_order(&records, "a", 2_000);
+    assert_every_line_once_in_order(&records, "b", 2_000);
+    assert_eq!(shipped(&out).len(), 4_000);
+}

@@ -1,0 +1,41 @@
+//! A real writer process for the rotation tests: appends `<tag> <n>` lines (n = 1..=lines)
+//! at a steady rate. With `--reopen` it behaves like an app that notices rotation and
+//! reopens its log by name (as after logrotate's postrotate signal); without, it keeps its
+//! descriptor (the copytruncate case, and late writes after a rename).
+//!
+//! Usage: log_writer PATH TAG LINES RATE_PER_SEC [--reopen]
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
+
+fn open(path: &str) -> File {
+    OpenOptions::new().append(true).create(true).open(path).expect("open log")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (path, tag) = (&args[1], &args[2]);
+    let lines: u64 = args[3].parse().expect("lines");
+    let rate: u64 = args[4].parse().expect("rate");
+    let reopen = args.iter().any(|a| a == "--reopen");
+    let mut file = open(path);
+    let started = Instant::now();
+    for n in 1..=lines {
+        if reopen {
+            let current = std::fs::metadata(path).map(|m| m.ino()).ok();
+            if current != Some(file.metadata().expect("fstat").ino()) {
+                file = open(path);
+            }
+        }
+        file.write_all(format!("{tag} {n}\n").as_bytes()).expect("write");
+        // Pace: line n is due at n / rate seconds.
+        let due = Duration::from_micros(n * 1_000_000 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
