@@ -281,9 +281,12 @@ impl Daemon {
     /// An original shrank: ship what it had that was not read yet — from the copy, when a
     /// copytruncate made one — then restart it at its new end.
     fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
-        let Some(f) = self.open.get(&inode) else { return };
+        let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         if size_after >= read_to {
+            // Nothing unread was cut; bytes captured before this truncation belong to the
+            // old contents and must not fill a later gap.
+            f.captured.clear();
             return;
         }
         let mut records = Vec::new();
