@@ -3,7 +3,10 @@
 //! process shipping to the file sink; every line must arrive exactly once and in order.
 
 use std::{
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -37,7 +40,8 @@ fn under_rotation_every(
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern(pattern)], &out, ""));
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern(pattern)], &out, ""));
     let stop = Arc::new(AtomicBool::new(false));
     let rotator = rotate_repeatedly(log.clone(), directives.into(), every, stop.clone());
     let mut w = writer(&log, "w", LINES, RATE, reopen);
@@ -58,7 +62,8 @@ fn rename_and_create_rotation_ships_every_line_once() {
 fn dateext_and_olddir_rotations_ship_every_line_once() {
     // dateext names have one-second resolution: one rotation a second.
     let directives = "create\nrotate 100\ndateext\ndateformat -%s\nolddir old\ncreateolddir";
-    let (records, rotations) = under_rotation_every("dateext", "app.log", directives, true, Duration::from_millis(1100));
+    let (records, rotations) =
+        under_rotation_every("dateext", "app.log", directives, true, Duration::from_millis(1100));
     assert!(rotations >= 2, "{rotations} rotations");
     assert_every_line_once_in_order(&records, "w", LINES);
 }
@@ -73,7 +78,8 @@ fn copytruncate_rotation_never_ships_the_copy_and_loses_nothing() {
 
 #[test]
 fn copytruncate_with_compress_and_delaycompress_ships_neither_copy_nor_archive() {
-    let (records, _) = under_rotation("compress", "app.log*", "copytruncate\nrotate 100\ncompress\ndelaycompress", false);
+    let (records, _) =
+        under_rotation("compress", "app.log*", "copytruncate\nrotate 100\ncompress\ndelaycompress", false);
     assert_every_line_once_in_order(&records, "w", LINES);
     assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")));
 }
@@ -84,7 +90,8 @@ fn a_file_deleted_while_open_is_read_to_its_end() {
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
     let mut w = writer(&log, "w", 4_000, RATE, false);
     std::thread::sleep(Duration::from_millis(500));
     std::fs::remove_file(&log).unwrap();
@@ -98,22 +105,28 @@ fn writes_after_a_rename_out_of_the_pattern_are_shipped() {
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
     let mut w = writer(&log, "w", 4_000, RATE, false);
     std::thread::sleep(Duration::from_millis(500));
     std::fs::rename(&log, scratch.path("renamed.old")).unwrap();
     assert!(w.wait().unwrap().success());
     let records = wait_for_records(&out, 4_000);
     assert_every_line_once_in_order(&records, "w", 4_000);
-    assert!(records.last().unwrap()["path"].as_str().unwrap().ends_with("renamed.old"), "followed by inode to its new name");
+    assert!(
+        records.last().unwrap()["path"].as_str().unwrap().ends_with("renamed.old"),
+        "followed by inode to its new name"
+    );
 }
 
 #[test]
 fn ten_active_files_under_one_glob_are_all_shipped() {
     let scratch = Scratch::new("ten");
     let out = scratch.path("out.jsonl");
-    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
-    let writers: Vec<_> = (0..10).map(|i| writer(&scratch.path(&format!("app{i}.log")), &format!("w{i}"), 1_000, 500, false)).collect();
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, ""));
+    let writers: Vec<_> =
+        (0..10).map(|i| writer(&scratch.path(&format!("app{i}.log")), &format!("w{i}"), 1_000, 500, false)).collect();
     for mut w in writers {
         assert!(w.wait().unwrap().success());
     }
@@ -128,7 +141,8 @@ fn delete_and_recreate_ships_the_old_file_then_the_new_one() {
     let scratch = Scratch::new("recreate");
     let log = scratch.path("app.log");
     let out = scratch.path("out.jsonl");
-    let _collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
     let mut first = writer(&log, "a", 2_000, RATE, false);
     assert!(first.wait().unwrap().success());
     std::fs::remove_file(&log).unwrap();

@@ -40,7 +40,7 @@ pub fn on_copy(source: Option<InodeKey>, pos: u64, destination: Option<InodeKey>
             emit::set_known_end(&dest, destination_pos + len, true);
             emit::range(EventKind::Copy, source, pos, len, dest, destination_pos);
         }
-        (None, Some(dest)) => on_write(dest, destination_pos, len, 0),
+        (None, Some(dest)) => on_write(dest, 0, destination_pos, len, 0),
         (None, None) => {}
     }
 }

@@ -54,11 +54,14 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 
 /// One hook body for every attach mode: `len` bytes were written to `file` at `pos`, from
 /// the writer's buffer `buf` (user memory, 0 when not a plain buffer). In a capture window
-/// (see `WatchedInode::capture_until_ns`) the event carries the bytes.
+/// (see `WatchedInode::capture_until_ns`) the event carries the bytes — unless the file is
+/// already shorter than their end: a truncation came between the write and this hook, so
+/// the bytes belong to contents that are gone and must not fill a later gap.
 #[inline(always)]
-pub fn on_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
+pub fn on_write(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
     emit::set_known_end(&inode, pos + len, true);
-    if buf != 0 && emit::capturing(&inode) {
+    let still_there = || kernel::file_inode(file).and_then(kernel::inode_size).is_some_and(|size| size >= pos + len);
+    if buf != 0 && emit::capturing(&inode) && still_there() {
         emit::captured_write(inode, pos, len, buf);
     } else {
         emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
@@ -89,7 +92,7 @@ fn end(ctx: &TracePointContext) {
     }
     let Some(inode) = watched_inode(call.file) else { return };
     let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
-    on_write(inode, pos, written as u64, call.buf);
+    on_write(inode, call.file, pos, written as u64, call.buf);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
@@ -145,7 +148,7 @@ fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64) {
     }
     let Some(inode) = watched_inode(file) else { return };
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
-    on_write(inode, (end as u64).saturating_sub(written as u64), written as u64, buf);
+    on_write(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
 
 /// vfs_write(file, buf, count, pos)

@@ -35,6 +35,10 @@ pub struct Checkpoint {
     pub path: PathBuf,
     /// Every byte before this offset was accepted by the sink.
     pub acknowledged: u64,
+    /// A copy or archive of a tracked file (logrotate's copy, a .gz): remembered so that it
+    /// is never shipped, also after a restart, even when its name matches a pattern.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub derived: bool,
 }
 
 /// What tells this file from a later one with the same inode number.
@@ -187,6 +191,7 @@ mod tests {
             flow: "app".into(),
             path: "/var/log/app.log".into(),
             acknowledged: 1234,
+            derived: false,
         };
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
@@ -208,6 +213,7 @@ mod tests {
             flow: "f".into(),
             path: "/x".into(),
             acknowledged: 9,
+            derived: false,
         };
         store.save(&c).unwrap();
         assert!(matches!(store.load(key), Loaded::Found(found) if found == c));

@@ -175,6 +175,11 @@ impl Daemon {
         let Some(file) = open_safely(&path) else { return };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let from = match self.store.load(inode) {
+            Loaded::Found(c) if c.derived && c.identity.matches(&file).unwrap_or(false) => {
+                tracing::debug!(path = %path.display(), "a copy or archive of a log, not shipped");
+                self.tracker.remembered_derived(inode, path, self.now_ns());
+                return;
+            }
             Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) && c.acknowledged <= size => c.acknowledged,
             Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) => {
                 tracing::warn!(path = %path.display(), checkpoint = c.acknowledged, size, "file shrank while stopped; reading from its start");
@@ -255,7 +260,7 @@ impl Daemon {
                         },
                     );
                 }
-                self.store.remove(inode);
+                self.remember_derived(inode);
             }
             Action::Untrack { inode } => {
                 let _ = self.probe.unwatch_inode(inode);
@@ -322,7 +327,10 @@ impl Daemon {
             from_writes += piece.len();
         }
         if from_writes > 0 {
-            tracing::info!(bytes = from_writes, "recovered bytes written just before a truncation from the kernel's capture");
+            tracing::info!(
+                bytes = from_writes,
+                "recovered bytes written just before a truncation from the kernel's capture"
+            );
         }
         f.captured.clear();
         f.framer.flush(&mut records);
@@ -518,6 +526,26 @@ impl Daemon {
             flow: self.config.flows[f.flow].name.clone(),
             path: t.path.clone(),
             acknowledged: f.acknowledged,
+            derived: false,
+        };
+        if let Err(e) = self.store.save(&c) {
+            tracing::error!("checkpoint: {e:#}");
+        }
+    }
+
+    /// A derived file is recorded in the state directory, so a restart does not take it
+    /// for a log of its own.
+    fn remember_derived(&mut self, inode: InodeKey) {
+        let (Some(f), Some(t)) = (self.open.get(&inode), self.tracker.get(&inode)) else { return };
+        let c = Checkpoint {
+            version: checkpoint::FORMAT_VERSION,
+            dev: inode.dev,
+            ino: inode.ino,
+            identity: Identity::of(&f.file).unwrap_or_default(),
+            flow: String::new(),
+            path: t.path.clone(),
+            acknowledged: 0,
+            derived: true,
         };
         if let Err(e) = self.store.save(&c) {
             tracing::error!("checkpoint: {e:#}");

@@ -299,17 +299,33 @@ pub fn assert_every_line_once_in_order(records: &[Value], tag: &str, lines: u64)
     }
     let missing: Vec<u64> = (1..=lines).filter(|n| !counts.contains_key(n)).collect();
     let duplicated: Vec<u64> = counts.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
-    assert!(missing.is_empty() && duplicated.is_empty(), "{tag}: {} missing {:?}, {} duplicated {:?}", missing.len(), &missing[..missing.len().min(20)], duplicated.len(), &duplicated[..duplicated.len().min(20)]);
+    assert!(
+        missing.is_empty() && duplicated.is_empty(),
+        "{tag}: {} missing {:?}, {} duplicated {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(20)]
+    );
     let mut last: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
     for (n, ino, offset) in got {
         if let Some((prev_n, prev_offset)) = last.insert(ino, (n, offset)) {
-            assert!(n > prev_n && offset > prev_offset, "{tag}: line {n} at {offset} after line {prev_n} at {prev_offset} in inode {ino}");
+            // Offsets restart at a truncation (copytruncate); line numbers never go back.
+            assert!(
+                n > prev_n && offset != prev_offset,
+                "{tag}: line {n} at {offset} after line {prev_n} at {prev_offset} in inode {ino}"
+            );
         }
     }
 }
 
 /// Runs `logrotate -f` with `directives` for `log` every `every` until `stop` is set.
-pub fn rotate_repeatedly(log: PathBuf, directives: String, every: Duration, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u32> {
+pub fn rotate_repeatedly(
+    log: PathBuf,
+    directives: String,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let dir = log.parent().expect("dir").to_owned();
         let conf = dir.join("logrotate.conf");
@@ -317,7 +333,13 @@ pub fn rotate_repeatedly(log: PathBuf, directives: String, every: Duration, stop
         let mut rotations = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(every);
-            let status = Command::new("logrotate").arg("-f").arg("-s").arg(dir.join("logrotate.state")).arg(&conf).status().expect("logrotate");
+            let status = Command::new("logrotate")
+                .arg("-f")
+                .arg("-s")
+                .arg(dir.join("logrotate.state"))
+                .arg(&conf)
+                .status()
+                .expect("logrotate");
             assert!(status.success(), "logrotate failed");
             rotations += 1;
         }

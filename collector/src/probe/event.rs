@@ -118,7 +118,9 @@ impl KernelEvent {
                 let origin = origin(&r.header);
                 let inode = r.header.inode;
                 Ok(match kind {
-                    EventKind::Write => KernelEvent::Write { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() },
+                    EventKind::Write => {
+                        KernelEvent::Write { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() }
+                    }
                     EventKind::Read => KernelEvent::Read { origin, inode, pos: r.pos, len: r.len },
                     EventKind::Truncate => {
                         KernelEvent::Truncate { origin, inode, size_before: r.pos, size_after: r.len }
@@ -137,7 +139,13 @@ impl KernelEvent {
                 // Boxed: the record is larger than is comfortable on the stack.
                 let w: Box<CapturedWrite> = Box::new(read_record(bytes, kind)?);
                 let captured = w.data[..(w.captured as usize).min(w.data.len())].to_vec();
-                Ok(KernelEvent::Write { origin: origin(&w.header), inode: w.header.inode, pos: w.pos, len: w.len, captured })
+                Ok(KernelEvent::Write {
+                    origin: origin(&w.header),
+                    inode: w.header.inode,
+                    pos: w.pos,
+                    len: w.len,
+                    captured,
+                })
             }
             EventKind::Rename | EventKind::Create | EventKind::Unlink => {
                 let n: NameEvent = read_record(bytes, kind)?;

@@ -15,9 +15,12 @@ use collector_common::InodeKey;
 pub enum Role {
     Original,
     /// Written by a task that read `source`; `copied` bytes of it mirror `source` from 0.
+    /// `current` until `source` is truncated: after that it mirrors contents that are gone,
+    /// and must never fill a gap of a later generation.
     Derived {
         source: InodeKey,
         copied: u64,
+        current: bool,
     },
     /// Created in a watched directory under a name no flow matches: kept until its first
     /// writer shows whether it derives from a tracked file.
@@ -35,6 +38,9 @@ pub struct Tracked {
     /// Renamed since it was picked up: a rotated file, let go once drained and idle.
     pub rotated: bool,
     pub last_activity_ns: u64,
+    /// A derived file no longer held open. The entry stays while the inode exists, so a
+    /// later rename of the copy into a matching name does not make it look like a new log.
+    pub released: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +105,7 @@ impl Tracker {
                 unlinked: false,
                 rotated: false,
                 last_activity_ns: now_ns,
+                released: false,
             },
         );
         Action::Track { inode, flow, path, from }
@@ -127,7 +134,7 @@ impl Tracker {
                 match (&mut t.role, derived_from) {
                     (Role::Derived { copied, .. }, _) => *copied = (*copied).max(end),
                     (role, Some(source)) => {
-                        *role = Role::Derived { source, copied: end };
+                        *role = Role::Derived { source, copied: end, current: true };
                         actions.push(Action::HoldDerived { inode, source });
                     }
                     (Role::Candidate, None) => {
@@ -149,7 +156,7 @@ impl Tracker {
                     }
                     Some(t) if t.fresh || t.role == Role::Candidate => {
                         t.fresh = false;
-                        t.role = Role::Derived { source, copied: destination_end };
+                        t.role = Role::Derived { source, copied: destination_end, current: true };
                         actions.push(Action::HoldDerived { inode: destination, source });
                     }
                     // A copy into a file that is shipped on its own: its bytes are its own.
@@ -165,10 +172,17 @@ impl Tracker {
                     .files
                     .iter()
                     .filter_map(|(k, t)| match t.role {
-                        Role::Derived { source, copied } if source == inode => Some((*k, copied)),
+                        Role::Derived { source, copied, current: true } if source == inode => Some((*k, copied)),
                         _ => None,
                     })
                     .max_by_key(|(_, copied)| *copied);
+                for t in self.files.values_mut() {
+                    if let Role::Derived { source, current, .. } = &mut t.role
+                        && *source == inode
+                    {
+                        *current = false;
+                    }
+                }
                 actions.push(Action::Truncated { inode, size_before, size_after, recover_from });
             }
             Event::Created { inode, path, pid } => {
@@ -185,6 +199,7 @@ impl Tracker {
                         unlinked: false,
                         rotated: false,
                         last_activity_ns: now_ns,
+                        released: false,
                     },
                 );
                 if let Some(flow) = flow {
@@ -222,6 +237,7 @@ impl Tracker {
                                     unlinked: false,
                                     rotated: false,
                                     last_activity_ns: now_ns,
+                                    released: false,
                                 },
                             );
                             actions.push(Action::Track { inode, flow, path, from: 0 });
@@ -250,25 +266,59 @@ impl Tracker {
         drained: &dyn Fn(&InodeKey) -> bool,
     ) -> Vec<Action> {
         let mut gone = Vec::new();
-        for (inode, t) in &self.files {
+        let mut forgotten = Vec::new();
+        for (inode, t) in &mut self.files {
             let idle = now_ns.saturating_sub(t.last_activity_ns);
-            let expired = match t.role {
+            match t.role {
                 Role::Original => {
-                    (t.unlinked || t.rotated) && idle >= t.flow.map_or(0, rotated_idle_ns) && drained(inode)
+                    if (t.unlinked || t.rotated) && idle >= t.flow.map_or(0, rotated_idle_ns) && drained(inode) {
+                        forgotten.push(*inode);
+                        gone.push(*inode);
+                    }
                 }
-                Role::Derived { .. } | Role::Candidate => idle >= READ_MEMORY_NS,
-            };
-            if expired {
-                gone.push(*inode);
+                // Released but remembered until the inode is gone.
+                Role::Derived { .. } if t.released => {
+                    if t.unlinked {
+                        forgotten.push(*inode);
+                    }
+                }
+                Role::Derived { .. } => {
+                    if idle >= READ_MEMORY_NS {
+                        t.released = true;
+                        gone.push(*inode);
+                    }
+                }
+                Role::Candidate => {
+                    if idle >= READ_MEMORY_NS {
+                        forgotten.push(*inode);
+                        gone.push(*inode);
+                    }
+                }
             }
         }
         self.readers.retain(|_, r| now_ns.saturating_sub(r.at_ns) < READ_MEMORY_NS);
-        gone.into_iter()
-            .map(|inode| {
-                self.files.remove(&inode);
-                Action::Untrack { inode }
-            })
-            .collect()
+        for inode in forgotten {
+            self.files.remove(&inode);
+        }
+        gone.into_iter().map(|inode| Action::Untrack { inode }).collect()
+    }
+
+    /// A file the state directory remembers as derived (found again at start-up): known, so
+    /// that it is never shipped, but not held open.
+    pub fn remembered_derived(&mut self, inode: InodeKey, path: PathBuf, now_ns: u64) {
+        self.files.insert(
+            inode,
+            Tracked {
+                flow: None,
+                path,
+                role: Role::Derived { source: InodeKey::default(), copied: 0, current: false },
+                fresh: false,
+                unlinked: false,
+                rotated: true,
+                last_activity_ns: now_ns,
+                released: true,
+            },
+        );
     }
 
     fn is_original(&self, inode: &InodeKey) -> bool {

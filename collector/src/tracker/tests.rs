@@ -62,7 +62,7 @@ fn gzip_output_is_derived_even_when_its_name_matches() {
         t.on_event(Event::Write { inode: GZ, pid: GZIP, end: 40 }, 4, &flow_of),
         [Action::HoldDerived { inode: GZ, source: APP }]
     );
-    assert!(matches!(t.get(&GZ).unwrap().role, Role::Derived { source: APP, copied: 40 }));
+    assert!(matches!(t.get(&GZ).unwrap().role, Role::Derived { source: APP, copied: 40, current: true }));
 }
 
 #[test]
@@ -107,5 +107,47 @@ fn a_copy_by_cp_is_derived_and_never_read() {
     assert_eq!(
         t.on_event(Event::Copy { source: APP, destination: COPY, destination_end: 100 }, 2, &flow_of),
         [Action::HoldDerived { inode: COPY, source: APP }]
+    );
+}
+
+/// Found under load: a copy from an earlier rotation, longer than this rotation's copy,
+/// filled the gap with lines of a generation already shipped.
+#[test]
+fn only_the_copy_of_the_current_contents_recovers_a_truncation() {
+    let mut t = started();
+    let second = InodeKey::new(1, 14);
+    t.on_event(Event::Created { inode: COPY, path: path("/log/app.log.1"), pid: LOGROTATE }, 1, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 2, &flow_of);
+    t.on_event(Event::Write { inode: COPY, pid: LOGROTATE, end: 500 }, 3, &flow_of);
+    t.on_event(Event::Truncate { inode: APP, size_before: 500, size_after: 0 }, 4, &flow_of);
+    assert!(matches!(t.get(&COPY).unwrap().role, Role::Derived { current: false, .. }));
+    assert_eq!(
+        t.on_event(Event::Truncate { inode: APP, size_before: 90, size_after: 0 }, 5, &flow_of),
+        [Action::Truncated { inode: APP, size_before: 90, size_after: 0, recover_from: None }],
+        "a truncation in place: the old copy holds other bytes"
+    );
+    t.on_event(Event::Created { inode: second, path: path("/log/app.log.1"), pid: LOGROTATE }, 6, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 7, &flow_of);
+    t.on_event(Event::Write { inode: second, pid: LOGROTATE, end: 300 }, 8, &flow_of);
+    assert_eq!(
+        t.on_event(Event::Truncate { inode: APP, size_before: 320, size_after: 0 }, 9, &flow_of),
+        [Action::Truncated { inode: APP, size_before: 320, size_after: 0, recover_from: Some((second, 300)) }]
+    );
+}
+
+#[test]
+fn a_released_copy_renamed_into_the_pattern_is_still_not_a_log() {
+    let mut t = started();
+    t.on_event(Event::Created { inode: COPY, path: path("/log/app.log.1"), pid: LOGROTATE }, 1, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 2, &flow_of);
+    t.on_event(Event::Write { inode: COPY, pid: LOGROTATE, end: 500 }, 3, &flow_of);
+    let later = 3 + READ_MEMORY_NS;
+    let gone = t.expired(later, &|_| 10, &|_| true);
+    assert_eq!(gone, [Action::Untrack { inode: COPY }], "its descriptor is closed");
+    assert!(t.expired(later + 1, &|_| 10, &|_| true).is_empty(), "released once");
+    assert_eq!(
+        t.on_event(Event::Renamed { inode: COPY, path: path("/log/app.log.2") }, later + 2, &flow_of),
+        [Action::Moved { inode: COPY, path: path("/log/app.log.2") }],
+        "logrotate shifting its copies must not make the copy a new log"
     );
 }
