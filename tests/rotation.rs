@@ -153,3 +153,46 @@ fn delete_and_recreate_ships_the_old_file_then_the_new_one() {
     assert_every_line_once_in_order(&records, "b", 2_000);
     assert_eq!(shipped(&out).len(), 4_000);
 }
+
+/// `truncate -s 0` while the writer goes on: what was read before each truncation is shipped
+/// once, reading restarts at the new end, and whatever was cut before the collector read it
+/// is reported as lost (it is gone from disk), never silently.
+#[test]
+fn truncate_in_place_restarts_at_the_new_end_and_reports_what_was_cut() {
+    let scratch = Scratch::new("truncate");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
+    let mut w = writer(&log, "w", LINES, RATE, false);
+    let mut truncations = 0;
+    while w.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(300));
+        let status = std::process::Command::new("truncate").args(["-s", "0"]).arg(&log).status().unwrap();
+        assert!(status.success());
+        truncations += 1;
+    }
+    assert!(truncations >= 8, "{truncations} truncations");
+    std::thread::sleep(Duration::from_secs(2));
+    let records = shipped(&out);
+    let got = collector_tests::numbered(&records, "w");
+    let mut seen = std::collections::HashSet::new();
+    let mut last = 0;
+    for (n, _, _) in &got {
+        assert!(seen.insert(*n), "line {n} shipped twice");
+        assert!(*n > last, "line {n} after line {last}");
+        last = *n;
+    }
+    assert_eq!(last, LINES, "the lines after the last truncation are shipped");
+    // Lines are "w N\n": at most 7 bytes each here.
+    let missing = LINES as usize - seen.len();
+    let reported: u64 = collector
+        .log_lines(Duration::from_millis(300))
+        .iter()
+        .filter(|l| l.contains("they are gone from disk"))
+        .filter_map(|l| l.split("lost=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(reported as usize >= missing * 5, "{missing} lines missing but only {reported} bytes reported lost");
+    assert!(records.iter().all(|r| !r["data"].as_str().unwrap().is_empty()), "no empty records from cut lines");
+}

@@ -496,7 +496,13 @@ impl Daemon {
             .map(|r| Outgoing { flow: &flow.name, path: &path, inode, offset: r.offset, data: &r.data })
             .collect();
         match self.sinks[f.flow].deliver(&batch) {
-            Ok(()) => f.acknowledged = f.acknowledged.max(f.framer.settled_offset()),
+            Ok(()) => {
+                f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
+                let cut = records.iter().filter(|r| r.truncated).count();
+                if cut > 0 {
+                    tracing::warn!(flow = %flow.name, path = %path.display(), records = cut, limit = flow.max_record_bytes, dropped_bytes_total = f.framer.dropped_bytes, "records longer than max_record_bytes were cut");
+                }
+            }
             Err(e) => {
                 tracing::error!(flow = %flow.name, path = %path.display(), "sink refused a batch, will retry from the file: {e:#}");
                 let acknowledged = f.acknowledged;

@@ -170,6 +170,7 @@ pub fn ranges(events: &[Value]) -> Vec<(u64, u64)> {
 pub struct Running {
     child: Child,
     log: Receiver<String>,
+    history: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub config: PathBuf,
 }
 
@@ -190,15 +191,18 @@ impl Running {
             .expect("start collector");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, log) = channel();
+        let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = history.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("collector: {line}");
+                kept.lock().expect("log history").push(line.clone());
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        let running = Running { child, log, config: config.to_owned() };
+        let running = Running { child, log, history, config: config.to_owned() };
         running.wait_for_log("collector running");
         running
     }
@@ -212,6 +216,12 @@ impl Running {
                 Err(e) => panic!("collector never logged `{needle}`: {e}"),
             }
         }
+    }
+
+    /// Every log line so far (after waiting `settle` for stragglers).
+    pub fn log_lines(&self, settle: Duration) -> Vec<String> {
+        std::thread::sleep(settle);
+        self.history.lock().expect("log history").clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -317,6 +327,18 @@ pub fn assert_every_line_once_in_order(records: &[Value], tag: &str, lines: u64)
             );
         }
     }
+}
+
+/// Every line 1..=lines of `tag` shipped at least once (a restart after SIGKILL may send
+/// again what was in flight); returns how many were sent more than once.
+pub fn assert_every_line_at_least_once(records: &[Value], tag: &str, lines: u64) -> usize {
+    let mut counts = std::collections::BTreeMap::new();
+    for (n, _, _) in numbered(records, tag) {
+        *counts.entry(n).or_insert(0u32) += 1;
+    }
+    let missing: Vec<u64> = (1..=lines).filter(|n| !counts.contains_key(n)).collect();
+    assert!(missing.is_empty(), "{tag}: {} missing {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    counts.values().filter(|c| **c > 1).count()
 }
 
 /// Runs `logrotate -f` with `directives` for `log` every `every` until `stop` is set.
