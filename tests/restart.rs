@@ -49,7 +49,7 @@ fn sigkill_and_restart_while_rotating_loses_nothing() {
     assert!(w.wait().unwrap().success());
     stop.store(true, Ordering::Relaxed);
     let rotations = rotator.join().unwrap();
-    assert!(rotations >= 8, "{rotations} rotations");
+    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
     let records = wait_for_records(&out, LINES as usize);
     let again = assert_every_line_at_least_once(&records, "w", LINES);
     // Sent twice: only what was shipped after the last checkpoint before each kill

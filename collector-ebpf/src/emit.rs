@@ -76,6 +76,13 @@ pub fn captured_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
     if n > CAPTURE_LEN {
         n = CAPTURE_LEN;
     }
+    // Older verifiers (6.1) lose the bound when the compiler keeps `n` in a spilled copy:
+    // reload it opaquely and check it again right before the helper takes it as a size.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n == 0 || n > CAPTURE_LEN {
+        entry.discard(0);
+        return;
+    }
     unsafe {
         (*p).header = header(EventKind::WriteCaptured, inode);
         (*p).pos = pos;

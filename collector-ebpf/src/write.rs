@@ -60,12 +60,19 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 #[inline(always)]
 pub fn on_write(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
     emit::set_known_end(&inode, pos + len, true);
-    let still_there = || kernel::file_inode(file).and_then(kernel::inode_size).is_some_and(|size| size >= pos + len);
-    if buf != 0 && emit::capturing(&inode) && still_there() {
+    if buf != 0 && emit::capturing(&inode) && file_reaches(file, pos + len) {
         emit::captured_write(inode, pos, len, buf);
     } else {
         emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
     }
+}
+
+/// The file behind `file` is at least `end` bytes long. Inlined: a trusted kernel pointer
+/// (fentry's arguments) cannot be passed to a BPF subprogram.
+#[inline(always)]
+fn file_reaches(file: KPtr, end: u64) -> bool {
+    let Some(inode) = kernel::file_inode(file) else { return false };
+    kernel::inode_size(inode).is_some_and(|size| size >= end)
 }
 
 #[inline(always)]

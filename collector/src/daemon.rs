@@ -25,7 +25,7 @@ use crate::{
     config::{Config, InitialPosition, SinkConfig},
     framer::{Framer, FramerConfig, Record},
     probe::{Probe, event::KernelEvent},
-    sink::{Outgoing, Sink, file::FileSink},
+    sink::{Outgoing, Sink, file::FileSink, null::NullSink},
     tracker::{self, Action, Tracker},
     watch::{WatchSet, key_of},
 };
@@ -90,6 +90,7 @@ impl Daemon {
         for flow in &config.flows {
             sinks.push(match &flow.sink {
                 SinkConfig::File { path, format } => Box::new(FileSink::open(path, *format, &config.host)?),
+                SinkConfig::Null => Box::new(NullSink::default()),
             });
             patterns.push(WatchSet::new(&flow.paths)?);
         }

@@ -254,11 +254,10 @@ pub fn config(state_dir: &Path, paths: &[String], out: &Path, extra: &str) -> St
 
 /// The records the file sink wrote so far.
 pub fn shipped(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad sink line ({e}): {l}")))
-        .collect()
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    // A line the sink is still writing is not complete yet.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad sink line ({e}): {l}"))).collect()
 }
 
 /// Waits until the sink holds at least `count` records (or a minute passes).
@@ -276,8 +275,10 @@ pub fn wait_for_records(out: &Path, count: usize) -> Vec<Value> {
 }
 
 /// Runs the test writer (a separate process): `exe` is `env!("CARGO_BIN_EXE_log_writer")`
-/// of the calling test.
+/// of the calling test, unless `COLLECTOR_TEST_LOG_WRITER` names another copy (the guest
+/// runs, where the build's path does not exist).
 pub fn writer_process(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
+    let exe = std::env::var("COLLECTOR_TEST_LOG_WRITER").unwrap_or_else(|_| exe.to_owned());
     let mut cmd = Command::new(exe);
     cmd.arg(path).arg(tag).arg(lines.to_string()).arg(rate.to_string());
     if reopen {
@@ -339,6 +340,12 @@ pub fn assert_every_line_at_least_once(records: &[Value], tag: &str, lines: u64)
     let missing: Vec<u64> = (1..=lines).filter(|n| !counts.contains_key(n)).collect();
     assert!(missing.is_empty(), "{tag}: {} missing {:?}", missing.len(), &missing[..missing.len().min(20)]);
     counts.values().filter(|c| **c > 1).count()
+}
+
+/// How many rotations a test under rotation must see: fewer under QEMU's TCG
+/// (`COLLECTOR_TEST_SLOW`), where each logrotate run takes far longer.
+pub fn min_rotations() -> u32 {
+    if std::env::var_os("COLLECTOR_TEST_SLOW").is_some() { 3 } else { 8 }
 }
 
 /// Runs `logrotate -f` with `directives` for `log` every `every` until `stop` is set.

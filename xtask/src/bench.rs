@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, setup, shell};
 
-const BENCHES: &[&str] = &["writer-overhead"];
+const BENCHES: &[&str] = &["writer-overhead", "ingest"];
 
 pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     if let Some(name) = name
@@ -24,16 +24,219 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     }
     setup::run(false)?;
     let collector = build::collector()?;
-    let mut report = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench` on {} ({}, {} CPUs). Ratios compare with a baseline measured in the same run.\n",
+    let header = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
+         ratios compare with a baseline measured in the same run.\n",
         shell::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
         shell::output(Command::new("uname").arg("-sr"))?.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    report.push_str(&writer_overhead(&collector)?);
-    fs::write(shell::root().join("BENCHMARKS.md"), &report)?;
-    println!("{report}");
+    // Sections of benchmarks not run this time stay as they were.
+    let path = shell::root().join("BENCHMARKS.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let mut sections: Vec<(String, String)> = old
+        .split("\n## ")
+        .skip(1)
+        .filter_map(|s| Some((s.lines().next()?.trim().to_owned(), format!("\n## {}", s.trim_end()))))
+        .collect();
+    for bench in BENCHES.iter().filter(|b| name.is_none_or(|n| n == **b)) {
+        let section = match *bench {
+            "writer-overhead" => writer_overhead(&collector)?,
+            "ingest" => ingest(&collector)?,
+            _ => unreachable!(),
+        };
+        println!("{section}");
+        match sections.iter_mut().find(|(title, _)| title == bench) {
+            Some(s) => s.1 = section.trim_end().to_owned(),
+            None => sections.push((bench.to_string(), section.trim_end().to_owned())),
+        }
+    }
+    let mut report = header;
+    for (_, s) in sections {
+        report.push_str(&s);
+        report.push('\n');
+    }
+    fs::write(&path, &report)?;
     Ok(())
+}
+
+/// Lines in the ingest data set (~100 bytes each, numbered, like an access log).
+const INGEST_LINES: usize = 10_000_000;
+
+/// Reading an existing, cached log from its start to the last byte acknowledged, with the
+/// null sink and with the file sink (json), beside `wc -l` on the same cached file: the
+/// page-cache + line-split limit.
+fn ingest(collector: &Path) -> anyhow::Result<String> {
+    let dir = shell::work_dir().join("bench-ingest");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("logs"))?;
+    let log = dir.join("logs/access.log");
+    {
+        use std::io::Write as _;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&log)?);
+        for n in 0..INGEST_LINES {
+            writeln!(
+                w,
+                "10.0.{}.{} - - [27/Nov/2026:20:00:00 +0000] \"GET /api/v1/items/{n} HTTP/1.1\" 200 {} \"-\" \"bench\"",
+                n % 251,
+                n % 253,
+                n % 9973
+            )?;
+        }
+    }
+    let bytes = fs::metadata(&log)?.len();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    // Cache it, then the baseline.
+    shell::output(Command::new("cat").arg(&log).stdout(Stdio::null()))?;
+    let mut wc = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = shell::output(Command::new("wc").arg("-l").arg(&log))?;
+        wc.push(started.elapsed());
+        let counted: usize = out.split_whitespace().next().unwrap_or("0").parse()?;
+        if counted != INGEST_LINES {
+            bail!("wc -l counted {counted} lines, expected {INGEST_LINES}");
+        }
+    }
+    wc.sort();
+    let wc = wc[1];
+    let mut rows = vec![figures_row("`wc -l` (baseline)", INGEST_LINES, bytes, wc, Some(wc.as_secs_f64()), None, wc)];
+    for sink in ["null", "file"] {
+        let run = ingest_once(collector, &dir, &log, sink)?;
+        rows.push(figures_row(
+            &format!("collector, {sink} sink"),
+            INGEST_LINES,
+            bytes,
+            run.elapsed,
+            Some(run.cpu_seconds),
+            Some(run.peak_rss_kib),
+            wc,
+        ));
+    }
+    let mut s = format!(
+        "\n## ingest\n\n`cargo xtask bench ingest`: one cached {:.2} GiB log of {INGEST_LINES} lines (~{} bytes each) read from its \
+         start until the checkpoint acknowledges its last byte (checkpoints of a busy file are written every 200 ms, so times \
+         are up to 0.2 s long). Tracepoint mode. Target (issue 6): null sink >= 50% of the `wc -l` rate per core.\n\n\
+         | reader | time | lines/s | MB/s | CPU s per GiB | peak RSS | rate vs `wc -l` |\n|---|---|---|---|---|---|---|\n",
+        gib,
+        bytes / INGEST_LINES as u64
+    );
+    for r in rows {
+        s.push_str(&r);
+    }
+    Ok(s)
+}
+
+fn figures_row(
+    what: &str,
+    lines: usize,
+    bytes: u64,
+    elapsed: Duration,
+    cpu_seconds: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    baseline: Duration,
+) -> String {
+    let secs = elapsed.as_secs_f64();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    format!(
+        "| {what} | {secs:.2} s | {:.0} | {:.0} | {} | {} | {:.3}x |\n",
+        lines as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+        cpu_seconds.map_or("-".into(), |c| format!("{:.2}", c / gib)),
+        peak_rss_kib.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        baseline.as_secs_f64() / secs,
+    )
+}
+
+struct IngestRun {
+    elapsed: Duration,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::Result<IngestRun> {
+    let state = dir.join(format!("state-{sink}"));
+    let out = dir.join("out.jsonl");
+    let _ = fs::remove_dir_all(&state);
+    let _ = fs::remove_file(&out);
+    let sink_toml = match sink {
+        "file" => format!("kind = \"file\"\npath = {:?}\n", out),
+        _ => "kind = \"null\"\n".to_owned(),
+    };
+    let config = dir.join(format!("{sink}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "[collector]\nstate_dir = {:?}\n[[flow]]\nname = \"bench\"\npaths = [{:?}]\n[flow.sink]\n{sink_toml}",
+            state,
+            dir.join("logs/*.log")
+        ),
+    )?;
+    let size = fs::metadata(log)?.len();
+    let mut child = Command::new(collector)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the collector")?;
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Timing starts once the programs are attached and the scan is done.
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).context("the collector did not start")?;
+        if line.contains("collector running") {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let checkpoints = state.join("checkpoints");
+    let elapsed = loop {
+        let done = fs::read_dir(&checkpoints).ok().into_iter().flatten().flatten().any(|e| {
+            fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|c| c["acknowledged"].as_u64() == Some(size))
+        });
+        if done {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            bail!("the collector did not finish reading {} in 10 minutes", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (cpu_seconds, peak_rss_kib) = process_usage(child.id())?;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    if sink == "file" {
+        let shipped = BufReader::new(fs::File::open(&out)?).lines().count();
+        if shipped != INGEST_LINES {
+            bail!("the file sink holds {shipped} records, expected {INGEST_LINES}");
+        }
+        let _ = fs::remove_file(&out);
+    }
+    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
+}
+
+/// CPU seconds (user + system) and peak RSS of a running process, from /proc.
+fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("/proc stat")?.1.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / ticks;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Ok((cpu, hwm))
 }
 
 const WRITES: usize = 2_000_000;

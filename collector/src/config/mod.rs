@@ -45,7 +45,12 @@ pub struct Flow {
 
 #[derive(Clone, Debug)]
 pub enum SinkConfig {
-    File { path: PathBuf, format: FileFormat },
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+    /// Accepts and discards (benchmarks, trying a config).
+    Null,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,10 +194,11 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             };
             Ok(SinkConfig::File { path: PathBuf::from(path.get_ref()), format })
         }
+        "null" => Ok(SinkConfig::Null),
         other => Err(at(
             s.kind.span(),
             &format!("{key}.kind"),
-            format!("`{other}`: this build knows the sink kind \"file\""),
+            format!("`{other}`: this build knows the sink kinds \"file\" and \"null\""),
         )),
     }
 }
@@ -218,6 +224,16 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml block");
+        let c = Config::parse("README.md", example).unwrap_or_else(|e| panic!("{e}"));
+        let f = &c.flows[0];
+        assert_eq!((f.name.as_str(), f.paths.len(), f.exclude.len()), ("app", 2, 1));
+        assert_eq!((f.max_record_bytes, f.truncated_terminator.as_slice()), (1 << 20, &b"\n"[..]));
+    }
 
     const GOOD: &str = r#"
 [collector]

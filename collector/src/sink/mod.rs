@@ -2,6 +2,7 @@
 //! the whole batch; the caller advances checkpoints on that alone.
 
 pub mod file;
+pub mod null;
 
 use std::path::Path;
 

@@ -26,8 +26,11 @@ fn main() {
     let started = Instant::now();
     for n in 1..=lines {
         if reopen {
-            let current = std::fs::metadata(path).map(|m| m.ino()).ok();
-            if current != Some(file.metadata().expect("fstat").ino()) {
+            // Reopen once the rotator has put a new file in place; while the name is
+            // missing, keep writing to the old file (creating it here would race logrotate).
+            if let Ok(current) = std::fs::metadata(path)
+                && current.ino() != file.metadata().expect("fstat").ino()
+            {
                 file = open(path);
             }
         }

@@ -1,0 +1,16 @@
+//! `kind = "null"`: accepts every record and keeps nothing. For measuring the collector
+//! without a destination's cost, and for trying a config without shipping anything.
+
+use super::{Outgoing, Sink};
+
+#[derive(Default)]
+pub struct NullSink {
+    pub records: u64,
+}
+
+impl Sink for NullSink {
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> anyhow::Result<()> {
+        self.records += batch.len() as u64;
+        Ok(())
+    }
+}
