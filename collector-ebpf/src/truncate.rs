@@ -115,3 +115,35 @@ pub fn kretprobe_do_truncate(ctx: RetProbeContext) -> u32 {
     do_truncate_end(ctx.ret::<i32>() as i64);
     0
 }
+
+/// notify_change(idmap, dentry, attr, delegated): do_truncate calls it with the inode lock
+/// held, so no write can land between here and the size change. The size read at
+/// do_truncate's entry may miss writes that took the lock first; the one read here is the
+/// size the truncation really cut from.
+#[inline(always)]
+fn size_change_begins(dentry: KPtr) {
+    let Some(call) = pending::current() else { return };
+    if unsafe { (*call).op } != Op::Truncate {
+        return;
+    }
+    let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
+    if unsafe { (*call).captured_inode } != inode_ptr {
+        return;
+    }
+    if let Some(size) = kernel::inode_size(inode_ptr) {
+        unsafe { (*call).size_before = size };
+    }
+}
+
+#[fentry(function = "notify_change")]
+pub fn fentry_notify_change(ctx: FEntryContext) -> i32 {
+    size_change_begins(ctx.arg(1));
+    0
+}
+#[kprobe(function = "notify_change")]
+pub fn kprobe_notify_change(ctx: ProbeContext) -> u32 {
+    if let Some(dentry) = ctx.arg(1) {
+        size_change_begins(dentry);
+    }
+    0
+}

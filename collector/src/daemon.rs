@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::{DirEntryExt as _, FileExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -35,6 +35,8 @@ const READ_PER_TURN: usize = 4 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// After a sink refused a batch, its flow reads nothing for this long, then tries again.
+const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
 /// kernel events), to tell whether a truncation reported afterwards came before them.
@@ -80,10 +82,17 @@ pub struct Daemon {
     dirs: HashMap<InodeKey, PathBuf>,
     started: Instant,
     lost_seen: u64,
+    /// Per flow: while its sink refuses batches, no reading until this time.
+    paused_until: Vec<Option<Instant>>,
+    /// Files with unshipped bytes whose flow is paused.
+    waiting: HashSet<InodeKey>,
+    /// Per flow: the sink error last logged, so a lasting failure is logged once.
+    sink_error: Vec<Option<String>>,
 }
 
 impl Daemon {
     pub fn new(config: Config, probe: Probe) -> anyhow::Result<Daemon> {
+        let flows = config.flows.len();
         let store = Store::open(&config.state_dir)?;
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         let mut patterns = Vec::new();
@@ -91,6 +100,10 @@ impl Daemon {
             sinks.push(match &flow.sink {
                 SinkConfig::File { path, format } => Box::new(FileSink::open(path, *format, &config.host)?),
                 SinkConfig::Null => Box::new(NullSink::default()),
+                #[cfg(feature = "kinesis")]
+                SinkConfig::Kinesis(k) => Box::new(crate::sink::kinesis::KinesisSink::open(k, &config.host)?),
+                #[cfg(not(feature = "kinesis"))]
+                SinkConfig::Kinesis(_) => anyhow::bail!("this collector was built without the kinesis sink"),
             });
             patterns.push(WatchSet::new(&flow.paths)?);
         }
@@ -106,6 +119,9 @@ impl Daemon {
             dirs: HashMap::new(),
             started: Instant::now(),
             lost_seen: 0,
+            paused_until: vec![None; flows],
+            waiting: HashSet::new(),
+            sink_error: vec![None; flows],
         })
     }
 
@@ -207,7 +223,7 @@ impl Daemon {
     fn apply(&mut self, action: Action, opened: Option<File>) {
         match action {
             Action::Track { inode, flow, path, from } => {
-                let Some(file) = opened.or_else(|| open_safely(&path)) else { return };
+                let Some(file) = opened.or_else(|| self.open_inode(inode, &path)) else { return };
                 let identity = Identity::of(&file).unwrap_or_default();
                 let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if let Err(e) = self.probe.watch_inode(inode, size) {
@@ -238,11 +254,8 @@ impl Daemon {
                 if let Some(f) = self.open.get_mut(&inode) {
                     f.derived = true;
                     self.dirty.remove(&inode);
-                } else if let Some(t) = self.tracker.get(&inode)
-                    && let Ok(file) = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&t.path)
+                } else if let Some(path) = self.tracker.get(&inode).map(|t| t.path.clone())
+                    && let Some(file) = self.open_inode(inode, &path)
                 {
                     let framer = Framer::new(framer_config(&self.config, 0), 0);
                     let identity = Identity::default();
@@ -284,17 +297,17 @@ impl Daemon {
         }
     }
 
-    /// An original shrank: ship what it had that was not read yet — from the copy, when a
-    /// copytruncate made one — then restart it at its new end.
+    /// An original shrank from `size_before` to `size_after`. What it held beyond what was
+    /// read (`read_to`) is shipped from the copy, when a copytruncate made one, then from
+    /// the bytes the kernel captured with the writes after the copy; reading resumes where
+    /// the file still holds unread bytes, or at its new end.
+    ///
+    /// `read_to` may be 0 with a whole generation unread: when the sink is slow, several
+    /// rotations can pass between two reads.
     fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
-        if size_after >= read_to {
-            // Nothing unread was cut; bytes captured before this truncation belong to the
-            // old contents and must not fill a later gap.
-            f.captured.clear();
-            return;
-        }
+        tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, "truncated");
         let mut records = Vec::new();
         let mut recovered_to = read_to;
         if read_to < size_before
@@ -333,20 +346,50 @@ impl Daemon {
                 "recovered bytes written just before a truncation from the kernel's capture"
             );
         }
+        // Captured bytes belong to the contents that were just cut: never to a later gap.
         f.captured.clear();
-        f.framer.flush(&mut records);
-        let lost = size_before.saturating_sub(recovered_to);
+        // Unread bytes below the new size are still on disk: read them from there.
+        let resume = recovered_to.min(size_after);
+        // Unless reading simply goes on where it was, what the framer holds ends here.
+        let restart = recovered_to > read_to || resume < read_to;
+        if restart {
+            f.framer.flush(&mut records);
+        }
+        let lost = size_before.saturating_sub(recovered_to.max(size_after));
         if lost > 0 {
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
         self.deliver(inode, records);
-        if let Some(f) = self.open.get_mut(&inode) {
-            f.framer.reset(size_after);
-            f.acknowledged = size_after;
+        if restart && let Some(f) = self.open.get_mut(&inode) {
+            f.framer.reset(resume);
+            f.acknowledged = resume;
         }
         self.checkpoint(inode, true);
         self.dirty.insert(inode);
+    }
+
+    /// Opens `inode`, last known at `path`. Events can be handled well after they happened
+    /// (a slow sink), and the name may hold another file by then (logrotate shifting its
+    /// copies): the file is checked to be that inode, and otherwise looked for by inode
+    /// number in its directory and the watched ones.
+    fn open_inode(&self, inode: InodeKey, path: &Path) -> Option<File> {
+        let is_it = |f: &File| f.metadata().is_ok_and(|m| key_of(&m) == inode);
+        if let Some(f) = open_safely(path).filter(is_it) {
+            return Some(f);
+        }
+        let dirs = path.parent().map(Path::to_owned).into_iter().chain(self.dirs.values().cloned());
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.ino() == inode.ino
+                    && let Some(f) = open_safely(&entry.path()).filter(is_it)
+                {
+                    return Some(f);
+                }
+            }
+        }
+        None
     }
 
     /// Applies kernel events to the tracker and carries out what follows.
@@ -411,6 +454,10 @@ impl Daemon {
         let mut chunks = Vec::new();
         for inode in std::mem::take(&mut self.dirty) {
             let Some(f) = self.open.get_mut(&inode) else { continue };
+            if self.paused_until[f.flow].is_some() {
+                self.waiting.insert(inode);
+                continue;
+            }
             let at = f.framer.next_offset();
             let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
             if size < at {
@@ -453,6 +500,11 @@ impl Daemon {
             }
             let Some(f) = self.open.get_mut(&c.inode) else { continue };
             if f.framer.next_offset() != c.at {
+                continue;
+            }
+            if self.paused_until[f.flow].is_some() {
+                // Its sink failed on an earlier chunk of this turn: read again after the pause.
+                self.waiting.insert(c.inode);
                 continue;
             }
             let mut records = Vec::new();
@@ -498,6 +550,9 @@ impl Daemon {
             .collect();
         match self.sinks[f.flow].deliver(&batch) {
             Ok(()) => {
+                if self.sink_error[f.flow].take().is_some() {
+                    tracing::info!(flow = %flow.name, "the sink accepts batches again");
+                }
                 f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
                 let cut = records.iter().filter(|r| r.truncated).count();
                 if cut > 0 {
@@ -505,10 +560,15 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                tracing::error!(flow = %flow.name, path = %path.display(), "sink refused a batch, will retry from the file: {e:#}");
+                let e = format!("{e:#}");
+                if self.sink_error[f.flow].as_ref() != Some(&e) {
+                    tracing::error!(flow = %flow.name, path = %path.display(), pause = ?SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
+                    self.sink_error[f.flow] = Some(e);
+                }
                 let acknowledged = f.acknowledged;
                 f.framer.reset(acknowledged);
-                self.dirty.insert(inode);
+                self.paused_until[f.flow] = Some(Instant::now() + SINK_RETRY_PAUSE);
+                self.waiting.insert(inode);
             }
         }
     }
@@ -601,6 +661,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Flows whose pause after a sink failure is over read again.
+    fn resume_paused(&mut self) {
+        let now = Instant::now();
+        for pause in &mut self.paused_until {
+            if pause.is_some_and(|until| until <= now) {
+                *pause = None;
+            }
+        }
+        let open = &self.open;
+        let paused = &self.paused_until;
+        let ready: Vec<InodeKey> =
+            self.waiting.iter().filter(|k| open.get(k).is_none_or(|f| paused[f.flow].is_none())).copied().collect();
+        for inode in ready {
+            self.waiting.remove(&inode);
+            self.dirty.insert(inode);
+        }
+    }
+
     /// Checkpoints that waited for CHECKPOINT_EVERY.
     fn checkpoint_all(&mut self) {
         let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
@@ -649,6 +727,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
             guard = ring.readable_mut() => guard?.clear_ready(),
             _ = tick.tick() => {
                 daemon.checkpoint_all();
+                daemon.resume_paused();
                 daemon.flush_idle();
                 daemon.expire();
                 daemon.recheck_after_loss()?;

@@ -1,6 +1,8 @@
 //! Harness for the integration tests: runs the real collector binary as a root process,
 //! reads the JSON lines it prints, and waits for sentinel events instead of sleeping.
 
+#[cfg(feature = "kinesis")]
+pub mod kinesis_server;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,
@@ -183,9 +185,15 @@ impl Running {
     }
 
     pub fn start_with(config: &Path) -> Running {
+        Running::start_with_env(config, &[])
+    }
+
+    /// With extra environment variables for the collector process.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(collector_bin())
             .args(["--attach-mode", &attach_mode(), "run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start collector");
@@ -310,6 +318,18 @@ pub fn assert_every_line_once_in_order(records: &[Value], tag: &str, lines: u64)
     }
     let missing: Vec<u64> = (1..=lines).filter(|n| !counts.contains_key(n)).collect();
     let duplicated: Vec<u64> = counts.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
+    if let Some(first) = missing.first().or(duplicated.first()) {
+        // What was shipped around the first problem, to tell a lost range from a misread one.
+        let at = records.iter().position(|r| {
+            r["data"]
+                .as_str()
+                .and_then(|d| d.split_once(' '))
+                .is_some_and(|(t, n)| t == tag && n.parse::<u64>().is_ok_and(|n| n + 3 >= *first))
+        });
+        for r in &records[at.unwrap_or(0).saturating_sub(3)..(at.unwrap_or(0) + 6).min(records.len())] {
+            eprintln!("shipped: {} {} {} {:?}", r["path"], r["ino"], r["offset"], r["data"]);
+        }
+    }
     assert!(
         missing.is_empty() && duplicated.is_empty(),
         "{tag}: {} missing {:?}, {} duplicated {:?}",

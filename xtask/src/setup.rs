@@ -20,6 +20,7 @@ pub fn run(with_guest: bool) -> anyhow::Result<()> {
         packages.extend_from_slice(GUEST_PACKAGES);
     }
     apt_install(&packages)?;
+    kinesis_local()?;
     if with_guest {
         guest::prepare_kernels()?;
     }
@@ -42,6 +43,30 @@ fn rust_toolchain() -> anyhow::Result<()> {
         shell::run(Command::new("cargo").args(["install", "bpf-linker", "--version", "~0.10", "--locked"]))?;
     }
     Ok(())
+}
+
+/// kinesis-mock, as the npm package kinesis-local (a Kinesis Data Streams server for tests),
+/// pinned, into target/xtask/node. The tests find it through `KINESIS_LOCAL_MAIN`.
+pub const KINESIS_LOCAL: &str = "kinesis-local@0.6.2";
+
+pub fn kinesis_local_main() -> std::path::PathBuf {
+    shell::work_dir().join("node/node_modules/kinesis-local/main.js")
+}
+
+fn kinesis_local() -> anyhow::Result<()> {
+    if kinesis_local_main().exists() {
+        return Ok(());
+    }
+    let prefix = shell::work_dir().join("node");
+    std::fs::create_dir_all(&prefix)?;
+    shell::run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(KINESIS_LOCAL)
+            .current_dir(&prefix),
+    )
+    .context("installing kinesis-local from the npm registry (Node.js and npm are needed)")
 }
 
 fn mount_kernel_filesystems() -> anyhow::Result<()> {

@@ -51,6 +51,33 @@ pub enum SinkConfig {
     },
     /// Accepts and discards (benchmarks, trying a config).
     Null,
+    Kinesis(KinesisConfig),
+}
+
+/// Largest record Kinesis Data Streams takes, partition key included.
+pub const KINESIS_RECORD_LIMIT: usize = 1024 * 1024;
+/// Room kept for the partition key (at most 256 characters).
+pub const KINESIS_KEY_ROOM: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisConfig {
+    pub stream: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub partition_key: PartitionKey,
+    /// Wrap each record in JSON with where it came from (host, flow, path, dev, ino, offset).
+    pub envelope: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// One key per file (dev, ino): a file's records stay on one shard, in order.
+    File,
+    /// A hash of the record: spreads evenly, the same record always lands on the same shard.
+    Deterministic,
+    Random,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,12 +163,22 @@ impl Config {
                 ),
                 None => None,
             };
+            let sink = sink(f.sink.get_ref(), &at, &key("sink"))?;
+            // A Kinesis record holds at most 1 MiB with its partition key.
+            let limit = match sink {
+                SinkConfig::Kinesis(_) => KINESIS_RECORD_LIMIT - KINESIS_KEY_ROOM,
+                _ => 1 << 30,
+            };
             let max_record_bytes = match &f.max_record_bytes {
-                Some(n) if *n.get_ref() < 16 || *n.get_ref() > 1 << 30 => {
-                    return Err(at(n.span(), &key("max_record_bytes"), "must be between 16 and 1 GiB".into()));
+                Some(n) if *n.get_ref() < 16 || *n.get_ref() as usize > limit => {
+                    return Err(at(
+                        n.span(),
+                        &key("max_record_bytes"),
+                        format!("must be between 16 and {limit} for this sink"),
+                    ));
                 }
                 Some(n) => *n.get_ref() as usize,
-                None => 1024 * 1024,
+                None => limit.min(1024 * 1024),
             };
             flows.push(Flow {
                 name,
@@ -154,7 +191,7 @@ impl Config {
                 max_record_bytes,
                 truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
                 rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
-                sink: sink(f.sink.get_ref(), &at, &key("sink"))?,
+                sink,
             });
         }
         Ok(Config { state_dir, host, flows })
@@ -195,10 +232,61 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             Ok(SinkConfig::File { path: PathBuf::from(path.get_ref()), format })
         }
         "null" => Ok(SinkConfig::Null),
+        "kinesis" => {
+            let stream = s.stream.as_ref().ok_or_else(|| {
+                at(s.kind.span(), &format!("{key}.stream"), "the kinesis sink needs a stream name".into())
+            })?;
+            let text = |v: &Option<toml::Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
+            let partition_key = match s.partition_key.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                None | Some(("file", _)) => PartitionKey::File,
+                Some(("deterministic", _)) => PartitionKey::Deterministic,
+                Some(("random", _)) => PartitionKey::Random,
+                Some((other, span)) => {
+                    return Err(at(
+                        span,
+                        &format!("{key}.partition_key"),
+                        format!("`{other}`: expected \"file\", \"deterministic\" or \"random\""),
+                    ));
+                }
+            };
+            let envelope = match s.envelope.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                None | Some(("none", _)) => false,
+                Some(("json", _)) => true,
+                Some((other, span)) => {
+                    return Err(at(
+                        span,
+                        &format!("{key}.envelope"),
+                        format!("`{other}`: expected \"none\" or \"json\""),
+                    ));
+                }
+            };
+            if let Some(url) = &s.endpoint_url
+                && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+            {
+                return Err(at(
+                    url.span(),
+                    &format!("{key}.endpoint_url"),
+                    format!("`{}`: expected an http(s) URL", url.get_ref()),
+                ));
+            }
+            if s.external_id.is_some() && s.role_arn.is_none() {
+                let span = s.external_id.as_ref().map(|v| v.span()).unwrap_or(0..0);
+                return Err(at(span, &format!("{key}.external_id"), "needs role_arn".into()));
+            }
+            Ok(SinkConfig::Kinesis(KinesisConfig {
+                stream: stream.get_ref().clone(),
+                region: text(&s.region),
+                endpoint_url: text(&s.endpoint_url),
+                role_arn: text(&s.role_arn),
+                external_id: text(&s.external_id),
+                partition_key,
+                envelope,
+            }))
+        }
         other => Err(at(
             s.kind.span(),
             &format!("{key}.kind"),
-            format!("`{other}`: this build knows the sink kinds \"file\" and \"null\""),
+            format!("`{other}`: expected \"kinesis\", \"file\" or \"null\""),
         )),
     }
 }

@@ -41,6 +41,15 @@ pub struct Flow {
 #[serde(deny_unknown_fields)]
 pub struct Sink {
     pub kind: Spanned<String>,
+    /// file
     pub path: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
+    /// kinesis
+    pub stream: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub endpoint_url: Option<Spanned<String>>,
+    pub role_arn: Option<Spanned<String>>,
+    pub external_id: Option<Spanned<String>>,
+    pub partition_key: Option<Spanned<String>>,
+    pub envelope: Option<Spanned<String>>,
 }

@@ -1,7 +1,10 @@
 //! Where records go. A sink returns from `deliver` only once the destination has accepted
 //! the whole batch; the caller advances checkpoints on that alone.
 
+pub mod envelope;
 pub mod file;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
 pub mod null;
 
 use std::path::Path;

@@ -1,0 +1,156 @@
+//! A real Kinesis Data Streams server for the tests: kinesis-mock (npm kinesis-local, put
+//! in place by `cargo xtask setup`) on 127.0.0.1, and a client that reads every shard back.
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aws_sdk_kinesis::{Client, types::ShardIteratorType};
+use serde_json::Value;
+
+pub struct KinesisServer {
+    child: Child,
+    pub port: u16,
+    pub stream: String,
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn main_js() -> PathBuf {
+    std::env::var_os("KINESIS_LOCAL_MAIN").map(PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xtask/node/node_modules/kinesis-local/main.js")
+    })
+}
+
+impl KinesisServer {
+    /// Starts the server on `port` with `stream` (2 shards) and waits until it answers.
+    pub fn start_on(port: u16, stream: &str) -> KinesisServer {
+        let main = main_js();
+        assert!(main.exists(), "{} is missing: run `cargo xtask setup`", main.display());
+        let child = Command::new("node")
+            .arg(&main)
+            // It reads its TLS certificate (server.json) from the working directory.
+            .current_dir(main.parent().expect("package dir"))
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+            .env("INITIALIZE_STREAMS", format!("{stream}:2"))
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("LOG_LEVEL", "WARN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting node (kinesis-local)");
+        let server = KinesisServer { child, port, stream: stream.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "kinesis-local did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.wait_active();
+        server
+    }
+
+    pub fn start(stream: &str) -> KinesisServer {
+        KinesisServer::start_on(free_port(), stream)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    fn client(&self) -> Client {
+        let endpoint = self.endpoint();
+        Self::runtime().block_on(async move {
+            let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests"))
+                .load()
+                .await;
+            Client::from_conf(aws_sdk_kinesis::config::Builder::from(&base).endpoint_url(endpoint).build())
+        })
+    }
+
+    fn wait_active(&self) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = Self::runtime().block_on(client.describe_stream_summary().stream_name(&self.stream).send());
+            if let Ok(out) = status
+                && out.stream_description_summary().is_some_and(|d| d.stream_status().as_str() == "ACTIVE")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stream {} never became ACTIVE", self.stream);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every record in every shard, shard by shard in sequence order, as JSON values (the
+    /// records are the collector's `envelope = "json"`).
+    pub fn records(&self) -> Vec<Value> {
+        let client = self.client();
+        Self::runtime().block_on(async {
+            let shards = client.list_shards().stream_name(&self.stream).send().await.expect("ListShards");
+            let mut out = Vec::new();
+            for shard in shards.shards() {
+                let mut iterator = client
+                    .get_shard_iterator()
+                    .stream_name(&self.stream)
+                    .shard_id(shard.shard_id())
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .expect("GetShardIterator")
+                    .shard_iterator
+                    .expect("iterator");
+                loop {
+                    let page =
+                        client.get_records().shard_iterator(&iterator).limit(10_000).send().await.expect("GetRecords");
+                    for r in page.records() {
+                        let v: Value = serde_json::from_slice(r.data().as_ref()).expect("an envelope");
+                        out.push(v);
+                    }
+                    // An open shard answers an empty page once it is read to its end.
+                    if page.records().is_empty() {
+                        break;
+                    }
+                    match page.next_shard_iterator() {
+                        Some(next) => iterator = next.to_owned(),
+                        None => break,
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// Waits until the stream holds at least `count` records (or two minutes pass).
+    pub fn wait_for_records(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let records = self.records();
+            if records.len() >= count || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_secs(1));
+                return self.records();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for KinesisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
