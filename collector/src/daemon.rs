@@ -360,7 +360,12 @@ impl Daemon {
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
-        self.deliver(inode, records);
+        if !self.deliver(inode, records) && recovered_to > read_to {
+            // Known gap: these bytes exist only in memory now (the copy may be compressed
+            // or deleted by the time the sink is back).
+            let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            tracing::error!(%path, lost = recovered_to - read_to, "the sink refused bytes recovered from a truncation; they are gone from disk");
+        }
         if restart && let Some(f) = self.open.get_mut(&inode) {
             f.framer.reset(resume);
             f.acknowledged = resume;
@@ -511,7 +516,7 @@ impl Daemon {
             f.framer.push(c.at, &c.bytes, &mut records);
             let read_to = f.framer.next_offset();
             f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
-            self.deliver(c.inode, records);
+            let _ = self.deliver(c.inode, records);
             self.checkpoint(c.inode, false);
         }
     }
@@ -529,18 +534,19 @@ impl Daemon {
             if let Some(f) = self.open.get_mut(&inode) {
                 f.framer.flush(&mut records);
             }
-            self.deliver(inode, records);
+            let _ = self.deliver(inode, records);
             self.checkpoint(inode, false);
         }
     }
 
     /// Sends records of one file to its flow's sink; on success they count as acknowledged.
     /// On failure they are kept on disk: the file is re-read from its acknowledged offset.
-    fn deliver(&mut self, inode: InodeKey, records: Vec<Record>) {
-        let Some(f) = self.open.get_mut(&inode) else { return };
+    /// Returns whether the sink took them.
+    fn deliver(&mut self, inode: InodeKey, records: Vec<Record>) -> bool {
+        let Some(f) = self.open.get_mut(&inode) else { return false };
         if records.is_empty() {
             f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
-            return;
+            return true;
         }
         let flow = &self.config.flows[f.flow];
         let path = self.tracker.get(&inode).map(|t| t.path.clone()).unwrap_or_default();
@@ -558,6 +564,7 @@ impl Daemon {
                 if cut > 0 {
                     tracing::warn!(flow = %flow.name, path = %path.display(), records = cut, limit = flow.max_record_bytes, dropped_bytes_total = f.framer.dropped_bytes, "records longer than max_record_bytes were cut");
                 }
+                true
             }
             Err(e) => {
                 let e = format!("{e:#}");
@@ -569,6 +576,7 @@ impl Daemon {
                 f.framer.reset(acknowledged);
                 self.paused_until[f.flow] = Some(Instant::now() + SINK_RETRY_PAUSE);
                 self.waiting.insert(inode);
+                false
             }
         }
     }
