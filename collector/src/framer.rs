@@ -77,7 +77,12 @@ impl Framer {
         while !rest.is_empty() {
             match rest.iter().position(|&b| b == b'\n') {
                 Some(i) => {
-                    self.extend_line(&rest[..i]);
+                    if self.line.is_empty() && self.line_dropped == 0 && i <= self.config.max_record_bytes {
+                        // The common case, a whole line in one read: one allocation of its size.
+                        self.line = rest[..i].to_vec();
+                    } else {
+                        self.extend_line(&rest[..i]);
+                    }
                     pos += i as u64 + 1;
                     self.finish_line(pos, out);
                     rest = &rest[i + 1..];

@@ -3,22 +3,39 @@
 //! and the Kinesis sinks' `envelope = "json"`: consumers can drop transport duplicates by
 //! `(host, dev, ino, offset)`.
 
-use serde_json::{Value, json};
+use std::io::Write as _;
 
 use super::Outgoing;
 use crate::watch::user_dev;
 
-/// `data` is the record's bytes (possibly cut shorter than `r.data` to fit a limit).
-pub fn json(host: &str, r: &Outgoing<'_>, data: &[u8]) -> Value {
-    let mut v = json!({
-        "host": host, "flow": r.flow, "path": r.path.to_string_lossy(),
-        "dev": user_dev(r.inode.dev), "ino": r.inode.ino, "offset": r.offset,
-    });
+/// Appends the record as one JSON object to `out`. `data` is the record's bytes (possibly
+/// cut shorter than `r.data` to fit a limit). Written field by field: building a
+/// `serde_json::Value` per record cost more than reading the file.
+pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) {
+    out.extend_from_slice(b"{\"host\":");
+    string(out, host);
+    out.extend_from_slice(b",\"flow\":");
+    string(out, r.flow);
+    out.extend_from_slice(b",\"path\":");
+    string(out, &r.path.to_string_lossy());
+    let _ = write!(out, ",\"dev\":{},\"ino\":{},\"offset\":{}", user_dev(r.inode.dev), r.inode.ino, r.offset);
     match std::str::from_utf8(data) {
-        Ok(text) => v["data"] = text.into(),
-        Err(_) => v["data_base64"] = base64(data).into(),
+        Ok(text) => {
+            out.extend_from_slice(b",\"data\":");
+            string(out, text);
+        }
+        Err(_) => {
+            out.extend_from_slice(b",\"data_base64\":\"");
+            out.extend_from_slice(base64(data).as_bytes());
+            out.push(b'"');
+        }
     }
-    v
+    out.push(b'}');
+}
+
+/// A JSON string literal (serde_json's escaping).
+fn string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -36,6 +53,28 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_json_with_their_origin() {
+        let path = std::path::Path::new("/var/log/a \"b\".log");
+        let r =
+            Outgoing { flow: "app", path, inode: collector_common::InodeKey::new(0xfe00001, 42), offset: 7, data: b"" };
+        let mut out = Vec::new();
+        write_json(&mut out, "h", &r, b"line \"quoted\"\t\x01");
+        write_json(&mut out, "h", &r, b"caf\xe9");
+        let text = String::from_utf8(out).unwrap();
+        let (a, b) = text.split_at(text.find("}{").unwrap() + 1);
+        let a: serde_json::Value = serde_json::from_str(a).unwrap();
+        let b: serde_json::Value = serde_json::from_str(b).unwrap();
+        assert_eq!(a["data"], "line \"quoted\"\t\u{1}");
+        assert_eq!(
+            (a["host"].as_str(), a["flow"].as_str(), a["path"].as_str()),
+            (Some("h"), Some("app"), path.to_str())
+        );
+        assert_eq!((a["ino"].as_u64(), a["offset"].as_u64()), (Some(42), Some(7)));
+        assert_eq!(b["data_base64"], "Y2Fm6Q==");
+        assert!(b.get("data").is_none());
+    }
 
     #[test]
     fn base64_matches_the_rfc_examples() {

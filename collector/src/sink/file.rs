@@ -41,7 +41,7 @@ impl Sink for FileSink {
         for r in batch {
             match self.format {
                 FileFormat::Raw => self.buffer.extend_from_slice(r.data),
-                FileFormat::Json => serde_json::to_writer(&mut self.buffer, &envelope::json(&self.host, r, r.data))?,
+                FileFormat::Json => envelope::write_json(&mut self.buffer, &self.host, r, r.data),
             }
             self.buffer.push(b'\n');
         }

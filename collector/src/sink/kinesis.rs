@@ -139,7 +139,9 @@ impl KinesisSink {
 
     fn encode(&self, r: &Outgoing<'_>, keep: usize) -> Vec<u8> {
         if self.config.envelope {
-            serde_json::to_vec(&envelope::json(&self.host, r, &r.data[..keep])).expect("json of plain values")
+            let mut out = Vec::with_capacity(keep + 160);
+            envelope::write_json(&mut out, &self.host, r, &r.data[..keep]);
+            out
         } else {
             r.data[..keep].to_vec()
         }
