@@ -226,6 +226,19 @@ impl Daemon {
                 let Some(file) = opened.or_else(|| self.open_inode(inode, &path)) else { return };
                 let identity = Identity::of(&file).unwrap_or_default();
                 let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                // A file released earlier and renamed into a matching name again (logrotate
+                // shifting app.log.1 to app.log.2): its checkpoint says what was shipped.
+                let from = match self.store.load(inode) {
+                    Loaded::Found(c)
+                        if !c.derived
+                            && c.acknowledged > from
+                            && c.acknowledged <= size
+                            && c.identity.matches(&file).unwrap_or(false) =>
+                    {
+                        c.acknowledged
+                    }
+                    _ => from,
+                };
                 if let Err(e) = self.probe.watch_inode(inode, size) {
                     tracing::error!(path = %path.display(), "cannot watch: {e:#}");
                     return;
@@ -279,6 +292,8 @@ impl Daemon {
             Action::Untrack { inode } => {
                 let _ = self.probe.unwatch_inode(inode);
                 self.dirty.remove(&inode);
+                // Its checkpoint outlives it while the file exists (see Track).
+                self.checkpoint(inode, true);
                 if let Some(f) = self.open.remove(&inode)
                     && f.file.metadata().is_ok_and(|m| m.nlink() == 0)
                 {
@@ -779,7 +794,12 @@ fn open_safely(path: &Path) -> Option<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| tracing::warn!(path = %path.display(), "cannot open: {e}"))
+        .map_err(|e| {
+            // Gone before its event was handled (a temporary file): nothing to say.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), "cannot open: {e}");
+            }
+        })
         .ok()?;
     let meta = file.metadata().ok()?;
     if !meta.file_type().is_file() {

@@ -80,6 +80,16 @@ impl KinesisServer {
         })
     }
 
+    /// Creates another stream (2 shards) and waits until it is ACTIVE.
+    pub fn create_stream(&mut self, stream: &str) {
+        let client = self.client();
+        Self::runtime()
+            .block_on(client.create_stream().stream_name(stream).shard_count(2).send())
+            .expect("CreateStream");
+        self.stream = stream.to_owned();
+        self.wait_active();
+    }
+
     fn wait_active(&self) {
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(30);
