@@ -196,3 +196,30 @@ fn truncate_in_place_restarts_at_the_new_end_and_reports_what_was_cut() {
     assert!(reported as usize >= missing * 5, "{missing} lines missing but only {reported} bytes reported lost");
     assert!(records.iter().all(|r| !r["data"].as_str().unwrap().is_empty()), "no empty records from cut lines");
 }
+
+/// `cp` (copy_file_range in coreutils 9) and a read/write copy through the shell, both into
+/// names the pattern matches: neither copy is shipped as new data.
+#[test]
+fn copies_of_a_log_are_not_shipped() {
+    let scratch = Scratch::new("copies");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let _collector =
+        Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, ""));
+    let mut w = writer(&log, "w", 4_000, RATE, false);
+    std::thread::sleep(Duration::from_millis(600));
+    let cp = std::process::Command::new("cp").arg(&log).arg(scratch.path("app.log.bak")).status().unwrap();
+    assert!(cp.success());
+    let cat = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat {} > {}", log.display(), scratch.path("app.log.copy").display()))
+        .status()
+        .unwrap();
+    assert!(cat.success());
+    assert!(w.wait().unwrap().success());
+    let records = wait_for_records(&out, 4_000);
+    assert_every_line_once_in_order(&records, "w", 4_000);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "a copy was shipped");
+    assert!(std::fs::metadata(scratch.path("app.log.bak")).unwrap().len() > 0, "cp copied something");
+}
