@@ -29,7 +29,7 @@ enum Command {
     /// Build the kernel programs alone (they are also built by `cargo build -p collector`).
     BuildEbpf,
     /// Set up, build, and run the collector on a demo log that a writer appends to and
-    /// logrotate rotates; prints what the kernel reports. Ctrl-C stops it.
+    /// logrotate rotates; prints each record shipped. Ctrl-C stops it.
     Run {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
