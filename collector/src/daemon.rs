@@ -175,11 +175,22 @@ impl Daemon {
 
     /// Where a checkpointed inode lives now: its old directory and the watched ones.
     fn find_moved(&self, c: &Checkpoint) -> Option<PathBuf> {
-        let dirs = c.path.parent().map(Path::to_owned).into_iter().chain(self.dirs.values().cloned());
+        self.locate(InodeKey::new(c.dev, c.ino), &c.path)
+    }
+
+    /// Where `inode`, last known at `last_path`, lives now: its old directory first, then
+    /// the watched ones. A directory that cannot be read, or an entry gone meanwhile, is
+    /// skipped.
+    fn locate(&self, inode: InodeKey, last_path: &Path) -> Option<PathBuf> {
+        let dirs = last_path.parent().map(Path::to_owned).into_iter().chain(self.dirs.values().cloned());
         for dir in dirs {
-            for entry in std::fs::read_dir(&dir).ok()?.flatten() {
-                let meta = entry.metadata().ok()?;
-                if meta.ino() == c.ino && meta.file_type().is_file() && key_of(&meta).dev == c.dev {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.ino() == inode.ino
+                    && let Ok(meta) = entry.metadata()
+                    && meta.file_type().is_file()
+                    && key_of(&meta) == inode
+                {
                     return Some(entry.path());
                 }
             }
@@ -395,21 +406,7 @@ impl Daemon {
     /// number in its directory and the watched ones.
     fn open_inode(&self, inode: InodeKey, path: &Path) -> Option<File> {
         let is_it = |f: &File| f.metadata().is_ok_and(|m| key_of(&m) == inode);
-        if let Some(f) = open_safely(path).filter(is_it) {
-            return Some(f);
-        }
-        let dirs = path.parent().map(Path::to_owned).into_iter().chain(self.dirs.values().cloned());
-        for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                if entry.ino() == inode.ino
-                    && let Some(f) = open_safely(&entry.path()).filter(is_it)
-                {
-                    return Some(f);
-                }
-            }
-        }
-        None
+        open_safely(path).filter(is_it).or_else(|| open_safely(&self.locate(inode, path)?).filter(is_it))
     }
 
     /// Applies kernel events to the tracker and carries out what follows.
