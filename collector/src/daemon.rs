@@ -15,17 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use collector_common::InodeKey;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
+    event_queue::EventQueue,
     framer::{Framer, FramerConfig, Record},
     probe::{Probe, event::KernelEvent},
-    sink::{Outgoing, Sink, file::FileSink, null::NullSink},
+    sink::{Outgoing, Refused, Sink, file::FileSink, null::NullSink},
     tracker::{self, Action, Tracker},
     watch::{WatchSet, key_of},
 };
@@ -73,11 +71,12 @@ struct OpenFile {
 pub struct Daemon {
     config: Config,
     probe: Probe,
+    events: EventQueue,
     tracker: Tracker,
     open: HashMap<InodeKey, OpenFile>,
     dirty: HashSet<InodeKey>,
     store: Store,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Box<dyn Sink + Send>>,
     patterns: Vec<WatchSet>,
     dirs: HashMap<InodeKey, PathBuf>,
     started: Instant,
@@ -91,10 +90,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(config: Config, probe: Probe) -> anyhow::Result<Daemon> {
+    pub fn new(config: Config, mut probe: Probe) -> anyhow::Result<Daemon> {
+        let events = EventQueue::new(probe.take_events()?)?;
         let flows = config.flows.len();
         let store = Store::open(&config.state_dir)?;
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
         let mut patterns = Vec::new();
         for flow in &config.flows {
             sinks.push(match &flow.sink {
@@ -110,6 +110,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             probe,
+            events,
             tracker: Tracker::default(),
             open: HashMap::new(),
             dirty: HashSet::new(),
@@ -566,7 +567,10 @@ impl Daemon {
             .iter()
             .map(|r| Outgoing { flow: &flow.name, path: &path, inode, offset: r.offset, data: &r.data })
             .collect();
-        match self.sinks[f.flow].deliver(&batch) {
+        let sink = &mut self.sinks[f.flow];
+        // Sink calls can take seconds: the ring buffer is drained meanwhile.
+        let result = if sink.may_block() { self.events.while_waiting(|| sink.deliver(&batch)) } else { sink.deliver(&batch) };
+        match result {
             Ok(()) => {
                 if self.sink_error[f.flow].take().is_some() {
                     tracing::info!(flow = %flow.name, "the sink accepts batches again");
@@ -578,8 +582,14 @@ impl Daemon {
                 }
                 true
             }
-            Err(e) => {
-                let e = format!("{e:#}");
+            Err(Refused { accepted, error }) => {
+                // What the destination holds is not sent again: the checkpoint passes it.
+                if let Some(first_refused) = records.get(accepted)
+                    && accepted > 0
+                {
+                    f.acknowledged = f.acknowledged.max(first_refused.offset);
+                }
+                let e = format!("{error:#}");
                 if self.sink_error[f.flow].as_ref() != Some(&e) {
                     tracing::error!(flow = %flow.name, path = %path.display(), pause = ?SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
                     self.sink_error[f.flow] = Some(e);
@@ -717,21 +727,17 @@ impl Daemon {
 
 pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     let mut daemon = Daemon::new(config, probe)?;
-    // SAFETY: the RingBuf owns its map fd until it is dropped with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register(daemon.probe.take_events()?) }
-        .map_err(|e| e.into_parts().1)
-        .context("polling the ring buffer")?;
     daemon.start()?;
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let events = drain(ring.get_mut());
+        let events = daemon.events.take();
         daemon.on_events(events);
         let chunks = daemon.read_dirty();
         // Events that came while reading: what was read before a truncation is kept and
         // shipped before the truncation is applied; what may have been read after, dropped.
-        let late = drain(ring.get_mut());
+        let late = daemon.events.take();
         let mut truncated_at = HashMap::new();
         for e in &late {
             if let KernelEvent::Truncate { inode, origin, .. } = e {
@@ -740,11 +746,11 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         }
         daemon.frame_and_deliver(chunks, &truncated_at);
         daemon.on_events(late);
-        if !daemon.dirty.is_empty() {
+        if !daemon.dirty.is_empty() || daemon.events.has_backlog() {
             continue;
         }
         tokio::select! {
-            guard = ring.readable_mut() => guard?.clear_ready(),
+            ready = daemon.events.readable() => ready?,
             _ = tick.tick() => {
                 daemon.checkpoint_all();
                 daemon.resume_paused();
@@ -759,17 +765,6 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     daemon.shutdown();
     tracing::info!("collector stopped; checkpoints written");
     Ok(())
-}
-
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<KernelEvent> {
-    let mut events = Vec::new();
-    while let Some(record) = ring.next() {
-        match KernelEvent::decode(&record) {
-            Ok(e) => events.push(e),
-            Err(e) => tracing::warn!("skipping a kernel record: {e}"),
-        }
-    }
-    events
 }
 
 fn framer_config(config: &Config, flow: usize) -> FramerConfig {

@@ -5,6 +5,7 @@ mod checkpoint;
 mod cli;
 mod config;
 mod daemon;
+mod event_queue;
 mod events;
 mod framer;
 mod probe;

@@ -2,6 +2,8 @@
 //! reads the JSON lines it prints, and waits for sentinel events instead of sleeping.
 
 #[cfg(feature = "kinesis")]
+pub mod fault_proxy;
+#[cfg(feature = "kinesis")]
 pub mod kinesis_server;
 use std::{
     io::{BufRead as _, BufReader},

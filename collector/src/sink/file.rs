@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Outgoing, Sink, envelope};
+use super::{Outgoing, Refused, Sink, envelope};
 use crate::config::FileFormat;
 
 pub struct FileSink {
@@ -36,7 +36,7 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> anyhow::Result<()> {
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
         self.buffer.clear();
         for r in batch {
             match self.format {

@@ -1,22 +1,28 @@
 //! `kind = "kinesis"`: Kinesis Data Streams through PutRecords.
 //!
-//! A batch from the daemon is sent in requests of at most 500 records and 5 MiB. Records a
-//! response marks as failed (throttled, internal errors) are sent again, alone, with
-//! jittered exponential backoff; `deliver` returns Ok only once every record was accepted,
-//! so the file's checkpoint never passes a record Kinesis does not hold. Errors that no
-//! retry fixes (stream missing, access denied, no credentials) are logged with the AWS
-//! error once per change and returned: the daemon pauses the flow and reads the same bytes
-//! again later — the data waits on disk.
+//! A batch from the daemon is sent in requests of at most 500 records and 5 MiB. Only the
+//! records a response marks as failed (throttled, internal errors) are sent again, first in
+//! the next request, with jittered exponential backoff; the retries are logged once per
+//! cause at WARN. `deliver` returns Ok only once every record was accepted; otherwise it
+//! says how many leading records Kinesis holds, so the file's checkpoint never passes a
+//! record Kinesis does not hold and never stops short of one it does. Errors that no retry
+//! fixes (stream missing, access denied, no credentials), and failures lasting RETRY_FOR,
+//! are returned: the daemon logs them once, pauses the flow and reads the same bytes again
+//! later — the data waits on disk.
 //!
-//! The daemon's loop is synchronous about sinks; this sink drives the SDK on its own
-//! runtime from a scoped thread, so it never blocks inside the daemon's runtime.
+//! PutRecords does not keep order across a partial failure: a retried record lands after
+//! records that followed it. The JSON envelope's offset lets consumers restore file order.
+//!
+//! The daemon calls sinks from a thread of their own (it drains the kernel's events
+//! meanwhile); this sink drives the SDK on its own runtime from a scoped thread, so it
+//! never blocks inside a tokio runtime whatever thread calls it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use aws_sdk_kinesis::{Client, error::SdkError, primitives::Blob, types::PutRecordsRequestEntry};
 
-use super::{Outgoing, Sink, envelope};
+use super::{Outgoing, Refused, Sink, envelope};
 use crate::{
     config::{KINESIS_RECORD_LIMIT, KinesisConfig, PartitionKey},
     watch::user_dev,
@@ -54,6 +60,8 @@ pub struct Stats {
 
 /// One record ready for PutRecords.
 struct Entry {
+    /// Its place in the daemon's batch.
+    index: usize,
     key: String,
     data: Vec<u8>,
 }
@@ -109,7 +117,7 @@ impl KinesisSink {
         }
     }
 
-    fn entry(&mut self, r: &Outgoing<'_>) -> Entry {
+    fn entry(&mut self, index: usize, r: &Outgoing<'_>) -> Entry {
         let key = match self.config.partition_key {
             PartitionKey::File => format!("{}-{}", user_dev(r.inode.dev), r.inode.ino),
             PartitionKey::Deterministic => format!("{:016x}", fnv1a(r.data)),
@@ -134,7 +142,7 @@ impl KinesisSink {
             self.stats.records_cut += 1;
             tracing::warn!(path = %r.path.display(), offset = r.offset, "record cut to fit Kinesis' 1 MiB limit with its envelope");
         }
-        Entry { key, data }
+        Entry { index, key, data }
     }
 
     fn encode(&self, r: &Outgoing<'_>, keep: usize) -> Vec<u8> {
@@ -147,17 +155,20 @@ impl KinesisSink {
         }
     }
 
-    fn log_once(&mut self, error: String) {
-        if self.last_error.as_deref() != Some(&error) {
-            tracing::error!(stream = %self.config.stream, "kinesis: {error}");
-            self.last_error = Some(error);
+    /// A retried failure, logged when its cause (the AWS error code, or the transport
+    /// failure) differs from the last one: lasting throttling is one line, not one per call.
+    fn note_retry(&mut self, what: String) {
+        let cause = what.split(':').next().unwrap_or_default().to_owned();
+        if self.last_error.as_deref() != Some(&cause) {
+            tracing::warn!(stream = %self.config.stream, "kinesis: {what}; retrying with backoff");
+            self.last_error = Some(cause);
         }
     }
 }
 
 impl Sink for KinesisSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> anyhow::Result<()> {
-        let entries: Vec<Entry> = batch.iter().map(|r| self.entry(r)).collect();
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
+        let entries: Vec<Entry> = batch.iter().enumerate().map(|(i, r)| self.entry(i, r)).collect();
         let result = std::thread::scope(|s| {
             s.spawn(|| {
                 let KinesisSink { runtime, client, config, stats, .. } = &mut *self;
@@ -169,8 +180,9 @@ impl Sink for KinesisSink {
             .join()
         });
         let (result, errors) = result.map_err(|_| anyhow::anyhow!("the kinesis sink panicked"))?;
+        let result = result.map_err(|(accepted, error)| Refused { accepted, error });
         for e in errors {
-            self.log_once(e);
+            self.note_retry(e);
         }
         if result.is_ok() && self.last_error.take().is_some() {
             tracing::info!(stream = %self.config.stream, "kinesis accepts records again");
@@ -189,14 +201,28 @@ impl Drop for KinesisSink {
 }
 
 /// Sends every entry, in order, retrying only what failed. `errors` collects what to log.
+/// On failure, says how many leading entries Kinesis holds: `pending` stays in batch order
+/// (failed records go back to its front), so that is the index of its first entry.
 async fn put_all(
     client: &Client,
     stream: &str,
     entries: Vec<Entry>,
     stats: &mut Stats,
     errors: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<(), (usize, anyhow::Error)> {
+    let total = entries.len();
     let mut pending: std::collections::VecDeque<Entry> = entries.into();
+    let result = put_pending(client, stream, &mut pending, stats, errors).await;
+    result.map_err(|e| (pending.front().map_or(total, |p| p.index), e))
+}
+
+async fn put_pending(
+    client: &Client,
+    stream: &str,
+    pending: &mut std::collections::VecDeque<Entry>,
+    stats: &mut Stats,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut retry = Retry { started: Instant::now(), backoff: BACKOFF_FIRST };
     while !pending.is_empty() {
         // Take a request's worth from the front.
@@ -215,14 +241,24 @@ async fn put_all(
             .iter()
             .map(|e| PutRecordsRequestEntry::builder().data(Blob::new(e.data.clone())).partition_key(&e.key).build())
             .collect::<Result<Vec<_>, _>>()
-            .context("building PutRecords entries")?;
+            .context("building PutRecords entries");
+        let records = match records {
+            Ok(records) => records,
+            Err(e) => {
+                give_back(pending, request);
+                return Err(e);
+            }
+        };
         stats.requests += 1;
         match client.put_records().stream_name(stream).set_records(Some(records)).send().await {
             Ok(out) => {
                 let results = out.records();
                 if results.len() != request.len() {
-                    bail!("PutRecords answered {} results for {} records", results.len(), request.len());
+                    let what = format!("PutRecords answered {} results for {} records", results.len(), request.len());
+                    give_back(pending, request);
+                    bail!("{what}");
                 }
+                let sent = request.len();
                 let mut failed = Vec::new();
                 let mut first_error = None;
                 for (entry, result) in request.into_iter().zip(results) {
@@ -245,23 +281,17 @@ async fn put_all(
                 }
                 stats.records_retried += failed.len() as u64;
                 let what = format!(
-                    "{} of {} records not accepted, sending them again ({})",
-                    failed.len(),
-                    out.failed_record_count().unwrap_or(0).max(failed.len() as i32),
-                    first_error.unwrap_or_default()
+                    "{} ({} of {sent} records not accepted)",
+                    first_error.unwrap_or_default(),
+                    failed.len()
                 );
-                // Failed records go first again, in their order.
-                for e in failed.into_iter().rev() {
-                    pending.push_front(e);
-                }
+                give_back(pending, failed);
                 let wait = retry.next(what, errors)?;
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 let what = describe(&e);
-                for entry in request.into_iter().rev() {
-                    pending.push_front(entry);
-                }
+                give_back(pending, request);
                 if !is_retryable(&e) {
                     bail!("{what}");
                 }
@@ -271,6 +301,13 @@ async fn put_all(
         }
     }
     Ok(())
+}
+
+/// Entries not accepted go first again, in their order.
+fn give_back(pending: &mut std::collections::VecDeque<Entry>, entries: Vec<Entry>) {
+    for e in entries.into_iter().rev() {
+        pending.push_front(e);
+    }
 }
 
 /// Backoff for one delivery: doubling from BACKOFF_FIRST to BACKOFF_MAX, jittered, for at

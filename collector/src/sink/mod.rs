@@ -20,6 +20,26 @@ pub struct Outgoing<'a> {
     pub data: &'a [u8],
 }
 
+/// A batch the destination did not take whole: its first `accepted` records are held there
+/// (so the file's checkpoint may pass them), the rest is not.
+#[derive(Debug)]
+pub struct Refused {
+    pub accepted: usize,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Refused {
+    fn from(error: anyhow::Error) -> Refused {
+        Refused { accepted: 0, error }
+    }
+}
+
 pub trait Sink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> anyhow::Result<()>;
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused>;
+
+    /// Whether `deliver` can wait on I/O (the daemon then drains the kernel's events
+    /// beside it); a sink that returns at once says no and saves a thread hand-off.
+    fn may_block(&self) -> bool {
+        true
+    }
 }

@@ -1,7 +1,7 @@
 //! `kind = "null"`: accepts every record and keeps nothing. For measuring the collector
 //! without a destination's cost, and for trying a config without shipping anything.
 
-use super::{Outgoing, Sink};
+use super::{Outgoing, Refused, Sink};
 
 #[derive(Default)]
 pub struct NullSink {
@@ -9,8 +9,12 @@ pub struct NullSink {
 }
 
 impl Sink for NullSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> anyhow::Result<()> {
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
         self.records += batch.len() as u64;
         Ok(())
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 }
