@@ -102,8 +102,12 @@ impl Daemon {
                 SinkConfig::Null => Box::new(NullSink::default()),
                 #[cfg(feature = "kinesis")]
                 SinkConfig::Kinesis(k) => Box::new(crate::sink::kinesis::KinesisSink::open(k, &config.host)?),
+                #[cfg(feature = "kinesis")]
+                SinkConfig::Firehose(f) => Box::new(crate::sink::firehose::FirehoseSink::open(f, &config.host)?),
                 #[cfg(not(feature = "kinesis"))]
-                SinkConfig::Kinesis(_) => anyhow::bail!("this collector was built without the kinesis sink"),
+                SinkConfig::Kinesis(_) | SinkConfig::Firehose(_) => {
+                    anyhow::bail!("this collector was built without the AWS sinks")
+                }
             });
             patterns.push(WatchSet::new(&flow.paths)?);
         }
@@ -569,7 +573,8 @@ impl Daemon {
             .collect();
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
-        let result = if sink.may_block() { self.events.while_waiting(|| sink.deliver(&batch)) } else { sink.deliver(&batch) };
+        let result =
+            if sink.may_block() { self.events.while_waiting(|| sink.deliver(&batch)) } else { sink.deliver(&batch) };
         match result {
             Ok(()) => {
                 if self.sink_error[f.flow].take().is_some() {

@@ -29,7 +29,8 @@ impl EventQueue {
     /// Needs a tokio runtime (the ring's fd is polled by it).
     pub fn new(ring: RingBuf<MapData>) -> anyhow::Result<EventQueue> {
         // SAFETY: the RingBuf owns its map fd until it is dropped with the AsyncFd.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).context("polling the ring buffer")?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).context("polling the ring buffer")?;
         Ok(EventQueue { ring, backlog: VecDeque::new(), backlog_bytes: 0 })
     }
 

@@ -265,7 +265,8 @@ fn partial(request: &Message, upstream: u16, stats: &Mutex<Stats>) -> std::io::R
     let mut body: Value = serde_json::from_slice(&request.body).map_err(std::io::Error::other)?;
     let records = body["Records"].as_array().cloned().unwrap_or_default();
     // With one record, it fails: a partial failure must fail something.
-    let forwarded: Vec<Value> = if records.len() > 1 { records.iter().step_by(2).cloned().collect() } else { Vec::new() };
+    let forwarded: Vec<Value> =
+        if records.len() > 1 { records.iter().step_by(2).cloned().collect() } else { Vec::new() };
     let mut accepted = Vec::new();
     if !forwarded.is_empty() {
         body["Records"] = Value::Array(forwarded);

@@ -5,6 +5,8 @@
 pub mod fault_proxy;
 #[cfg(feature = "kinesis")]
 pub mod kinesis_server;
+#[cfg(feature = "kinesis")]
+pub mod moto_server;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,

@@ -21,6 +21,7 @@ pub fn run(with_guest: bool) -> anyhow::Result<()> {
     }
     apt_install(&packages)?;
     kinesis_local()?;
+    moto()?;
     if with_guest {
         guest::prepare_kernels()?;
     }
@@ -67,6 +68,28 @@ fn kinesis_local() -> anyhow::Result<()> {
             .current_dir(&prefix),
     )
     .context("installing kinesis-local from the npm registry (Node.js and npm are needed)")
+}
+
+/// moto's server (Firehose, S3, Kinesis, SSM, CloudWatch for tests), pinned, in a
+/// virtualenv at target/xtask/moto; boto3 comes with it. The tests find it through
+/// `MOTO_VENV`.
+pub const MOTO: &str = "moto[server]==5.2.5";
+
+pub fn moto_venv() -> std::path::PathBuf {
+    shell::work_dir().join("moto")
+}
+
+fn moto() -> anyhow::Result<()> {
+    let venv = moto_venv();
+    if venv.join("bin/moto_server").exists() {
+        return Ok(());
+    }
+    if shell::output(Command::new("python3").args(["-m", "venv", "--help"])).is_err() {
+        apt_install(&["python3-venv"])?;
+    }
+    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", MOTO]))
+        .context("installing moto[server] from PyPI")
 }
 
 fn mount_kernel_filesystems() -> anyhow::Result<()> {

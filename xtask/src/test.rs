@@ -27,7 +27,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
             .args(["test", "--release"])
             .current_dir(shell::root())
             .env("COLLECTOR_BIN", &collector)
-            .env("KINESIS_LOCAL_MAIN", setup::kinesis_local_main());
+            .env("KINESIS_LOCAL_MAIN", setup::kinesis_local_main())
+            .env("MOTO_VENV", setup::moto_venv());
         let guest_elf = guest::kernel_elf("6.12");
         if guest_elf.exists() {
             tests.env("COLLECTOR_GUEST_VMLINUX", &guest_elf);

@@ -52,6 +52,7 @@ pub enum SinkConfig {
     /// Accepts and discards (benchmarks, trying a config).
     Null,
     Kinesis(KinesisConfig),
+    Firehose(FirehoseConfig),
 }
 
 /// Largest record Kinesis Data Streams takes, partition key included.
@@ -59,16 +60,37 @@ pub const KINESIS_RECORD_LIMIT: usize = 1024 * 1024;
 /// Room kept for the partition key (at most 256 characters).
 pub const KINESIS_KEY_ROOM: usize = 256;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KinesisConfig {
-    pub stream: String,
+/// Largest record Firehose takes (1,000 KiB).
+pub const FIREHOSE_RECORD_LIMIT: usize = 1000 * 1024;
+
+/// Where and as whom an AWS sink connects; unset values come from aws-config's default
+/// chain (environment, profile, web identity / IRSA, ECS, IMDSv2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AwsAccess {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisConfig {
+    pub stream: String,
+    pub access: AwsAccess,
     pub partition_key: PartitionKey,
     /// Wrap each record in JSON with where it came from (host, flow, path, dev, ino, offset).
     pub envelope: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirehoseConfig {
+    pub delivery_stream: String,
+    pub access: AwsAccess,
+    /// Each record as a JSON envelope (see KinesisConfig::envelope).
+    pub envelope: bool,
+    /// Pack consecutive whole records into one Firehose record of up to 1,000 KiB (Firehose
+    /// bills per record in 5 KB steps); each record keeps its newline.
+    pub aggregate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,9 +186,11 @@ impl Config {
                 None => None,
             };
             let sink = sink(f.sink.get_ref(), &at, &key("sink"))?;
-            // A Kinesis record holds at most 1 MiB with its partition key.
+            // A Kinesis record holds at most 1 MiB with its partition key; a Firehose record
+            // 1,000 KiB with the newline the sink adds.
             let limit = match sink {
                 SinkConfig::Kinesis(_) => KINESIS_RECORD_LIMIT - KINESIS_KEY_ROOM,
+                SinkConfig::Firehose(_) => FIREHOSE_RECORD_LIMIT - 1,
                 _ => 1 << 30,
             };
             let max_record_bytes = match &f.max_record_bytes {
@@ -236,7 +260,6 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             let stream = s.stream.as_ref().ok_or_else(|| {
                 at(s.kind.span(), &format!("{key}.stream"), "the kinesis sink needs a stream name".into())
             })?;
-            let text = |v: &Option<toml::Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
             let partition_key = match s.partition_key.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
                 None | Some(("file", _)) => PartitionKey::File,
                 Some(("deterministic", _)) => PartitionKey::Deterministic,
@@ -249,46 +272,75 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
                     ));
                 }
             };
-            let envelope = match s.envelope.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
-                None | Some(("none", _)) => false,
-                Some(("json", _)) => true,
-                Some((other, span)) => {
-                    return Err(at(
-                        span,
-                        &format!("{key}.envelope"),
-                        format!("`{other}`: expected \"none\" or \"json\""),
-                    ));
-                }
-            };
-            if let Some(url) = &s.endpoint_url
-                && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
-            {
-                return Err(at(
-                    url.span(),
-                    &format!("{key}.endpoint_url"),
-                    format!("`{}`: expected an http(s) URL", url.get_ref()),
-                ));
-            }
-            if s.external_id.is_some() && s.role_arn.is_none() {
-                let span = s.external_id.as_ref().map(|v| v.span()).unwrap_or(0..0);
-                return Err(at(span, &format!("{key}.external_id"), "needs role_arn".into()));
-            }
+            only_for(s.aggregate.as_ref().map(|v| v.span()), "aggregate", "firehose", at, key)?;
+            only_for(s.delivery_stream.as_ref().map(|v| v.span()), "delivery_stream", "firehose", at, key)?;
             Ok(SinkConfig::Kinesis(KinesisConfig {
                 stream: stream.get_ref().clone(),
-                region: text(&s.region),
-                endpoint_url: text(&s.endpoint_url),
-                role_arn: text(&s.role_arn),
-                external_id: text(&s.external_id),
+                access: aws_access(s, at, key)?,
                 partition_key,
-                envelope,
+                envelope: envelope(s, at, key)?,
+            }))
+        }
+        "firehose" => {
+            let delivery_stream = s.delivery_stream.as_ref().ok_or_else(|| {
+                at(s.kind.span(), &format!("{key}.delivery_stream"), "the firehose sink needs a delivery_stream".into())
+            })?;
+            only_for(s.stream.as_ref().map(|v| v.span()), "stream", "kinesis", at, key)?;
+            only_for(s.partition_key.as_ref().map(|v| v.span()), "partition_key", "kinesis", at, key)?;
+            Ok(SinkConfig::Firehose(FirehoseConfig {
+                delivery_stream: delivery_stream.get_ref().clone(),
+                access: aws_access(s, at, key)?,
+                envelope: envelope(s, at, key)?,
+                aggregate: s.aggregate.as_ref().is_some_and(|v| *v.get_ref()),
             }))
         }
         other => Err(at(
             s.kind.span(),
             &format!("{key}.kind"),
-            format!("`{other}`: expected \"kinesis\", \"file\" or \"null\""),
+            format!("`{other}`: expected \"kinesis\", \"firehose\", \"file\" or \"null\""),
         )),
     }
+}
+
+/// A key that belongs to another sink kind is an error, not silently ignored.
+fn only_for(span: Option<Range<usize>>, name: &str, kind: &str, at: &At, key: &str) -> Result<(), ConfigError> {
+    match span {
+        Some(span) => Err(at(span, &format!("{key}.{name}"), format!("only the {kind} sink takes `{name}`"))),
+        None => Ok(()),
+    }
+}
+
+fn envelope(s: &raw::Sink, at: &At, key: &str) -> Result<bool, ConfigError> {
+    match s.envelope.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("none", _)) => Ok(false),
+        Some(("json", _)) => Ok(true),
+        Some((other, span)) => {
+            Err(at(span, &format!("{key}.envelope"), format!("`{other}`: expected \"none\" or \"json\"")))
+        }
+    }
+}
+
+fn aws_access(s: &raw::Sink, at: &At, key: &str) -> Result<AwsAccess, ConfigError> {
+    let text = |v: &Option<toml::Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
+    if let Some(url) = &s.endpoint_url
+        && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+    {
+        return Err(at(
+            url.span(),
+            &format!("{key}.endpoint_url"),
+            format!("`{}`: expected an http(s) URL", url.get_ref()),
+        ));
+    }
+    if s.external_id.is_some() && s.role_arn.is_none() {
+        let span = s.external_id.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(at(span, &format!("{key}.external_id"), "needs role_arn".into()));
+    }
+    Ok(AwsAccess {
+        region: text(&s.region),
+        endpoint_url: text(&s.endpoint_url),
+        role_arn: text(&s.role_arn),
+        external_id: text(&s.external_id),
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -46,10 +46,14 @@ pub struct Sink {
     pub format: Option<Spanned<String>>,
     /// kinesis
     pub stream: Option<Spanned<String>>,
+    pub partition_key: Option<Spanned<String>>,
+    /// firehose
+    pub delivery_stream: Option<Spanned<String>>,
+    pub aggregate: Option<Spanned<bool>>,
+    /// kinesis and firehose
     pub region: Option<Spanned<String>>,
     pub endpoint_url: Option<Spanned<String>>,
     pub role_arn: Option<Spanned<String>>,
     pub external_id: Option<Spanned<String>>,
-    pub partition_key: Option<Spanned<String>>,
     pub envelope: Option<Spanned<String>>,
 }

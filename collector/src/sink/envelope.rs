@@ -33,6 +33,32 @@ pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) 
     out.push(b'}');
 }
 
+/// The record as an AWS sink sends it, raw or wrapped, in at most `limit` bytes. Only an
+/// envelope can grow a record past the limit (max_record_bytes keeps raw records under it):
+/// then the record's bytes are cut until the envelope fits, counted in `cut`, and logged.
+pub fn encode_within(r: &Outgoing<'_>, host: &str, wrap: bool, limit: usize, cut: &mut u64) -> Vec<u8> {
+    let encode = |keep: usize| {
+        if wrap {
+            let mut out = Vec::with_capacity(keep + 160);
+            write_json(&mut out, host, r, &r.data[..keep]);
+            out
+        } else {
+            r.data[..keep].to_vec()
+        }
+    };
+    let mut data = encode(r.data.len());
+    if data.len() > limit {
+        let mut keep = r.data.len();
+        while data.len() > limit && keep > 0 {
+            keep = keep.saturating_sub(data.len() - limit + 64);
+            data = encode(keep);
+        }
+        *cut += 1;
+        tracing::warn!(path = %r.path.display(), offset = r.offset, limit, "record cut to fit the destination's record limit with its envelope");
+    }
+    data
+}
+
 /// A JSON string literal (serde_json's escaping).
 fn string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec");

@@ -1,8 +1,14 @@
 //! Where records go. A sink returns from `deliver` only once the destination has accepted
 //! the whole batch; the caller advances checkpoints on that alone.
 
+#[cfg(feature = "kinesis")]
+mod aws;
+#[cfg(feature = "kinesis")]
+mod batch;
 pub mod envelope;
 pub mod file;
+#[cfg(feature = "kinesis")]
+pub mod firehose;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod null;

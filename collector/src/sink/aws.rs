@@ -1,0 +1,144 @@
+//! What the AWS sinks share: the SDK configuration from aws-config's default chain with the
+//! sink's region, endpoint and assumed role on top; errors as the operator needs them; and
+//! a runtime of their own to drive the SDK from the daemon's synchronous sink calls.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+
+use super::batch::CallFailed;
+use crate::config::AwsAccess;
+
+/// The SDK's own retries are off: the sinks retry per record (see batch.rs).
+pub async fn sdk_config(access: &AwsAccess) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        );
+    if let Some(region) = &access.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &access.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let base = loader.load().await;
+    let Some(role) = &access.role_arn else { return base };
+    let mut assume = aws_config::sts::AssumeRoleProvider::builder(role).session_name("collector").configure(&base);
+    if let Some(id) = &access.external_id {
+        assume = assume.external_id(id);
+    }
+    let provider = assume.build().await;
+    base.to_builder().credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(provider)).build()
+}
+
+/// A current-thread runtime for one sink. `block_on` runs on a scoped thread: the caller
+/// may be inside another runtime, where blocking on one is not allowed.
+pub struct SinkRuntime(Option<tokio::runtime::Runtime>);
+
+impl SinkRuntime {
+    pub fn new() -> anyhow::Result<SinkRuntime> {
+        Ok(SinkRuntime(Some(
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?,
+        )))
+    }
+
+    pub fn block_on<T: Send>(&self, work: impl Future<Output = T> + Send) -> anyhow::Result<T> {
+        let runtime = self.0.as_ref().expect("runtime until dropped");
+        std::thread::scope(|s| s.spawn(|| runtime.block_on(work)).join())
+            .map_err(|_| anyhow::anyhow!("the sink's runtime panicked"))
+    }
+}
+
+impl Drop for SinkRuntime {
+    fn drop(&mut self) {
+        // Dropped from inside the daemon's runtime, where a runtime may not block to shut down.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A failed call: its AWS error code and message, or the transport failure with its causes,
+/// and whether trying again can help.
+pub fn call_failed<E, R>(e: &SdkError<E, R>) -> CallFailed
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    CallFailed { what: describe(e), retryable: is_retryable(e) }
+}
+
+pub fn describe<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!("{}: {}", err.code().unwrap_or("ServiceError"), err.message().unwrap_or("(no message)"))
+        }
+        other => {
+            // The source chain says what really failed (connection refused, no credentials...).
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn is_retryable<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("");
+            matches!(
+                code,
+                "ProvisionedThroughputExceededException"
+                    | "ThrottlingException"
+                    | "LimitExceededException"
+                    | "KMSThrottlingException"
+                    | "InternalFailure"
+                    | "InternalFailureException"
+                    | "ServiceUnavailable"
+                    | "ServiceUnavailableException"
+            ) || code.is_empty()
+        }
+        // Construction failures (no credentials resolved, bad request) need the operator.
+        _ => false,
+    }
+}
+
+/// Logs retried failures when their cause (the AWS error code, or the transport failure)
+/// changes: lasting throttling is one line, not one per call.
+#[derive(Default)]
+pub struct RetryLog {
+    last_cause: Option<String>,
+}
+
+impl RetryLog {
+    pub fn note(&mut self, destination: &str, what: &str) {
+        let cause = what.split(':').next().unwrap_or_default();
+        if self.last_cause.as_deref() != Some(cause) {
+            tracing::warn!(%destination, "{what}; retrying with backoff");
+            self.last_cause = Some(cause.to_owned());
+        }
+    }
+
+    /// After a delivery that went through: says so once if retries had been logged.
+    pub fn succeeded(&mut self, destination: &str) {
+        if self.last_cause.take().is_some() {
+            tracing::info!(%destination, "records accepted again");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `kind = "firehose"`: Amazon Data Firehose through PutRecordBatch.
+//!
+//! Firehose concatenates records into its destination's objects, so each record ends with a
+//! newline. Requests hold at most 500 records and 4 MiB, a record at most 1,000 KiB. With
+//! `aggregate = true`, consecutive whole records are packed into one Firehose record up to
+//! that limit (Firehose bills per record, rounded up to 5 KB); a record is never split.
+//! Retries, the accepted prefix and the error handling are the Kinesis sink's (batch.rs).
+
+use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
+
+use super::{
+    Outgoing, Refused, Sink,
+    aws::{RetryLog, SinkRuntime, call_failed, describe, sdk_config},
+    batch::{CallFailed, Entry, Limits, Stats, send_all},
+    envelope,
+};
+use crate::config::{FIREHOSE_RECORD_LIMIT, FirehoseConfig};
+
+const LIMITS: Limits = Limits { records: 500, bytes: 4 * 1024 * 1024 };
+
+pub struct FirehoseSink {
+    runtime: SinkRuntime,
+    client: Client,
+    config: FirehoseConfig,
+    host: String,
+    retries: RetryLog,
+    pub stats: Stats,
+}
+
+impl FirehoseSink {
+    pub fn open(config: &FirehoseConfig, host: &str) -> anyhow::Result<FirehoseSink> {
+        let runtime = SinkRuntime::new()?;
+        let client = Client::new(&runtime.block_on(sdk_config(&config.access))?);
+        let sink = FirehoseSink {
+            runtime,
+            client,
+            config: config.clone(),
+            host: host.to_owned(),
+            retries: RetryLog::default(),
+            stats: Stats::default(),
+        };
+        sink.check_stream();
+        Ok(sink)
+    }
+
+    /// Says at start-up whether the delivery stream is there (the collector starts either way).
+    fn check_stream(&self) {
+        let name = &self.config.delivery_stream;
+        let result = self.runtime.block_on(async {
+            self.client
+                .describe_delivery_stream()
+                .delivery_stream_name(name)
+                .send()
+                .await
+                .map(|out| out.delivery_stream_description().map(|d| d.delivery_stream_status().as_str().to_owned()))
+                .map_err(|e| describe(&e))
+        });
+        match result {
+            Ok(Ok(status)) => {
+                tracing::info!(delivery_stream = %name, status = status.as_deref().unwrap_or("?"), "firehose delivery stream reachable");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(delivery_stream = %name, "firehose delivery stream not usable yet (records wait on disk): {e}");
+            }
+            Err(e) => tracing::error!(delivery_stream = %name, "checking the firehose delivery stream: {e:#}"),
+        }
+    }
+}
+
+impl Sink for FirehoseSink {
+    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
+        let entries = pack(batch, &self.host, self.config.envelope, self.config.aggregate, &mut self.stats.records_cut);
+        let FirehoseSink { runtime, client, config, stats, .. } = &mut *self;
+        let mut notes = Vec::new();
+        let call = |request: &[Entry]| {
+            let records = request
+                .iter()
+                .map(|e| Record::builder().data(Blob::new(e.data.clone())).build())
+                .collect::<Result<Vec<_>, _>>();
+            let put = client.put_record_batch().delivery_stream_name(&config.delivery_stream);
+            async move {
+                let records = records
+                    .map_err(|e| CallFailed { what: format!("building PutRecordBatch: {e}"), retryable: false })?;
+                let out = put.set_records(Some(records)).send().await.map_err(|e| call_failed(&e))?;
+                Ok(out
+                    .request_responses()
+                    .iter()
+                    .map(|r| r.error_code().map(|code| format!("{code}: {}", r.error_message().unwrap_or_default())))
+                    .collect())
+            }
+        };
+        let result = runtime.block_on(send_all(entries, &LIMITS, call, stats, &mut notes))?;
+        for note in &notes {
+            self.retries.note(&self.config.delivery_stream, note);
+        }
+        match result {
+            Ok(()) => {
+                self.retries.succeeded(&self.config.delivery_stream);
+                Ok(())
+            }
+            Err((accepted, error)) => Err(Refused { accepted, error }),
+        }
+    }
+}
+
+/// The batch as Firehose records, each of the daemon's records newline-terminated;
+/// aggregated, packed whole into Firehose records of at most FIREHOSE_RECORD_LIMIT.
+fn pack(batch: &[Outgoing<'_>], host: &str, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (index, r) in batch.iter().enumerate() {
+        let mut data = envelope::encode_within(r, host, wrap, FIREHOSE_RECORD_LIMIT - 1, cut);
+        data.push(b'\n');
+        match entries.last_mut() {
+            Some(last) if aggregate && last.data.len() + data.len() <= FIREHOSE_RECORD_LIMIT => {
+                last.data.extend_from_slice(&data);
+            }
+            _ => entries.push(Entry { index, key: String::new(), data }),
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use collector_common::InodeKey;
+
+    use super::*;
+
+    fn batch(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
+        let mut offset = 0;
+        lines
+            .iter()
+            .map(|data| {
+                let r = Outgoing { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), offset, data };
+                offset += data.len() as u64 + 1;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_record_ends_with_a_newline() {
+        let lines = vec![b"a".to_vec(), b"bb".to_vec()];
+        let entries = pack(&batch(&lines), "h", false, false, &mut 0);
+        let data: Vec<&[u8]> = entries.iter().map(|e| e.data.as_slice()).collect();
+        assert_eq!(data, vec![&b"a\n"[..], &b"bb\n"[..]]);
+        assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn aggregation_packs_whole_records_up_to_the_limit() {
+        // Three records of 400 KiB: two fit in 1,000 KiB, the third starts a new one.
+        let lines = vec![vec![b'x'; 400 * 1024]; 3];
+        let entries = pack(&batch(&lines), "h", false, true, &mut 0);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].data.len(), 2 * (400 * 1024 + 1));
+        assert_eq!((entries[0].index, entries[1].index), (0, 2));
+        assert!(entries.iter().all(|e| e.data.len() <= FIREHOSE_RECORD_LIMIT && e.data.ends_with(b"\n")));
+    }
+
+    #[test]
+    fn an_envelope_too_large_is_cut_to_fit_and_counted() {
+        let lines = vec![vec![b'y'; FIREHOSE_RECORD_LIMIT - 1]];
+        let mut cut = 0;
+        let entries = pack(&batch(&lines), "h", true, true, &mut cut);
+        assert_eq!(cut, 1);
+        assert!(entries[0].data.len() <= FIREHOSE_RECORD_LIMIT);
+        let v: serde_json::Value = serde_json::from_slice(&entries[0].data).unwrap();
+        assert!(v["data"].as_str().unwrap().len() < FIREHOSE_RECORD_LIMIT - 1);
+    }
+}
