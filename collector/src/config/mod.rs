@@ -422,4 +422,39 @@ path = "/tmp/out.jsonl"
         let unknown = error(&GOOD.replace("rotated_idle", "rotate_idle"));
         assert!(unknown.starts_with("c.toml:9: rotate_idle: unknown field `rotate_idle`"), "{unknown}");
     }
+
+    #[test]
+    fn aws_sinks_parse_and_refuse_keys_of_the_other_kind() {
+        let sink = |lines: &str| GOOD.replace("kind = \"file\"\npath = \"/tmp/out.jsonl\"", lines);
+        let c = Config::parse(
+            "c.toml",
+            &sink("kind = \"firehose\"\ndelivery_stream = \"logs\"\naggregate = true\nrole_arn = \"arn:r\"\nexternal_id = \"x\""),
+        )
+        .unwrap();
+        let SinkConfig::Firehose(f) = &c.flows[0].sink else { panic!("{:?}", c.flows[0].sink) };
+        assert_eq!((f.delivery_stream.as_str(), f.aggregate, f.envelope), ("logs", true, false));
+        assert_eq!((f.access.role_arn.as_deref(), f.access.external_id.as_deref()), (Some("arn:r"), Some("x")));
+        assert_eq!(c.flows[0].max_record_bytes, FIREHOSE_RECORD_LIMIT - 1);
+        assert_eq!(
+            error(&sink("kind = \"firehose\"")),
+            "c.toml:12: flow[0].sink.delivery_stream: the firehose sink needs a delivery_stream"
+        );
+        assert_eq!(
+            error(&sink("kind = \"firehose\"\ndelivery_stream = \"logs\"\nstream = \"logs\"")),
+            "c.toml:14: flow[0].sink.stream: only the kinesis sink takes `stream`"
+        );
+        assert_eq!(
+            error(&sink("kind = \"kinesis\"\nstream = \"logs\"\naggregate = true")),
+            "c.toml:14: flow[0].sink.aggregate: only the firehose sink takes `aggregate`"
+        );
+        let c = Config::parse(
+            "c.toml",
+            &sink("kind = \"kinesis\"\nstream = \"logs\"\nendpoint_url = \"http://127.0.0.1:1\""),
+        )
+        .unwrap();
+        let SinkConfig::Kinesis(k) = &c.flows[0].sink else { panic!() };
+        assert_eq!((k.stream.as_str(), k.partition_key), ("logs", PartitionKey::File));
+        assert_eq!(k.access.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(c.flows[0].max_record_bytes, KINESIS_RECORD_LIMIT - KINESIS_KEY_ROOM);
+    }
 }
