@@ -733,6 +733,8 @@ impl Daemon {
 pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     let mut daemon = Daemon::new(config, probe)?;
     daemon.start()?;
+    // Loading parsed the kernel's BTF (megabytes of it); give the freed heap back.
+    unsafe { libc::malloc_trim(0) };
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

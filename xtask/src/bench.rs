@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, setup, shell};
 
-const BENCHES: &[&str] = &["writer-overhead", "ingest"];
+const BENCHES: &[&str] = &["writer-overhead", "ingest", "kinesis"];
 
 pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     if let Some(name) = name
@@ -43,6 +43,7 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         let section = match *bench {
             "writer-overhead" => writer_overhead(&collector)?,
             "ingest" => ingest(&collector)?,
+            "kinesis" => crate::bench_kinesis::run(&collector)?,
             _ => unreachable!(),
         };
         println!("{section}");
@@ -224,8 +225,18 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
     Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
 }
 
+/// RSS of a running process now, KiB.
+pub(crate) fn current_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
 /// CPU seconds (user + system) and peak RSS of a running process, from /proc.
-fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+pub(crate) fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat.rsplit_once(')').context("/proc stat")?.1.split_whitespace().collect();
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;

@@ -1,6 +1,7 @@
 //! Project procedures, in Rust, one subcommand each: `cargo xtask <command> --help`.
 
 mod bench;
+mod bench_kinesis;
 mod build;
 mod guest;
 mod run;
