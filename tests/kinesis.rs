@@ -70,6 +70,13 @@ fn ship_under_rotation(name: &str, directives: &str, reopen: bool) {
             .iter()
             .all(|r| r["path"].as_str().unwrap().ends_with("/app.log") || !directives.contains("copytruncate"))
     );
+    // The envelope names the writing process, from the kernel's write events.
+    let writer = w.id();
+    assert!(
+        records.iter().all(|r| r["pid"].as_u64() == Some(u64::from(writer)) && r["comm"] == "log_writer"),
+        "every record names its writer (pid {writer}, log_writer): {:?}",
+        records.iter().find(|r| r["pid"].as_u64() != Some(u64::from(writer)))
+    );
 }
 
 #[test]

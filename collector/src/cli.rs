@@ -17,9 +17,10 @@ pub struct Cli {
     /// Force an attach mode instead of the best one that loads (fentry, then kprobe, then tracepoint).
     #[arg(long, global = true, value_enum)]
     pub attach_mode: Option<AttachMode>,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `collector=debug`.
-    #[arg(long, global = true, default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `collector=debug`; default:
+    /// $RUST_LOG, or `info`.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -33,6 +33,8 @@ const READ_PER_TURN: usize = 4 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Unread bytes that make a full batch: read at once, whatever `max_batch_age` says.
+const FULL_BATCH: u64 = 512 << 10;
 /// After a sink refused a batch, its flow reads nothing for this long, then tries again.
 const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
@@ -66,6 +68,8 @@ struct OpenFile {
     /// Bytes the kernel carried with writes during a capture window, by file offset: what
     /// a copytruncate's truncation would otherwise take before they are read.
     captured: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// The process that last wrote the file (pid, comm), as the kernel reported it.
+    writer: Option<(u32, String)>,
 }
 
 pub struct Daemon {
@@ -87,6 +91,8 @@ pub struct Daemon {
     waiting: HashSet<InodeKey>,
     /// Per flow: the sink error last logged, so a lasting failure is logged once.
     sink_error: Vec<Option<String>>,
+    /// Files whose new bytes wait for more (`max_batch_age`), with when they are due.
+    deferred: HashMap<InodeKey, Instant>,
 }
 
 impl Daemon {
@@ -127,6 +133,7 @@ impl Daemon {
             paused_until: vec![None; flows],
             waiting: HashSet::new(),
             sink_error: vec![None; flows],
+            deferred: HashMap::new(),
         })
     }
 
@@ -270,6 +277,7 @@ impl Daemon {
                     last_input: Instant::now(),
                     checkpointed: None,
                     captured: Default::default(),
+                    writer: None,
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -300,6 +308,7 @@ impl Daemon {
                             last_input: Instant::now(),
                             checkpointed: None,
                             captured: Default::default(),
+                            writer: None,
                         },
                     );
                 }
@@ -417,6 +426,9 @@ impl Daemon {
     /// Applies kernel events to the tracker and carries out what follows.
     fn on_events(&mut self, events: Vec<KernelEvent>) {
         for event in events {
+            if !matches!(event, KernelEvent::Write { .. } | KernelEvent::Read { .. }) {
+                tracing::trace!(?event, "kernel event");
+            }
             let Some(e) = self.translate(event) else { continue };
             let now = self.now_ns();
             let actions = {
@@ -434,11 +446,13 @@ impl Daemon {
         use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
         Some(match event {
             KernelEvent::Write { inode, origin, pos, len, captured } => {
-                if !captured.is_empty()
-                    && let Some(f) = self.open.get_mut(&inode)
-                    && pos + captured.len() as u64 > f.framer.next_offset()
-                {
-                    f.captured.insert(pos, captured);
+                if let Some(f) = self.open.get_mut(&inode) {
+                    if f.writer.as_ref().is_none_or(|(pid, comm)| *pid != origin.pid || *comm != origin.comm) {
+                        f.writer = Some((origin.pid, origin.comm.clone()));
+                    }
+                    if !captured.is_empty() && pos + captured.len() as u64 > f.framer.next_offset() {
+                        f.captured.insert(pos, captured);
+                    }
                 }
                 tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
             }
@@ -475,6 +489,8 @@ impl Daemon {
     fn read_dirty(&mut self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         for inode in std::mem::take(&mut self.dirty) {
+            // Deferred again below if it still waits; gone otherwise.
+            let due = self.deferred.remove(&inode);
             let Some(f) = self.open.get_mut(&inode) else { continue };
             if self.paused_until[f.flow].is_some() {
                 self.waiting.insert(inode);
@@ -489,6 +505,15 @@ impl Daemon {
             let want = ((size - at) as usize).min(READ_PER_TURN);
             if want == 0 {
                 continue;
+            }
+            // A small amount of new bytes waits on disk for more, up to max_batch_age.
+            let age = self.config.flows[f.flow].max_batch_age;
+            if !age.is_zero() && !f.framer.holds() && (want as u64) < FULL_BATCH {
+                let due = due.unwrap_or_else(|| Instant::now() + age);
+                if Instant::now() < due {
+                    self.deferred.insert(inode, due);
+                    continue;
+                }
             }
             let mut buf = vec![0u8; want];
             match f.file.read_at(&mut buf, at) {
@@ -569,7 +594,14 @@ impl Daemon {
         let path = self.tracker.get(&inode).map(|t| t.path.clone()).unwrap_or_default();
         let batch: Vec<Outgoing> = records
             .iter()
-            .map(|r| Outgoing { flow: &flow.name, path: &path, inode, offset: r.offset, data: &r.data })
+            .map(|r| Outgoing {
+                flow: &flow.name,
+                path: &path,
+                inode,
+                offset: r.offset,
+                data: &r.data,
+                writer: f.writer.as_ref().map(|(pid, comm)| (*pid, comm.as_str())),
+            })
             .collect();
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
@@ -696,6 +728,17 @@ impl Daemon {
         Ok(())
     }
 
+    /// When the first deferred file is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.deferred.values().min().copied()
+    }
+
+    /// Deferred files whose time came are read.
+    fn read_due(&mut self) {
+        let now = Instant::now();
+        self.dirty.extend(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k));
+    }
+
     /// Flows whose pause after a sink failure is over read again.
     fn resume_paused(&mut self) {
         let now = Instant::now();
@@ -756,8 +799,10 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         if !daemon.dirty.is_empty() || daemon.events.has_backlog() {
             continue;
         }
+        let due = daemon.next_due();
         tokio::select! {
             ready = daemon.events.readable() => ready?,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => daemon.read_due(),
             _ = tick.tick() => {
                 daemon.checkpoint_all();
                 daemon.resume_paused();

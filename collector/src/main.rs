@@ -24,7 +24,7 @@ use crate::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into()));
     if cli.version {
         print_version();
         return ExitCode::SUCCESS;

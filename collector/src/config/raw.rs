@@ -34,6 +34,7 @@ pub struct Flow {
     pub max_record_bytes: Option<Spanned<i64>>,
     pub truncated_terminator: Option<String>,
     pub rotated_idle: Option<Spanned<String>>,
+    pub max_batch_age: Option<Spanned<String>>,
     pub sink: Spanned<Sink>,
 }
 

@@ -1,5 +1,7 @@
-//! A record wrapped with where it came from, as JSON: `host, flow, path, dev, ino, offset`
-//! and `data` (or `data_base64` when the bytes are not UTF-8). The file sink's json format
+//! A record wrapped with where it came from, as JSON: `host, flow, path, dev, ino, offset`,
+//! the writer's `pid` and `comm` when the kernel reported them (the process that last wrote
+//! the file before the record was read), and `data` (or `data_base64` when the bytes are
+//! not UTF-8). The file sink's json format
 //! and the Kinesis sinks' `envelope = "json"`: consumers can drop transport duplicates by
 //! `(host, dev, ino, offset)`.
 
@@ -19,6 +21,10 @@ pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) 
     out.extend_from_slice(b",\"path\":");
     string(out, &r.path.to_string_lossy());
     let _ = write!(out, ",\"dev\":{},\"ino\":{},\"offset\":{}", user_dev(r.inode.dev), r.inode.ino, r.offset);
+    if let Some((pid, comm)) = r.writer {
+        let _ = write!(out, ",\"pid\":{pid},\"comm\":");
+        string(out, comm);
+    }
     match std::str::from_utf8(data) {
         Ok(text) => {
             out.extend_from_slice(b",\"data\":");
@@ -83,11 +89,17 @@ mod tests {
     #[test]
     fn records_are_json_with_their_origin() {
         let path = std::path::Path::new("/var/log/a \"b\".log");
-        let r =
-            Outgoing { flow: "app", path, inode: collector_common::InodeKey::new(0xfe00001, 42), offset: 7, data: b"" };
+        let r = Outgoing {
+            flow: "app",
+            path,
+            inode: collector_common::InodeKey::new(0xfe00001, 42),
+            offset: 7,
+            data: b"",
+            writer: Some((1234, "nginx \"w\"")),
+        };
         let mut out = Vec::new();
         write_json(&mut out, "h", &r, b"line \"quoted\"\t\x01");
-        write_json(&mut out, "h", &r, b"caf\xe9");
+        write_json(&mut out, "h", &Outgoing { writer: None, ..r }, b"caf\xe9");
         let text = String::from_utf8(out).unwrap();
         let (a, b) = text.split_at(text.find("}{").unwrap() + 1);
         let a: serde_json::Value = serde_json::from_str(a).unwrap();
@@ -98,8 +110,9 @@ mod tests {
             (Some("h"), Some("app"), path.to_str())
         );
         assert_eq!((a["ino"].as_u64(), a["offset"].as_u64()), (Some(42), Some(7)));
+        assert_eq!((a["pid"].as_u64(), a["comm"].as_str()), (Some(1234), Some("nginx \"w\"")));
         assert_eq!(b["data_base64"], "Y2Fm6Q==");
-        assert!(b.get("data").is_none());
+        assert!(b.get("data").is_none() && b.get("pid").is_none() && b.get("comm").is_none());
     }
 
     #[test]

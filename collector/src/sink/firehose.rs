@@ -133,7 +133,14 @@ mod tests {
         lines
             .iter()
             .map(|data| {
-                let r = Outgoing { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), offset, data };
+                let r = Outgoing {
+                    flow: "f",
+                    path: Path::new("/x"),
+                    inode: InodeKey::new(1, 2),
+                    offset,
+                    data,
+                    writer: None,
+                };
                 offset += data.len() as u64 + 1;
                 r
             })

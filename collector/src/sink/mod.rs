@@ -24,6 +24,9 @@ pub struct Outgoing<'a> {
     pub inode: InodeKey,
     pub offset: u64,
     pub data: &'a [u8],
+    /// The process that last wrote the file before the record was read (pid, comm), when
+    /// the kernel reported one: the writer of the record for a file with one writer.
+    pub writer: Option<(u32, &'a str)>,
 }
 
 /// A batch the destination did not take whole: its first `accepted` records are held there

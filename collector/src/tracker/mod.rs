@@ -168,14 +168,19 @@ impl Tracker {
                 if !self.is_original(&inode) {
                     return actions;
                 }
+                // The copy written last: logrotate also writes its state file after reading
+                // the log, which looks like a copy too, and can be longer than the real one.
                 let recover_from = self
                     .files
                     .iter()
                     .filter_map(|(k, t)| match t.role {
-                        Role::Derived { source, copied, current: true } if source == inode => Some((*k, copied)),
+                        Role::Derived { source, copied, current: true } if source == inode => {
+                            Some((t.last_activity_ns, *k, copied))
+                        }
                         _ => None,
                     })
-                    .max_by_key(|(_, copied)| *copied);
+                    .max_by_key(|(last, _, copied)| (*last, *copied))
+                    .map(|(_, k, copied)| (k, copied));
                 for t in self.files.values_mut() {
                     if let Role::Derived { source, current, .. } = &mut t.role
                         && *source == inode

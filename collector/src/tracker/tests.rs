@@ -135,6 +135,27 @@ fn only_the_copy_of_the_current_contents_recovers_a_truncation() {
     );
 }
 
+/// Found under load (events handled seconds late): logrotate writes its state file after
+/// reading the log, so the state file looks like a copy; when it was longer than the next
+/// rotation's real copy, the truncation was recovered from it — and the tail was lost.
+#[test]
+fn the_copy_written_last_recovers_a_truncation() {
+    let mut t = started();
+    let state = InodeKey::new(1, 15);
+    let copy = InodeKey::new(1, 16);
+    let other_run = LOGROTATE + 1;
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 1, &flow_of);
+    t.on_event(Event::Created { inode: state, path: path("/log/logrotate.state.tmp"), pid: LOGROTATE }, 2, &flow_of);
+    t.on_event(Event::Write { inode: state, pid: LOGROTATE, end: 116 }, 3, &flow_of);
+    t.on_event(Event::Created { inode: copy, path: path("/log/app.log.1"), pid: other_run }, 4, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: other_run }, 5, &flow_of);
+    t.on_event(Event::Write { inode: copy, pid: other_run, end: 98 }, 6, &flow_of);
+    assert_eq!(
+        t.on_event(Event::Truncate { inode: APP, size_before: 98, size_after: 0 }, 7, &flow_of),
+        [Action::Truncated { inode: APP, size_before: 98, size_after: 0, recover_from: Some((copy, 98)) }]
+    );
+}
+
 #[test]
 fn a_released_copy_renamed_into_the_pattern_is_still_not_a_log() {
     let mut t = started();
