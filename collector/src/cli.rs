@@ -37,6 +37,12 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
     },
+    /// Print the files a running collector tracks: path, inode, state, size, shipped, lag
+    /// (asks its `[metrics] listen` address).
+    Status {
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+    },
     /// Print kernel file events for matching files as JSON lines (debugging; used by tests).
     Events {
         /// Absolute glob of files to watch (`*` stays in one directory, `**` crosses them). Repeatable.

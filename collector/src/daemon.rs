@@ -22,6 +22,7 @@ use crate::{
     config::{Config, InitialPosition, SinkConfig},
     event_queue::EventQueue,
     framer::{Framer, FramerConfig, Record},
+    metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
     sink::{Outgoing, Refused, Sink, file::FileSink, null::NullSink},
     tracker::{self, Action, Tracker},
@@ -93,6 +94,12 @@ pub struct Daemon {
     sink_error: Vec<Option<String>>,
     /// Files whose new bytes wait for more (`max_batch_age`), with when they are due.
     deferred: HashMap<InodeKey, Instant>,
+    /// Per flow: what it read, sent, retried and lost, for /metrics.
+    counters: Vec<FlowCounters>,
+    /// Per flow: since when its sink refuses batches.
+    failing_since: Vec<Option<Instant>>,
+    /// Where the snapshot for /metrics, /health and /status goes, when they are served.
+    metrics: Option<metrics::Shared>,
 }
 
 impl Daemon {
@@ -134,6 +141,9 @@ impl Daemon {
             waiting: HashSet::new(),
             sink_error: vec![None; flows],
             deferred: HashMap::new(),
+            counters: vec![FlowCounters::default(); flows],
+            failing_since: vec![None; flows],
+            metrics: None,
         })
     }
 
@@ -396,6 +406,7 @@ impl Daemon {
             f.framer.flush(&mut records);
         }
         let lost = size_before.saturating_sub(recovered_to.max(size_after));
+        self.counters[f.flow].bytes_lost += lost;
         if lost > 0 {
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
@@ -529,6 +540,7 @@ impl Daemon {
                         continue;
                     }
                     f.last_input = Instant::now();
+                    self.counters[f.flow].bytes_read += n as u64;
                     chunks.push(Chunk { inode, at, bytes: buf, read_end_ns: boot_ns() });
                 }
                 Err(e) => tracing::warn!(inode = inode.ino, "read failed: {e}"),
@@ -612,6 +624,11 @@ impl Daemon {
                 if self.sink_error[f.flow].take().is_some() {
                     tracing::info!(flow = %flow.name, "the sink accepts batches again");
                 }
+                self.failing_since[f.flow] = None;
+                let counters = &mut self.counters[f.flow];
+                counters.records_sent += records.len() as u64;
+                counters.bytes_sent += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                counters.records_cut += records.iter().filter(|r| r.truncated).count() as u64;
                 f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
                 let cut = records.iter().filter(|r| r.truncated).count();
                 if cut > 0 {
@@ -620,6 +637,8 @@ impl Daemon {
                 true
             }
             Err(Refused { accepted, error }) => {
+                self.counters[f.flow].batches_failed += 1;
+                self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
                 if let Some(first_refused) = records.get(accepted)
                     && accepted > 0
@@ -739,6 +758,58 @@ impl Daemon {
         self.dirty.extend(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k));
     }
 
+    /// The snapshot /metrics, /health and /status answer from (when they are served).
+    fn publish(&mut self) -> anyhow::Result<()> {
+        let Some(shared) = &self.metrics else { return Ok(()) };
+        let mut flows: Vec<FlowStatus> = self
+            .config
+            .flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FlowStatus {
+                name: f.name.clone(),
+                sink: f.sink.kind(),
+                counters: FlowCounters { records_retried: self.sinks[i].retried(), ..self.counters[i] },
+                lag_bytes: 0,
+                files: 0,
+                failing: self.failing_since[i].map(|t| (t, self.sink_error[i].clone().unwrap_or_default())),
+            })
+            .collect();
+        let mut files = Vec::new();
+        for (inode, f) in &self.open {
+            let Some(t) = self.tracker.get(inode) else { continue };
+            let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let state = match t.role {
+                tracker::Role::Derived { .. } => "copy",
+                _ if f.derived => "copy",
+                _ if t.rotated || t.unlinked => "rotated",
+                _ => "tracking",
+            };
+            if state != "copy" {
+                flows[f.flow].files += 1;
+                flows[f.flow].lag_bytes += size.saturating_sub(f.acknowledged);
+            }
+            files.push(FileStatus {
+                path: t.path.display().to_string(),
+                flow: if state == "copy" { String::new() } else { self.config.flows[f.flow].name.clone() },
+                dev: crate::watch::user_dev(inode.dev),
+                ino: inode.ino,
+                state,
+                size,
+                shipped: if state == "copy" { 0 } else { f.acknowledged },
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let snapshot = Snapshot {
+            attach_mode: self.probe.mode().to_string(),
+            ring_buffer_lost: self.probe.counters()?.lost,
+            flows,
+            files,
+        };
+        *shared.lock().expect("metrics snapshot") = Some(snapshot);
+        Ok(())
+    }
+
     /// Flows whose pause after a sink failure is over read again.
     fn resume_paused(&mut self) {
         let now = Instant::now();
@@ -775,7 +846,13 @@ impl Daemon {
 
 pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     let mut daemon = Daemon::new(config, probe)?;
+    if let Some(listen) = daemon.config.metrics_listen {
+        let shared = metrics::Shared::default();
+        metrics::serve(listen, shared.clone()).await?;
+        daemon.metrics = Some(shared);
+    }
     daemon.start()?;
+    daemon.publish()?;
     // Loading parsed the kernel's BTF (megabytes of it); give the freed heap back.
     unsafe { libc::malloc_trim(0) };
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
@@ -809,6 +886,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 daemon.flush_idle();
                 daemon.expire();
                 daemon.recheck_after_loss()?;
+                daemon.publish()?;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,

@@ -8,8 +8,10 @@ mod daemon;
 mod event_queue;
 mod events;
 mod framer;
+mod metrics;
 mod probe;
 mod sink;
+mod status;
 mod tracker;
 mod watch;
 
@@ -69,6 +71,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { config } => match status::print(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("collector: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Layout { btf, vmlinux } => {
             let btf = match (btf, vmlinux) {
                 (_, Some(image)) => probe::btf::KernelBtf::from_elf_file(&image),

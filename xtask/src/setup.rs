@@ -7,9 +7,10 @@ use anyhow::Context as _;
 
 use crate::{guest, shell};
 
-/// Debian packages the tests use: logrotate (rotation tests), and for the guest tests qemu,
+/// Debian packages the tests use: logrotate (rotation tests), curl (the metrics tests' HTTP
+/// client), and for the guest tests qemu,
 /// a static busybox for the guest userland, zstd to unpack the kernel image.
-const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux"];
+const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl"];
 const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio"];
 
 pub fn run(with_guest: bool) -> anyhow::Result<()> {

@@ -18,6 +18,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub host: String,
     pub flows: Vec<Flow>,
+    /// Where /metrics, /health and /status are served; None: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +63,18 @@ pub enum SinkConfig {
 /// Short enough for latency well under the 50 ms the project aims at; long enough that a
 /// file written 1,000 times a second costs 50 sink calls a second, not 1,000.
 pub const DEFAULT_MAX_BATCH_AGE: Duration = Duration::from_millis(20);
+
+impl SinkConfig {
+    /// The `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File { .. } => "file",
+            SinkConfig::Null => "null",
+            SinkConfig::Kinesis(_) => "kinesis",
+            SinkConfig::Firehose(_) => "firehose",
+        }
+    }
+}
 
 /// Largest record Kinesis Data Streams takes, partition key included.
 pub const KINESIS_RECORD_LIMIT: usize = 1024 * 1024;
@@ -155,6 +169,16 @@ impl Config {
             None => PathBuf::from("/var/lib/collector"),
         };
         let host = raw.collector.host.clone().unwrap_or_else(hostname);
+        let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
+            None => None,
+            Some(listen) => Some(listen.get_ref().parse::<std::net::SocketAddr>().map_err(|e| {
+                at(
+                    listen.span(),
+                    "metrics.listen",
+                    format!("`{}`: {e} (write an address and port, e.g. \"127.0.0.1:9108\")", listen.get_ref()),
+                )
+            })?),
+        };
         if raw.flow.is_empty() {
             return Err(at(0..0, "flow", "no [[flow]] defined: nothing to ship".into()));
         }
@@ -226,7 +250,7 @@ impl Config {
                 sink,
             });
         }
-        Ok(Config { state_dir, host, flows })
+        Ok(Config { state_dir, host, flows, metrics_listen })
     }
 }
 

@@ -11,6 +11,13 @@ pub struct File {
     pub collector: Collector,
     #[serde(default)]
     pub flow: Vec<Flow>,
+    pub metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -101,6 +101,10 @@ impl Sink for FirehoseSink {
             Err((accepted, error)) => Err(Refused { accepted, error }),
         }
     }
+
+    fn retried(&self) -> u64 {
+        self.stats.records_retried
+    }
 }
 
 /// The batch as Firehose records, each of the daemon's records newline-terminated;

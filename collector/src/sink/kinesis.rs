@@ -140,6 +140,10 @@ impl Sink for KinesisSink {
             Err((accepted, error)) => Err(Refused { accepted, error }),
         }
     }
+
+    fn retried(&self) -> u64 {
+        self.stats.records_retried
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -51,4 +51,9 @@ pub trait Sink {
     fn may_block(&self) -> bool {
         true
     }
+
+    /// Records sent again after a partial failure, so far.
+    fn retried(&self) -> u64 {
+        0
+    }
 }

@@ -1,0 +1,209 @@
+//! What the collector is doing, over HTTP on `[metrics] listen` (bind it to localhost unless
+//! a scraper elsewhere needs it): `/metrics` in Prometheus text, `/health` (200 when running
+//! and no flow is stalled, 503 naming the stalled flows), `/status` (JSON: every tracked
+//! file, for `collector status`). The daemon publishes a snapshot every tick; requests only
+//! read it, so a slow scraper never slows shipping.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A flow whose sink has refused everything for this long is reported stalled by /health.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Default, Clone, Copy, Debug)]
+pub struct FlowCounters {
+    pub bytes_read: u64,
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    pub batches_failed: u64,
+    pub records_retried: u64,
+    pub records_cut: u64,
+    pub bytes_lost: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileStatus {
+    pub path: String,
+    pub flow: String,
+    pub dev: u64,
+    pub ino: u64,
+    /// "tracking" (a live log), "rotated" (renamed away or deleted, being drained),
+    /// "copy" (a derived copy or archive, never shipped).
+    pub state: &'static str,
+    pub size: u64,
+    pub shipped: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct FlowStatus {
+    pub name: String,
+    pub sink: &'static str,
+    pub counters: FlowCounters,
+    pub lag_bytes: u64,
+    pub files: usize,
+    /// Since when its sink refuses batches, and the error.
+    pub failing: Option<(Instant, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub attach_mode: String,
+    pub ring_buffer_lost: u64,
+    pub flows: Vec<FlowStatus>,
+    pub files: Vec<FileStatus>,
+}
+
+pub type Shared = Arc<Mutex<Option<Snapshot>>>;
+
+/// Binds now (a port in use is a start-up error naming it) and serves in the background.
+pub async fn serve(listen: SocketAddr, shared: Shared) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("metrics: cannot listen on {listen}"))?;
+    tracing::info!(%listen, "metrics, health and status served");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _ = answer(stream, &shared).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The request line and headers; no request this endpoint takes has a body.
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let snapshot = shared.lock().expect("metrics snapshot").clone();
+    let (status, kind, body) = match (path, snapshot) {
+        (_, None) => ("503 Service Unavailable", "text/plain", "starting\n".to_owned()),
+        ("/metrics", Some(s)) => ("200 OK", "text/plain; version=0.0.4", render_metrics(&s)),
+        ("/health", Some(s)) => match stalled(&s) {
+            stalled if stalled.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
+            stalled => ("503 Service Unavailable", "text/plain", format!("stalled: {}\n", stalled.join("; "))),
+        },
+        ("/status", Some(s)) => ("200 OK", "application/json", serde_json::to_string(&s.files).unwrap_or_default()),
+        _ => ("404 Not Found", "text/plain", "try /metrics, /health or /status\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Flows whose sink has refused batches for STALLED_AFTER, with their error.
+fn stalled(s: &Snapshot) -> Vec<String> {
+    s.flows
+        .iter()
+        .filter_map(|f| {
+            let (since, error) = f.failing.as_ref()?;
+            (since.elapsed() >= STALLED_AFTER).then(|| format!("flow {} for {:.0?}: {error}", f.name, since.elapsed()))
+        })
+        .collect()
+}
+
+fn render_metrics(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&FlowStatus) -> u64| {
+        let _ = writeln!(out, "# HELP collector_{name} {help}\n# TYPE collector_{name} {kind}");
+        for f in &s.flows {
+            let _ = writeln!(out, "collector_{name}{{flow=\"{}\",sink=\"{}\"}} {}", escape(&f.name), f.sink, value(f));
+        }
+    };
+    family("read_bytes_total", "counter", "Bytes read from log files.", &|f| f.counters.bytes_read);
+    family("sent_records_total", "counter", "Records the sink accepted.", &|f| f.counters.records_sent);
+    family("sent_bytes_total", "counter", "Record bytes the sink accepted.", &|f| f.counters.bytes_sent);
+    family("retried_records_total", "counter", "Records sent again after a partial failure.", &|f| {
+        f.counters.records_retried
+    });
+    family("failed_batches_total", "counter", "Batches the sink refused (the bytes are read again).", &|f| {
+        f.counters.batches_failed
+    });
+    family("cut_records_total", "counter", "Records cut to the record size limit.", &|f| f.counters.records_cut);
+    family("lost_bytes_total", "counter", "Bytes truncated away before they could be read.", &|f| {
+        f.counters.bytes_lost
+    });
+    family("lag_bytes", "gauge", "Bytes written to the flow's files and not yet accepted by its sink.", &|f| {
+        f.lag_bytes
+    });
+    family("tracked_files", "gauge", "Files the flow holds open.", &|f| f.files as u64);
+    family("sink_failing", "gauge", "1 while the sink refuses batches.", &|f| u64::from(f.failing.is_some()));
+    let _ = writeln!(
+        out,
+        "# HELP collector_ring_buffer_lost_events_total Kernel events dropped because the ring buffer was full.\n\
+         # TYPE collector_ring_buffer_lost_events_total counter\ncollector_ring_buffer_lost_events_total {}",
+        s.ring_buffer_lost
+    );
+    let _ = writeln!(
+        out,
+        "# HELP collector_attach_mode How the kernel programs are attached.\n# TYPE collector_attach_mode gauge\n\
+         collector_attach_mode{{mode=\"{}\"}} 1",
+        s.attach_mode
+    );
+    out
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            attach_mode: "tracepoint".into(),
+            ring_buffer_lost: 3,
+            flows: vec![FlowStatus {
+                name: "a\"b".into(),
+                sink: "kinesis",
+                counters: FlowCounters { bytes_read: 10, records_sent: 2, ..Default::default() },
+                lag_bytes: 7,
+                files: 1,
+                failing: None,
+            }],
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_escaped_labels() {
+        let text = render_metrics(&snapshot());
+        assert!(text.contains("collector_sent_records_total{flow=\"a\\\"b\",sink=\"kinesis\"} 2\n"), "{text}");
+        assert!(text.contains("collector_lag_bytes{flow=\"a\\\"b\",sink=\"kinesis\"} 7\n"));
+        assert!(text.contains("collector_ring_buffer_lost_events_total 3\n"));
+        assert!(text.contains("collector_attach_mode{mode=\"tracepoint\"} 1\n"));
+    }
+
+    #[test]
+    fn a_flow_failing_long_enough_is_stalled() {
+        let mut s = snapshot();
+        assert!(stalled(&s).is_empty());
+        s.flows[0].failing = Some((Instant::now(), "AccessDenied".into()));
+        assert!(stalled(&s).is_empty(), "not yet");
+        s.flows[0].failing = Some((Instant::now() - STALLED_AFTER, "AccessDenied".into()));
+        assert!(stalled(&s)[0].contains("AccessDenied"));
+    }
+}

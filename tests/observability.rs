@@ -1,0 +1,87 @@
+//! What an operator sees: /metrics, /health and /status on the `[metrics] listen` address,
+//! read with curl (a real HTTP client), and `collector status`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use collector_tests::{Running, Scratch, collector_bin, config, wait_for_records};
+
+fn curl(url: &str) -> (u32, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5", url])
+        .output()
+        .expect("curl (installed by cargo xtask setup)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
+/// The value of one sample line of the Prometheus text, by its exact name and labels.
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn wait_for_metric(base: &str, series: &str, want: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = curl(&format!("{base}/metrics"));
+        if sample(&text, series) == Some(want) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_health_and_status_show_what_was_shipped() {
+    let scratch = Scratch::new("metrics");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    std::fs::write(&log, b"").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "")
+    );
+    let config_path = scratch.path("collector.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let collector = Running::start_with(&config_path);
+    assert!(collector.log_lines(Duration::ZERO).iter().any(|l| l.contains("metrics, health and status served")));
+    let base = format!("http://127.0.0.1:{port}");
+    let mut lines = String::new();
+    for n in 1..=100 {
+        lines.push_str(&format!("w {n}\n"));
+    }
+    std::fs::write(&log, &lines).unwrap();
+    assert_eq!(wait_for_records(&out, 100).len(), 100);
+
+    let labels = "{flow=\"app\",sink=\"file\"}";
+    let metrics = wait_for_metric(&base, &format!("collector_sent_records_total{labels}"), 100);
+    assert_eq!(sample(&metrics, &format!("collector_sent_records_total{labels}")), Some(100), "{metrics}");
+    assert_eq!(sample(&metrics, &format!("collector_read_bytes_total{labels}")), Some(lines.len() as u64));
+    assert_eq!(sample(&metrics, &format!("collector_lag_bytes{labels}")), Some(0));
+    assert_eq!(sample(&metrics, &format!("collector_tracked_files{labels}")), Some(1));
+    assert_eq!(sample(&metrics, &format!("collector_sink_failing{labels}")), Some(0));
+    assert!(metrics.contains("collector_attach_mode{mode=\""), "{metrics}");
+
+    assert_eq!(curl(&format!("{base}/health")), (200, "ok\n".to_owned()));
+    assert_eq!(curl(&format!("{base}/nothing")).0, 404);
+
+    let status = Command::new(collector_bin()).args(["status", "--config"]).arg(&config_path).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let table = String::from_utf8(status.stdout).unwrap();
+    let row: Vec<&str> =
+        table.lines().find(|l| l.starts_with(log.to_str().unwrap())).expect(&table).split_whitespace().collect();
+    let size = lines.len().to_string();
+    assert_eq!(row[2..], ["tracking", "app", size.as_str(), size.as_str(), "0"], "{table}");
+}
+
+#[test]
+fn status_without_a_metrics_address_says_why() {
+    let scratch = Scratch::new("status-no-metrics");
+    let path = scratch.path("collector.toml");
+    std::fs::write(&path, config(&scratch.path("state"), &[scratch.pattern("*.log")], Path::new("/tmp/x"), ""))
+        .unwrap();
+    let out = Command::new(collector_bin()).args(["status", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [metrics] listen address"));
+}
