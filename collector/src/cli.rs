@@ -37,6 +37,13 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
     },
+    /// Print a config equivalent to an Amazon Kinesis Agent's (agent.json, then any agent.d
+    /// files), listing on stderr what could not be carried over. `run --config agent.json`
+    /// also takes one directly.
+    ImportKinesisAgent {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Print the files a running collector tracks: path, inode, state, size, shipped, lag
     /// (asks its `[metrics] listen` address).
     Status {

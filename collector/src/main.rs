@@ -71,6 +71,31 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ImportKinesisAgent { files } => {
+            let mut texts = Vec::new();
+            for f in &files {
+                match std::fs::read_to_string(f) {
+                    Ok(t) => texts.push((f.display().to_string(), t)),
+                    Err(e) => {
+                        eprintln!("collector: {}: cannot read: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            match config::kinesis_agent::import(&texts) {
+                Ok(imported) => {
+                    print!("{}", imported.toml);
+                    for d in &imported.dropped {
+                        eprintln!("not carried over: {d}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Status { config } => match status::print(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -23,6 +23,8 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         bail!("unknown benchmark {name}; known: {}", BENCHES.join(", "));
     }
     setup::run(false)?;
+    // The peer the ingest benchmark runs beside.
+    setup::apt_install(&["rsyslog"])?;
     let collector = build::collector()?;
     let header = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
@@ -102,8 +104,22 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
     wc.sort();
     let wc = wc[1];
     let mut rows = vec![figures_row("`wc -l` (baseline)", INGEST_LINES, bytes, wc, None, None, wc)];
+    let rsyslog = ingest_rsyslog(&dir, &log, bytes)?;
+    rows.push(figures_row(
+        "rsyslog imfile → omfile (peer)",
+        INGEST_LINES,
+        bytes,
+        rsyslog.elapsed,
+        Some(rsyslog.cpu_seconds),
+        Some(rsyslog.peak_rss_kib),
+        wc,
+    ));
+    let mut file_sink = None;
     for sink in ["null", "file"] {
         let run = ingest_once(collector, &dir, &log, sink)?;
+        if sink == "file" {
+            file_sink = Some((run.elapsed, run.cpu_seconds));
+        }
         rows.push(figures_row(
             &format!("collector, {sink} sink"),
             INGEST_LINES,
@@ -117,7 +133,9 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
     let mut s = format!(
         "\n## ingest\n\n`cargo xtask bench ingest`: one cached {:.2} GiB log of {INGEST_LINES} lines (~{} bytes each) read from its \
          start until the checkpoint acknowledges its last byte (checkpoints of a busy file are written every 200 ms, so times \
-         are up to 0.2 s long). Tracepoint mode. Target (issue 6): null sink >= 50% of the `wc -l` rate per core.\n\n\
+         are up to 0.2 s long), and rsyslog's imfile → omfile (Debian's rsyslog, inotify mode, one line per output line) on \
+         the same file until its output holds every line. Tracepoint mode. Targets (issue 6): null sink >= 50% of the `wc -l` rate \
+         per core; file sink >= 10x rsyslog's rate at <= 1/10 its CPU-seconds per GiB.\n\n\
          | reader | time | lines/s | MB/s | CPU s per GiB | peak RSS | rate vs `wc -l` |\n|---|---|---|---|---|---|---|\n",
         gib,
         bytes / INGEST_LINES as u64
@@ -125,7 +143,74 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
     for r in rows {
         s.push_str(&r);
     }
+    if let Some((elapsed, cpu)) = file_sink {
+        s.push_str(&format!(
+            "\nFile sink vs rsyslog: {:.1}x its rate, {:.2}x its CPU-seconds per GiB (target: >= 10x the rate at <= 0.1x the CPU).\n",
+            rsyslog.elapsed.as_secs_f64() / elapsed.as_secs_f64(),
+            cpu / rsyslog.cpu_seconds
+        ));
+    }
     Ok(s)
+}
+
+/// rsyslog (Debian's) reading the same cached log with imfile from its start and writing each
+/// line to a file with omfile: the peer a log shipper is usually compared with. Timed from
+/// rsyslogd's start until the output holds every line.
+fn ingest_rsyslog(dir: &Path, log: &Path, bytes: u64) -> anyhow::Result<IngestRun> {
+    let work = dir.join("rsyslog");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let out = work.join("out.log");
+    let conf = work.join("rsyslog.conf");
+    fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{work}\")\n\
+             module(load=\"imfile\" mode=\"inotify\")\n\
+             template(name=\"line\" type=\"string\" string=\"%msg%\\n\")\n\
+             input(type=\"imfile\" file=\"{log}\" tag=\"bench\" freshStartTail=\"off\")\n\
+             action(type=\"omfile\" file=\"{out}\" template=\"line\")\n",
+            work = work.display(),
+            log = log.display(),
+            out = out.display()
+        ),
+    )?;
+    let started = Instant::now();
+    let mut child = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(work.join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting rsyslogd (apt package rsyslog)")?;
+    // imfile drops the newline and %msg%\n puts it back: done when the sizes match.
+    let elapsed = loop {
+        if fs::metadata(&out).is_ok_and(|m| m.len() >= bytes) {
+            break started.elapsed();
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            use std::io::Read as _;
+            child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            bail!("rsyslogd exited ({status}): {err}");
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            bail!("rsyslog did not copy {} in 15 minutes", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (cpu_seconds, peak_rss_kib) = process_usage(child.id())?;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    let copied = BufReader::new(fs::File::open(&out)?).lines().count();
+    if copied != INGEST_LINES {
+        bail!("rsyslog wrote {copied} lines, expected {INGEST_LINES}");
+    }
+    let _ = fs::remove_dir_all(&work);
+    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
 }
 
 fn figures_row(

@@ -128,7 +128,7 @@ fn put_records(body: &[u8], accepted: &Accepted) -> anyhow::Result<String> {
     Ok(format!("{{\"FailedRecordCount\":0,\"Records\":[{}]}}", vec![one; records.len()].join(",")))
 }
 
-fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
     let value = |c: u8| -> anyhow::Result<u32> {
         Ok(match c {
             b'A'..=b'Z' => c - b'A',

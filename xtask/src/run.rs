@@ -1,12 +1,14 @@
 //! `cargo xtask run`: the collector on a demo log, in one command. A writer appends numbered
 //! lines, logrotate rotates the log every few seconds (copytruncate and create in turn, with
-//! compress), `collector run` ships to a file sink, and each record is printed as it arrives;
-//! on exit a tally says whether every line arrived exactly once.
+//! compress), `collector run` ships to a local Kinesis server (kinesis-mock, started here),
+//! and each record is printed as it is read back from the stream; on exit a tally says
+//! whether every line arrived exactly once.
 
 use std::{
     fs,
-    io::Write as _,
-    process::Command,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -26,26 +28,36 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     let log = demo.join("app.log");
     fs::write(&log, b"")?;
     let conf = demo.join("logrotate.conf");
-    let shipped = demo.join("shipped.jsonl");
+    let server = KinesisLocal::start()?;
     let config = demo.join("collector.toml");
     fs::write(
         &config,
         format!(
             "[collector]\nstate_dir = {:?}\n\n[[flow]]\nname = \"demo\"\npaths = [{:?}]\nrotated_idle = \"10s\"\n\n\
-             [flow.sink]\nkind = \"file\"\npath = {:?}\n",
+             [flow.sink]\nkind = \"kinesis\"\nstream = \"demo\"\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{}\"\n\
+             envelope = \"json\"\n",
             demo.join("state"),
             demo.join("app.log*"),
-            shipped
+            server.port
         ),
     )?;
 
-    let mut child = Command::new(&collector).arg("run").arg("--config").arg(&config).spawn()?;
+    let mut child = Command::new(&collector)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        // The local server takes any credentials; these keep the SDK from asking IMDS.
+        .env("AWS_ACCESS_KEY_ID", "demo")
+        .env("AWS_SECRET_ACCESS_KEY", "demo")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .spawn()?;
     eprintln!(
-        "demo: collector (pid {}) shipping {}/app.log* to {}; Ctrl-C to stop",
+        "demo: collector (pid {}) shipping {}/app.log* to the Kinesis stream `demo` at 127.0.0.1:{}; Ctrl-C to stop",
         child.id(),
         demo.display(),
-        shipped.display()
+        server.port
     );
+    let mut reader = StreamReader::new(server.port)?;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
@@ -88,16 +100,12 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let mut printed = 0;
     let mut seen = std::collections::BTreeMap::<u64, u32>::new();
-    let mut show = |seen: &mut std::collections::BTreeMap<u64, u32>| {
-        let text = fs::read_to_string(&shipped).unwrap_or_default();
-        let complete = text.rfind('\n').map_or(0, |i| i + 1);
-        for line in text[printed.min(complete)..complete].lines() {
-            let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+    let mut show = |seen: &mut std::collections::BTreeMap<u64, u32>| -> anyhow::Result<()> {
+        for r in reader.next_records()? {
             let data = r["data"].as_str().unwrap_or("");
             println!(
-                "shipped: {:<40} ino {:<9} offset {:<6} {data}",
+                "kinesis: {:<40} ino {:<9} offset {:<6} {data}",
                 r["path"].as_str().unwrap_or(""),
                 r["ino"],
                 r["offset"]
@@ -106,14 +114,14 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
                 *seen.entry(n).or_default() += 1;
             }
         }
-        printed = complete;
+        Ok(())
     };
     loop {
         if let Some(status) = child.try_wait()? {
             stop.store(true, Ordering::Relaxed);
             anyhow::bail!("collector exited: {status}");
         }
-        show(&mut seen);
+        show(&mut seen)?;
         if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
             break;
         }
@@ -123,7 +131,7 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     let _ = (writer.join(), rotator.join());
     // A moment to ship the last lines, then a clean stop (checkpoints written).
     thread::sleep(Duration::from_secs(2));
-    show(&mut seen);
+    show(&mut seen)?;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait()?;
     let total = written.load(Ordering::Relaxed);
@@ -131,4 +139,113 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     let twice = seen.values().filter(|c| **c > 1).count();
     eprintln!("demo: stopped ({status}); {total} lines written, {missing} missing, {twice} shipped more than once");
     Ok(())
+}
+
+/// kinesis-mock (npm kinesis-local, installed by setup) on a free port with a stream `demo`.
+struct KinesisLocal {
+    child: Child,
+    port: u16,
+}
+
+impl KinesisLocal {
+    fn start() -> anyhow::Result<KinesisLocal> {
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let port = free()?;
+        let main = setup::kinesis_local_main();
+        let child = Command::new("node")
+            .arg(&main)
+            .current_dir(main.parent().expect("package dir"))
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", free()?.to_string())
+            .env("INITIALIZE_STREAMS", "demo:1")
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("LOG_LEVEL", "WARN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let server = KinesisLocal { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while call(port, "ListShards", &serde_json::json!({"StreamName": "demo"})).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "kinesis-local did not answer on {port}");
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for KinesisLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the demo stream's one shard from its start, as a consumer would.
+struct StreamReader {
+    port: u16,
+    iterator: String,
+}
+
+impl StreamReader {
+    fn new(port: u16) -> anyhow::Result<StreamReader> {
+        let out = call(
+            port,
+            "GetShardIterator",
+            &serde_json::json!({"StreamName": "demo", "ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"}),
+        )?;
+        let iterator = out["ShardIterator"].as_str().ok_or_else(|| anyhow::anyhow!("no iterator: {out}"))?.to_owned();
+        Ok(StreamReader { port, iterator })
+    }
+
+    /// The records that arrived since the last call, as the collector's JSON envelopes.
+    fn next_records(&mut self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = call(self.port, "GetRecords", &serde_json::json!({"ShardIterator": self.iterator, "Limit": 10000}))?;
+        if let Some(next) = out["NextShardIterator"].as_str() {
+            self.iterator = next.to_owned();
+        }
+        let mut records = Vec::new();
+        for r in out["Records"].as_array().into_iter().flatten() {
+            let data = crate::bench_kinesis::base64_decode(r["Data"].as_str().unwrap_or(""))?;
+            records.push(serde_json::from_slice(&data)?);
+        }
+        Ok(records)
+    }
+}
+
+/// One Kinesis API call over plain HTTP. kinesis-mock checks that a SigV4 header is there,
+/// not the signature: this placeholder is for the local demo server only.
+fn call(port: u16, action: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Amz-Target: Kinesis_20131202.{action}\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: 20260101T000000Z\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=demo/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("malformed response"))?;
+    // The body may come chunked.
+    let json = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut body = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16)?;
+            if size == 0 {
+                break;
+            }
+            body.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        body
+    } else {
+        rest.to_owned()
+    };
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{action}: {} {json}", head.lines().next().unwrap_or(""));
+    Ok(serde_json::from_str(&json)?)
 }

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use crate::{guest, shell};
 
 /// Debian packages the tests use: logrotate (rotation tests), curl (the metrics tests' HTTP
-/// client), and for the guest tests qemu,
-/// a static busybox for the guest userland, zstd to unpack the kernel image.
-const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl"];
+/// client), systemd (`systemd-analyze verify` of the unit; nothing is started), and for the
+/// guest tests qemu, a static busybox for the guest userland, zstd to unpack the kernel image.
+const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl", "systemd"];
 const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio"];
 
 pub fn run(with_guest: bool) -> anyhow::Result<()> {
@@ -103,7 +103,7 @@ fn mount_kernel_filesystems() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());

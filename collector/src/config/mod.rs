@@ -1,6 +1,7 @@
 //! Configuration: the TOML model (raw.rs) validated once into typed values. Every error
 //! names the file, the line and the key, and nothing is attached before the config is good.
 
+pub mod kinesis_agent;
 mod raw;
 
 use std::{
@@ -56,7 +57,10 @@ pub enum SinkConfig {
     },
     /// Accepts and discards (benchmarks, trying a config).
     Null,
+    // Read by the AWS sinks, which the guests' static build leaves out.
+    #[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
     Kinesis(KinesisConfig),
+    #[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
     Firehose(FirehoseConfig),
 }
 
@@ -147,6 +151,16 @@ impl Config {
             key: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
+        if path.extension().is_some_and(|e| e == "json") {
+            // A Kinesis Agent agent.json, used as its import says.
+            let imported = kinesis_agent::import(&[(path.display().to_string(), text)]).map_err(|message| {
+                ConfigError { file: path.display().to_string(), line: 0, key: "-".into(), message }
+            })?;
+            for d in &imported.dropped {
+                tracing::warn!("{}: not carried over from the Kinesis Agent config: {d}", path.display());
+            }
+            return Config::parse(&format!("{} (imported)", path.display()), &imported.toml);
+        }
         Config::parse(&path.display().to_string(), &text)
     }
 
@@ -157,6 +171,13 @@ impl Config {
             key: key.into(),
             message,
         };
+        let expanded = expand_env(text, &|name| std::env::var(name).ok()).map_err(|(offset, message)| ConfigError {
+            file: file.into(),
+            line: line_of(text, offset),
+            key: "-".into(),
+            message,
+        })?;
+        let text = expanded.as_str();
         let raw: raw::File = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             at(span, &key_near(text, e.span()), e.message().trim().to_owned())
@@ -375,6 +396,38 @@ fn aws_access(s: &raw::Sink, at: &At, key: &str) -> Result<AwsAccess, ConfigErro
     })
 }
 
+/// `${NAME}` replaced by the environment variable NAME (an unset one is an error, so a typo
+/// does not ship to an empty stream name); `$${` stands for a literal `${`. Expanded before
+/// parsing, so a value's line stays where it was written (values hold no newlines).
+fn expand_env(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let offset = text.len() - rest.len() + at;
+        if at > 0 && rest.as_bytes()[at - 1] == b'$' {
+            out.push_str(&rest[..at - 1]);
+            out.push_str("${");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else { return Err((offset, "`${` without a closing `}`".into())) };
+        let name = &rest[at + 2..at + end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((offset, format!("`${{{name}}}`: not a variable name")));
+        }
+        let value =
+            var(name).ok_or_else(|| (offset, format!("${{{name}}}: environment variable {name} is not set")))?;
+        if value.contains('\n') {
+            return Err((offset, format!("${{{name}}}: the value holds a newline")));
+        }
+        out.push_str(&value);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -488,5 +541,23 @@ path = "/tmp/out.jsonl"
         assert_eq!((k.stream.as_str(), k.partition_key), ("logs", PartitionKey::File));
         assert_eq!(k.access.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
         assert_eq!(c.flows[0].max_record_bytes, KINESIS_RECORD_LIMIT - KINESIS_KEY_ROOM);
+    }
+
+    #[test]
+    fn environment_variables_are_expanded_and_a_missing_one_is_named() {
+        let var = |name: &str| (name == "STREAM").then(|| "app-logs".to_owned());
+        assert_eq!(expand_env("stream = \"${STREAM}\"", &var).unwrap(), "stream = \"app-logs\"");
+        assert_eq!(expand_env("x = \"$${STREAM}\"", &var).unwrap(), "x = \"${STREAM}\"");
+        assert_eq!(
+            expand_env("a\nb = \"${NOPE}\"", &var).unwrap_err(),
+            (7, "${NOPE}: environment variable NOPE is not set".into())
+        );
+        assert!(expand_env("x = \"${BAD NAME}\"", &var).unwrap_err().1.contains("not a variable name"));
+        // Through the parser: the error names the file and the line.
+        let text = GOOD.replace("/tmp/out.jsonl", "${COLLECTOR_TEST_SURELY_UNSET}");
+        assert_eq!(
+            error(&text),
+            "c.toml:13: -: ${COLLECTOR_TEST_SURELY_UNSET}: environment variable COLLECTOR_TEST_SURELY_UNSET is not set"
+        );
     }
 }

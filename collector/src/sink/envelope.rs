@@ -42,6 +42,7 @@ pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) 
 /// The record as an AWS sink sends it, raw or wrapped, in at most `limit` bytes. Only an
 /// envelope can grow a record past the limit (max_record_bytes keeps raw records under it):
 /// then the record's bytes are cut until the envelope fits, counted in `cut`, and logged.
+#[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
 pub fn encode_within(r: &Outgoing<'_>, host: &str, wrap: bool, limit: usize, cut: &mut u64) -> Vec<u8> {
     let encode = |keep: usize| {
         if wrap {

@@ -1,0 +1,289 @@
+//! Amazon Kinesis Agent configurations (`/etc/aws-kinesis/agent.json` and `agent.d/*.json`)
+//! turned into this collector's TOML, with every setting that could not be carried over
+//! listed and why. `collector import-kinesis-agent` prints the result; `collector run
+//! --config agent.json` uses it directly.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// The TOML, and the settings not carried over (each naming the file and the key).
+pub struct Imported {
+    pub toml: String,
+    pub dropped: Vec<String>,
+}
+
+/// `files`: (name, text) of agent.json and any agent.d files, in that order.
+pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
+    let mut toml =
+        String::from("# Imported from the Kinesis Agent's configuration by `collector import-kinesis-agent`.\n");
+    let mut dropped = Vec::new();
+    let mut flows = Vec::new();
+    let mut global = Map::new();
+    for (name, text) in files {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("{name}: not JSON: {e}"))?;
+        let Value::Object(object) = value else { return Err(format!("{name}: expected a JSON object")) };
+        for (key, v) in object {
+            match key.as_str() {
+                "flows" => {
+                    let Value::Array(list) = v else { return Err(format!("{name}: flows: expected an array")) };
+                    flows.extend(list.into_iter().map(|f| (name.clone(), f)));
+                }
+                _ => {
+                    global.insert(key, v);
+                }
+            }
+        }
+    }
+    let text = |m: &Map<String, Value>, key: &str| m.get(key).and_then(Value::as_str).map(str::to_owned);
+    for (key, v) in &global {
+        let why = match key.as_str() {
+            "kinesis.endpoint" | "firehose.endpoint" | "assumeRoleARN" | "assumeRoleExternalId" => continue,
+            "awsAccessKeyId" | "awsSecretAccessKey" => {
+                "static keys are not read from the config: use the instance role, IRSA, or AWS_* variables"
+            }
+            "cloudwatch.emitMetrics" | "cloudwatch.endpoint" => {
+                "CloudWatch metrics are not sent; use [metrics] listen (Prometheus /metrics)"
+            }
+            "checkpointFile" => "checkpoints are per inode in [collector] state_dir (default /var/lib/collector)",
+            "sts.endpoint" => "STS comes from aws-config's default endpoint resolution",
+            "shutdownTimeoutMillis"
+            | "maxSendingThreads"
+            | "sendingThreadsKeepAliveMillis"
+            | "log.level"
+            | "log.maxBackupIndex"
+            | "log.maxFileSize"
+            | "assumeRoleDurationSeconds" => "not needed here",
+            "userDefinedCredentialsProvider.classname" | "userDefinedCredentialsProvider.location" => {
+                "Java credential providers do not apply: use aws-config's default chain"
+            }
+            _ => "not a Kinesis Agent setting this importer knows",
+        };
+        // Secrets are named, never echoed.
+        let shown = if key.starts_with("aws") { "(value not shown)".to_owned() } else { v.to_string() };
+        dropped.push(format!("{key} = {shown}: {why}"));
+    }
+    if flows.is_empty() {
+        return Err("no flows in the Kinesis Agent configuration".into());
+    }
+    for (i, (file, flow)) in flows.iter().enumerate() {
+        let Value::Object(f) = flow else { return Err(format!("{file}: flows[{i}]: expected an object")) };
+        let at = |key: &str| format!("{file}: flows[{i}].{key}");
+        let pattern = text(f, "filePattern").ok_or_else(|| at("filePattern: missing"))?;
+        let (kind, stream) = match (text(f, "kinesisStream"), text(f, "deliveryStream")) {
+            (Some(s), None) => ("kinesis", s),
+            (None, Some(s)) => ("firehose", s),
+            _ => return Err(at("kinesisStream / deliveryStream: exactly one is needed")),
+        };
+        let _ = write!(
+            toml,
+            "\n[[flow]]\nname = {}\npaths = [{}]\n",
+            quote(&format!("{stream}-{}", i + 1)),
+            quote(&pattern)
+        );
+        // The Kinesis Agent starts new files at their end unless told otherwise.
+        let start = match text(f, "initialPosition").as_deref() {
+            Some("START_OF_FILE") => "start",
+            Some("END_OF_FILE") | None => "end",
+            Some(other) => return Err(at(&format!("initialPosition: `{other}`"))),
+        };
+        let _ = writeln!(toml, "initial_position = \"{start}\"");
+        if let Some(re) = text(f, "multiLineStartPattern") {
+            let _ = writeln!(toml, "multiline_start = {}", quote(&re));
+        }
+        if let Some(n) = f.get("skipHeaderLines").and_then(Value::as_u64) {
+            let _ = writeln!(toml, "skip_header_lines = {n}");
+        }
+        if let Some(t) = text(f, "truncatedRecordTerminator") {
+            let _ = writeln!(toml, "truncated_terminator = {}", quote(&t));
+        }
+        if let Some(ms) = f.get("maxBufferAgeMillis").and_then(Value::as_u64) {
+            let _ = writeln!(toml, "max_batch_age = \"{ms}ms\"");
+        }
+        let _ = write!(toml, "\n[flow.sink]\nkind = \"{kind}\"\n");
+        if kind == "kinesis" {
+            let _ = writeln!(toml, "stream = {}", quote(&stream));
+            let key = match text(f, "partitionKeyOption").as_deref() {
+                Some("DETERMINISTIC") => "deterministic",
+                Some("RANDOM") | None => "random",
+                Some(other) => return Err(at(&format!("partitionKeyOption: `{other}`"))),
+            };
+            let _ = writeln!(
+                toml,
+                "partition_key = \"{key}\"   # as the Kinesis Agent did; \"file\" keeps each file's records in order on one shard"
+            );
+        } else {
+            let _ = writeln!(toml, "delivery_stream = {}", quote(&stream));
+            if f.contains_key("aggregatedRecordSizeBytes") {
+                let _ = writeln!(toml, "aggregate = true   # whole records packed up to Firehose's 1,000 KiB");
+            }
+        }
+        let endpoint = text(f, &format!("{kind}.endpoint")).or_else(|| text(&global, &format!("{kind}.endpoint")));
+        if let Some(endpoint) = endpoint {
+            let url = if endpoint.contains("://") { endpoint } else { format!("https://{endpoint}") };
+            // kinesis.REGION.amazonaws.com / firehose.REGION.amazonaws.com
+            if let Some(region) = url.split("://").nth(1).and_then(|h| h.split('.').nth(1)).filter(|r| r.contains('-'))
+            {
+                let _ = writeln!(toml, "region = {}", quote(region));
+            }
+            let _ = writeln!(toml, "endpoint_url = {}", quote(&url));
+        }
+        if let Some(role) = text(f, "assumeRoleARN").or_else(|| text(&global, "assumeRoleARN")) {
+            let _ = writeln!(toml, "role_arn = {}", quote(&role));
+            if let Some(id) = text(f, "assumeRoleExternalId").or_else(|| text(&global, "assumeRoleExternalId")) {
+                let _ = writeln!(toml, "external_id = {}", quote(&id));
+            }
+        }
+        for (key, v) in f {
+            let why = match key.as_str() {
+                "filePattern"
+                | "kinesisStream"
+                | "deliveryStream"
+                | "initialPosition"
+                | "multiLineStartPattern"
+                | "skipHeaderLines"
+                | "truncatedRecordTerminator"
+                | "maxBufferAgeMillis"
+                | "partitionKeyOption"
+                | "aggregatedRecordSizeBytes"
+                | "kinesis.endpoint"
+                | "firehose.endpoint"
+                | "assumeRoleARN"
+                | "assumeRoleExternalId" => continue,
+                "maxBufferSizeBytes" | "maxBufferSizeRecords" => {
+                    "batches are sized by the API's limits (500 records, 5 MiB / 4 MiB) and max_batch_age"
+                }
+                "minTimeBetweenFilePollsMillis" => "files are not polled: the kernel reports each write",
+                "dataProcessingOptions" => "transforms are not supported yet: records are shipped as read",
+                "retryInitialBackoffMillis" | "retryMaxBackoffMillis" | "publishQueueCapacity" => {
+                    "retries use jittered backoff from 50 ms to 5 s"
+                }
+                "fileFooterPattern" => "not supported",
+                _ => "not a Kinesis Agent flow setting this importer knows",
+            };
+            dropped.push(format!("{file}: flows[{i}].{key} = {v}: {why}"));
+        }
+    }
+    if !dropped.is_empty() {
+        toml.push_str("\n# Not carried over:\n");
+        for d in &dropped {
+            let _ = writeln!(toml, "#   {d}");
+        }
+    }
+    Ok(Imported { toml, dropped })
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, InitialPosition, PartitionKey, SinkConfig};
+
+    /// Every documented option, in two files as agent.json and agent.d/ would hold them.
+    const AGENT_JSON: &str = r#"{
+      "cloudwatch.emitMetrics": true,
+      "cloudwatch.endpoint": "monitoring.eu-west-1.amazonaws.com",
+      "kinesis.endpoint": "kinesis.eu-west-1.amazonaws.com",
+      "firehose.endpoint": "https://firehose.eu-west-1.amazonaws.com",
+      "assumeRoleARN": "arn:aws:iam::123456789012:role/shipper",
+      "assumeRoleExternalId": "ext-1",
+      "awsAccessKeyId": "AKIAEXAMPLE",
+      "awsSecretAccessKey": "s3cr3t-value",
+      "checkpointFile": "/opt/aws-kinesis-agent/run/checkpoints",
+      "flows": [
+        {
+          "filePattern": "/var/log/app/app.log*",
+          "kinesisStream": "app-logs",
+          "partitionKeyOption": "DETERMINISTIC",
+          "initialPosition": "START_OF_FILE",
+          "multiLineStartPattern": "^\\d{4}-\\d{2}-\\d{2} ",
+          "skipHeaderLines": 1,
+          "truncatedRecordTerminator": "\n",
+          "maxBufferAgeMillis": 1000,
+          "maxBufferSizeBytes": 1048576,
+          "maxBufferSizeRecords": 500,
+          "minTimeBetweenFilePollsMillis": 100,
+          "dataProcessingOptions": [{"optionName": "LOGTOJSON", "logFormat": "COMMONAPACHELOG"}]
+        }
+      ]
+    }"#;
+    const AGENT_D: &str = r#"{
+      "flows": [
+        { "filePattern": "/var/log/nginx/access.log", "deliveryStream": "web \"access\"", "aggregatedRecordSizeBytes": 1000000 }
+      ]
+    }"#;
+
+    fn imported() -> Imported {
+        import(&[("agent.json".into(), AGENT_JSON.into()), ("agent.d/web.json".into(), AGENT_D.into())]).unwrap()
+    }
+
+    #[test]
+    fn every_documented_option_is_carried_over_or_listed() {
+        let i = imported();
+        let c = Config::parse("imported.toml", &i.toml).unwrap_or_else(|e| panic!("{e}\n{}", i.toml));
+        let app = &c.flows[0];
+        assert_eq!(app.paths, ["/var/log/app/app.log*"]);
+        assert_eq!(app.initial_position, InitialPosition::Start);
+        assert_eq!(app.multiline_start.as_ref().map(|r| r.as_str()), Some("^\\d{4}-\\d{2}-\\d{2} "));
+        assert_eq!((app.skip_header_lines, app.truncated_terminator.as_slice()), (1, &b"\n"[..]));
+        assert_eq!(app.max_batch_age, std::time::Duration::from_millis(1000));
+        let SinkConfig::Kinesis(k) = &app.sink else { panic!("{:?}", app.sink) };
+        assert_eq!((k.stream.as_str(), k.partition_key), ("app-logs", PartitionKey::Deterministic));
+        assert_eq!(k.access.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(k.access.endpoint_url.as_deref(), Some("https://kinesis.eu-west-1.amazonaws.com"));
+        assert_eq!(k.access.role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/shipper"));
+        assert_eq!(k.access.external_id.as_deref(), Some("ext-1"));
+
+        let web = &c.flows[1];
+        assert_eq!(web.initial_position, InitialPosition::End, "the Kinesis Agent's default");
+        let SinkConfig::Firehose(f) = &web.sink else { panic!("{:?}", web.sink) };
+        assert_eq!((f.delivery_stream.as_str(), f.aggregate), ("web \"access\"", true));
+        assert_eq!(f.access.endpoint_url.as_deref(), Some("https://firehose.eu-west-1.amazonaws.com"));
+
+        let dropped = i.dropped.join("\n");
+        for key in [
+            "awsAccessKeyId",
+            "awsSecretAccessKey",
+            "cloudwatch.emitMetrics",
+            "checkpointFile",
+            "flows[0].maxBufferSizeBytes",
+            "flows[0].minTimeBetweenFilePollsMillis",
+            "flows[0].dataProcessingOptions",
+        ] {
+            assert!(dropped.contains(key), "{key} is listed as not carried over:\n{dropped}");
+        }
+        assert!(!i.toml.contains("s3cr3t-value") && !dropped.contains("s3cr3t-value"), "secrets are never echoed");
+        assert!(i.toml.contains("# Not carried over:"));
+    }
+
+    #[test]
+    fn bad_agent_configs_say_which_flow_and_key() {
+        let e = |t: &str| import(&[("a.json".into(), t.into())]).err().unwrap();
+        assert_eq!(e(r#"{"flows": [{"kinesisStream": "s"}]}"#), "a.json: flows[0].filePattern: missing");
+        assert_eq!(
+            e(r#"{"flows": [{"filePattern": "/x", "kinesisStream": "s", "deliveryStream": "d"}]}"#),
+            "a.json: flows[0].kinesisStream / deliveryStream: exactly one is needed"
+        );
+        assert!(e("{").starts_with("a.json: not JSON"));
+        assert_eq!(e(r#"{"flows": []}"#), "no flows in the Kinesis Agent configuration");
+    }
+}

@@ -1,0 +1,107 @@
+//! packaging/systemd/collector.service: `systemd-analyze verify` accepts it, and the
+//! collector ships with exactly the capabilities its bounding set keeps (applied with
+//! setpriv, as systemd would), then exits on SIGTERM in time with its checkpoint written.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use collector_tests::{Scratch, collector_bin, config, wait_for_records};
+
+fn unit() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/collector.service"))
+        .unwrap()
+}
+
+fn directive(unit: &str, key: &str) -> String {
+    unit.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key}=")).to_owned()
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    let scratch = Scratch::new("systemd-verify");
+    let config_path = scratch.path("collector.toml");
+    let out = scratch.path("out.jsonl");
+    std::fs::write(&config_path, config(&scratch.path("state"), &[scratch.pattern("*.log")], &out, "")).unwrap();
+    // The unit as installed, pointing at this build and this config.
+    let text = unit()
+        .replace("/usr/bin/collector", collector_bin().to_str().unwrap())
+        .replace("/etc/collector/collector.toml", config_path.to_str().unwrap());
+    let path = scratch.path("collector.service");
+    std::fs::write(&path, text).unwrap();
+    let verify =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("collector.service")).collect();
+    assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+#[test]
+fn the_units_capabilities_are_enough_and_sigterm_writes_the_checkpoint() {
+    let caps: Vec<String> = directive(&unit(), "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let timeout: u64 = directive(&unit(), "TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    let scratch = Scratch::new("systemd-caps");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let state = scratch.path("state");
+    std::fs::write(&log, b"").unwrap();
+    let config_path = scratch.path("collector.toml");
+    std::fs::write(&config_path, config(&state, &[scratch.pattern("app.log")], &out, "")).unwrap();
+    let mut child = Command::new("setpriv")
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg("--no-new-privs")
+        .arg(collector_bin())
+        .args(["--attach-mode", &collector_tests::attach_mode(), "run", "--config"])
+        .arg(&config_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = stderr.next().expect("the collector exited before running").unwrap();
+        eprintln!("collector: {line}");
+        if line.contains("collector running") {
+            break;
+        }
+    }
+    // It really runs with only those capabilities (those this machine grants at all).
+    let cap_field = |pid: &str, field: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim(), 16).unwrap()
+    };
+    let number = |cap: &str| match cap {
+        "+dac_read_search" => 2,
+        "+sys_ptrace" => 19,
+        "+sys_resource" => 24,
+        "+perfmon" => 38,
+        "+bpf" => 39,
+        other => panic!("the test does not know {other}"),
+    };
+    let wanted = caps.iter().fold(0u64, |m, c| m | 1 << number(c)) & cap_field("self", "CapBnd:");
+    let effective = cap_field(&child.id().to_string(), "CapEff:");
+    assert_eq!(effective, wanted, "CapEff {effective:x} for {caps:?}");
+
+    let lines: String = (1..=500).map(|n| format!("w {n}\n")).collect();
+    std::fs::write(&log, &lines).unwrap();
+    assert_eq!(wait_for_records(&out, 500).len(), 500);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let asked = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(timeout), "no exit within TimeoutStopSec={timeout}s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    let checkpoint = std::fs::read_dir(state.join("checkpoints")).unwrap().next().unwrap().unwrap().path();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
+    assert_eq!(saved["acknowledged"].as_u64(), Some(lines.len() as u64));
+}
