@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
-const READ_PER_TURN: usize = 4 << 20;
+const READ_PER_TURN: usize = 1 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);

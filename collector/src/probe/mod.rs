@@ -71,6 +71,8 @@ impl Probe {
         preflight::check()?;
         let kernel_btf = btf::KernelBtf::from_raw_file(&preflight::btf_path())?;
         let kernel_offsets = offsets::kernel_offsets(&kernel_btf)?;
+        // Megabytes once parsed: gone before the loader parses the kernel's BTF again.
+        drop(kernel_btf);
         let layout = offsets::syscall_record_layout(Path::new(preflight::TRACEFS)).map_err(StartError::Load)?;
         let self_tgid = std::process::id();
 
