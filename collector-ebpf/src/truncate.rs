@@ -33,13 +33,23 @@ pub fn tp_sys_enter_ftruncate(ctx: TracePointContext) {
     call.file = file;
     call.captured_inode = kernel::file_inode(file).unwrap_or(0);
     call.size_before = kernel::inode_size(call.captured_inode).unwrap_or(0);
+    call.pos = arg(&ctx, 1);
     pending::begin(&call);
 }
 
 /// The path is not resolved here: capture.rs learns the inode from inside the call.
 #[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
-pub fn tp_sys_enter_truncate(_ctx: TracePointContext) {
-    pending::begin(&PendingCall::new(Op::Truncate));
+pub fn tp_sys_enter_truncate(ctx: TracePointContext) {
+    let mut call = PendingCall::new(Op::Truncate);
+    call.pos = arg(&ctx, 1);
+    pending::begin(&call);
+}
+
+/// The size a truncation left: the length asked for. The size read after the call is not
+/// it when a writer appended in between (the new contents would pass for old ones).
+#[inline(always)]
+fn size_left(call: &PendingCall) -> u64 {
+    if call.pos >= 0 { call.pos as u64 } else { kernel::inode_size(call.captured_inode).unwrap_or(0) }
 }
 
 #[inline(always)]
@@ -55,8 +65,7 @@ fn end(ctx: &TracePointContext) {
     // By path the size before is not readable in time (filesystems differ in whether
     // ctime is set before or after i_size); the end of the last write seen stands in.
     let size_before = if call.file != 0 { call.size_before } else { emit::known_end(&inode) };
-    let size_after = kernel::inode_size(call.captured_inode).unwrap_or(0);
-    on_truncate(inode, size_before, size_after);
+    on_truncate(inode, size_before, size_left(&call));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
@@ -71,7 +80,7 @@ pub fn tp_sys_exit_truncate(ctx: TracePointContext) {
 /// do_truncate(idmap, dentry, length, time_attrs, filp): truncate(2), ftruncate(2) and
 /// open(O_TRUNC) all come through here.
 #[inline(always)]
-fn do_truncate_begin(dentry: KPtr) {
+fn do_truncate_begin(dentry: KPtr, length: i64) {
     let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
     let Some(inode) = kernel::inode_key(inode_ptr) else { return };
     if !emit::is_watched(&inode) {
@@ -80,6 +89,7 @@ fn do_truncate_begin(dentry: KPtr) {
     let mut call = PendingCall::new(Op::Truncate);
     call.captured_inode = inode_ptr;
     call.size_before = kernel::inode_size(inode_ptr).unwrap_or(0);
+    call.pos = length;
     pending::begin(&call);
 }
 
@@ -90,12 +100,12 @@ fn do_truncate_end(result: i64) {
         return;
     }
     let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
-    on_truncate(inode, call.size_before, kernel::inode_size(call.captured_inode).unwrap_or(0));
+    on_truncate(inode, call.size_before, size_left(&call));
 }
 
 #[fentry(function = "do_truncate")]
 pub fn fentry_do_truncate(ctx: FEntryContext) -> i32 {
-    do_truncate_begin(ctx.arg(1));
+    do_truncate_begin(ctx.arg(1), ctx.arg(2));
     0
 }
 #[fexit(function = "do_truncate")]
@@ -106,7 +116,7 @@ pub fn fexit_do_truncate(ctx: FExitContext) -> i32 {
 #[kprobe(function = "do_truncate")]
 pub fn kprobe_do_truncate(ctx: ProbeContext) -> u32 {
     if let Some(dentry) = ctx.arg(1) {
-        do_truncate_begin(dentry);
+        do_truncate_begin(dentry, ctx.arg(2).unwrap_or(-1));
     }
     0
 }

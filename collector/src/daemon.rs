@@ -376,16 +376,19 @@ impl Daemon {
             }
         }
         let f = self.open.get_mut(&inode).expect("checked");
-        // What was written after the copy was made, from the bytes the kernel carried.
+        // What was written after the copy was made, from the bytes the kernel carried. They
+        // may go on past `size_before`: in tracepoint mode it is read at the syscall's entry,
+        // and a write can land before the truncation itself takes the inode lock. Such writes
+        // continue the old contents exactly; the new contents start at `size_after`, so only
+        // what lies beyond it is taken.
         let mut from_writes = 0;
-        while recovered_to < size_before {
+        while recovered_to < size_before || recovered_to > size_after {
             let Some((at, bytes)) = f.captured.range(..=recovered_to).next_back() else { break };
             let end = at + bytes.len() as u64;
             if end <= recovered_to {
                 break;
             }
             let piece = &bytes[(recovered_to - at) as usize..];
-            let piece = &piece[..piece.len().min((size_before - recovered_to) as usize)];
             f.framer.push(recovered_to, piece, &mut records);
             recovered_to += piece.len() as u64;
             from_writes += piece.len();
@@ -637,7 +640,10 @@ impl Daemon {
                 true
             }
             Err(Refused { accepted, error }) => {
-                self.counters[f.flow].batches_failed += 1;
+                let counters = &mut self.counters[f.flow];
+                counters.batches_failed += 1;
+                counters.records_sent += accepted as u64;
+                counters.bytes_sent += records.iter().take(accepted).map(|r| r.data.len() as u64).sum::<u64>();
                 self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
                 if let Some(first_refused) = records.get(accepted)
