@@ -280,23 +280,11 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
         }
     }
     let started = Instant::now();
-    let checkpoints = state.join("checkpoints");
-    let elapsed = loop {
-        let done = fs::read_dir(&checkpoints).ok().into_iter().flatten().flatten().any(|e| {
-            fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|c| c["acknowledged"].as_u64() == Some(size))
-        });
-        if done {
-            break started.elapsed();
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            bail!("the collector did not finish reading {} in 10 minutes", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    if let Err(e) = wait_acknowledged(&state, size) {
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        return Err(e.context(format!("reading {}", log.display())));
+    }
+    let elapsed = started.elapsed();
     let (cpu_seconds, peak_rss_kib) = process_usage(child.id())?;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait()?;
@@ -308,6 +296,27 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
         let _ = fs::remove_file(&out);
     }
     Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
+}
+
+/// Until a checkpoint in `state` acknowledges `size` bytes (ten minutes at most).
+pub(crate) fn wait_acknowledged(state: &Path, size: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let checkpoints = state.join("checkpoints");
+    loop {
+        let done = fs::read_dir(&checkpoints).ok().into_iter().flatten().flatten().any(|e| {
+            fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|c| c["acknowledged"].as_u64() == Some(size))
+        });
+        if done {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the collector did not acknowledge {size} bytes in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// RSS of a running process now, KiB.

@@ -10,7 +10,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -326,22 +326,7 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
 fn throughput_null(collector: &Path, dir: &Path, bytes: u64) -> anyhow::Result<(Duration, f64, u64)> {
     let running = Collector::start(collector, dir, "", "kind = \"null\"\n")?;
     let started = Instant::now();
-    let checkpoints: PathBuf = dir.join("state/checkpoints");
-    loop {
-        let done = fs::read_dir(&checkpoints).ok().into_iter().flatten().flatten().any(|e| {
-            fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|c| c["acknowledged"].as_u64() == Some(bytes))
-        });
-        if done {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the null sink did not finish in 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    crate::bench::wait_acknowledged(&dir.join("state"), bytes)?;
     let elapsed = started.elapsed();
     let (cpu, rss) = crate::bench::process_usage(running.pid())?;
     Ok((elapsed, cpu, rss))

@@ -141,4 +141,23 @@ impl RetryLog {
             tracing::info!(%destination, "records accepted again");
         }
     }
+
+    /// A delivery's outcome for the daemon, with its retries logged.
+    pub fn outcome(
+        &mut self,
+        destination: &str,
+        notes: &[String],
+        result: Result<(), (usize, anyhow::Error)>,
+    ) -> Result<(), super::Refused> {
+        for note in notes {
+            self.note(destination, note);
+        }
+        match result {
+            Ok(()) => {
+                self.succeeded(destination);
+                Ok(())
+            }
+            Err((accepted, error)) => Err(super::Refused { accepted, error }),
+        }
+    }
 }

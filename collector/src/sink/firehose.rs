@@ -90,16 +90,7 @@ impl Sink for FirehoseSink {
             }
         };
         let result = runtime.block_on(send_all(entries, &LIMITS, call, stats, &mut notes))?;
-        for note in &notes {
-            self.retries.note(&self.config.delivery_stream, note);
-        }
-        match result {
-            Ok(()) => {
-                self.retries.succeeded(&self.config.delivery_stream);
-                Ok(())
-            }
-            Err((accepted, error)) => Err(Refused { accepted, error }),
-        }
+        self.retries.outcome(&self.config.delivery_stream, &notes, result)
     }
 
     fn retried(&self) -> u64 {

@@ -129,16 +129,7 @@ impl Sink for KinesisSink {
             }
         };
         let result = runtime.block_on(send_all(entries, &LIMITS, call, stats, &mut notes))?;
-        for note in &notes {
-            self.retries.note(&self.config.stream, note);
-        }
-        match result {
-            Ok(()) => {
-                self.retries.succeeded(&self.config.stream);
-                Ok(())
-            }
-            Err((accepted, error)) => Err(Refused { accepted, error }),
-        }
+        self.retries.outcome(&self.config.stream, &notes, result)
     }
 
     fn retried(&self) -> u64 {
