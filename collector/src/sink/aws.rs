@@ -63,6 +63,16 @@ impl Drop for SinkRuntime {
     }
 }
 
+/// Logs a sink's start-up check of its destination: `what` reachable with `detail`, or not
+/// usable yet (the collector starts either way; records wait on disk until it is).
+pub fn report_destination(what: &str, name: &str, checked: anyhow::Result<Result<String, String>>) {
+    match checked {
+        Ok(Ok(detail)) => tracing::info!(destination = %name, %detail, "{what} reachable"),
+        Ok(Err(e)) => tracing::error!(destination = %name, "{what} not usable yet (records wait on disk): {e}"),
+        Err(e) => tracing::error!(destination = %name, "checking the {what}: {e:#}"),
+    }
+}
+
 /// A failed call: its AWS error code and message, or the transport failure with its causes,
 /// and whether trying again can help.
 pub fn call_failed<E, R>(e: &SdkError<E, R>) -> CallFailed

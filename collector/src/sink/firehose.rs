@@ -10,7 +10,7 @@ use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
 
 use super::{
     Outgoing, Refused, Sink,
-    aws::{RetryLog, SinkRuntime, call_failed, describe, sdk_config},
+    aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config},
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
@@ -46,24 +46,19 @@ impl FirehoseSink {
     /// Says at start-up whether the delivery stream is there (the collector starts either way).
     fn check_stream(&self) {
         let name = &self.config.delivery_stream;
-        let result = self.runtime.block_on(async {
+        let checked = self.runtime.block_on(async {
             self.client
                 .describe_delivery_stream()
                 .delivery_stream_name(name)
                 .send()
                 .await
-                .map(|out| out.delivery_stream_description().map(|d| d.delivery_stream_status().as_str().to_owned()))
+                .map(|out| {
+                    let status = out.delivery_stream_description().map(|d| d.delivery_stream_status().as_str());
+                    format!("status {}", status.unwrap_or("?"))
+                })
                 .map_err(|e| describe(&e))
         });
-        match result {
-            Ok(Ok(status)) => {
-                tracing::info!(delivery_stream = %name, status = status.as_deref().unwrap_or("?"), "firehose delivery stream reachable");
-            }
-            Ok(Err(e)) => {
-                tracing::error!(delivery_stream = %name, "firehose delivery stream not usable yet (records wait on disk): {e}");
-            }
-            Err(e) => tracing::error!(delivery_stream = %name, "checking the firehose delivery stream: {e:#}"),
-        }
+        report_destination("firehose delivery stream", name, checked);
     }
 }
 

@@ -19,7 +19,7 @@ use aws_sdk_kinesis::{Client, primitives::Blob, types::PutRecordsRequestEntry};
 
 use super::{
     Outgoing, Refused, Sink,
-    aws::{RetryLog, SinkRuntime, call_failed, describe, sdk_config},
+    aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config},
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
@@ -63,22 +63,19 @@ impl KinesisSink {
     /// starts either way (the stream may be created later; data waits on disk).
     fn check_stream(&self) {
         let stream = &self.config.stream;
-        let result = self.runtime.block_on(async {
+        let checked = self.runtime.block_on(async {
             self.client
                 .describe_stream_summary()
                 .stream_name(stream)
                 .send()
                 .await
-                .map(|out| out.stream_description_summary().map(|d| d.open_shard_count()).unwrap_or(0))
+                .map(|out| {
+                    let shards = out.stream_description_summary().map(|d| d.open_shard_count()).unwrap_or(0);
+                    format!("{shards} open shards")
+                })
                 .map_err(|e| describe(&e))
         });
-        match result {
-            Ok(Ok(shards)) => tracing::info!(stream = %stream, shards, "kinesis stream reachable"),
-            Ok(Err(e)) => {
-                tracing::error!(stream = %stream, "kinesis stream not usable yet (records wait on disk): {e}")
-            }
-            Err(e) => tracing::error!(stream = %stream, "checking the kinesis stream: {e:#}"),
-        }
+        report_destination("kinesis stream", stream, checked);
     }
 
     fn entry(&mut self, index: usize, r: &Outgoing<'_>) -> Entry {
