@@ -3,33 +3,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use collector_tests::{Running, Scratch, collector_bin, config, wait_for_records};
-
-fn curl(url: &str) -> (u32, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5", url])
-        .output()
-        .expect("curl (installed by cargo xtask setup)");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap_or(0), body.to_owned())
-}
-
-/// The value of one sample line of the Prometheus text, by its exact name and labels.
-fn sample(metrics: &str, series: &str) -> Option<u64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn wait_for_metric(base: &str, series: &str, want: u64) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, text) = curl(&format!("{base}/metrics"));
-        if sample(&text, series) == Some(want) || std::time::Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use collector_tests::{Running, Scratch, collector_bin, config, curl, sample, wait_for_metric, wait_for_records};
 
 #[test]
 fn metrics_health_and_status_show_what_was_shipped() {

@@ -113,6 +113,9 @@ pub struct EventHeader {
     /// `bpf_ktime_get_boot_ns()` when the hook ran.
     pub boot_ns: u64,
     pub comm: [u8; COMM_LEN],
+    /// `bpf_get_current_cgroup_id()`: the writer's cgroup v2 (the inode number of its
+    /// directory under /sys/fs/cgroup), which names its container.
+    pub cgroup_id: u64,
     /// The file the event is about.
     pub inode: InodeKey,
 }

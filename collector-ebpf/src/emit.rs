@@ -2,8 +2,8 @@
 //! lookups every hook starts with.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
-    bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
 };
 use collector_common::{
     CAPTURE_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
@@ -112,6 +112,7 @@ fn header(kind: EventKind, inode: InodeKey) -> EventHeader {
         _pad: 0,
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         inode,
     }
 }

@@ -17,15 +17,19 @@ use std::{
 
 use collector_common::InodeKey;
 
+use anyhow::Context as _;
+
 use crate::{
+    cgroup::CgroupNames,
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
     event_queue::EventQueue,
     framer::{Framer, FramerConfig, Record},
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
-    sink::{Outgoing, Refused, Sink, file::FileSink, null::NullSink},
+    sink::{Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
     tracker::{self, Action, Tracker},
+    transform,
     watch::{WatchSet, key_of},
 };
 
@@ -69,8 +73,8 @@ struct OpenFile {
     /// Bytes the kernel carried with writes during a capture window, by file offset: what
     /// a copytruncate's truncation would otherwise take before they are read.
     captured: std::collections::BTreeMap<u64, Vec<u8>>,
-    /// The process that last wrote the file (pid, comm), as the kernel reported it.
-    writer: Option<(u32, String)>,
+    /// The process that last wrote the file, as the kernel reported it.
+    writer: Option<Writer>,
 }
 
 pub struct Daemon {
@@ -100,6 +104,10 @@ pub struct Daemon {
     failing_since: Vec<Option<Instant>>,
     /// Where the snapshot for /metrics, /health and /status goes, when they are served.
     metrics: Option<metrics::Shared>,
+    /// Writers' cgroup paths, for flows that add them to records.
+    cgroups: CgroupNames,
+    /// The instance's identity, for flows that add it (read at start-up).
+    ec2: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Daemon {
@@ -124,6 +132,17 @@ impl Daemon {
             });
             patterns.push(WatchSet::new(&flow.paths)?);
         }
+        let ec2 = match config.flows.iter().find(|f| f.transforms.needs_ec2()) {
+            Some(flow) => {
+                let endpoint = crate::transform::ec2::endpoint();
+                let identity = crate::transform::ec2::fetch(&endpoint).with_context(|| {
+                    format!("flow `{}`: add_ec2_metadata: the instance metadata service at {endpoint}", flow.name)
+                })?;
+                tracing::info!(instance = %identity.get("instanceId").and_then(|v| v.as_str()).unwrap_or("?"), "instance metadata read");
+                Some(identity)
+            }
+            None => None,
+        };
         Ok(Daemon {
             config,
             probe,
@@ -144,6 +163,8 @@ impl Daemon {
             counters: vec![FlowCounters::default(); flows],
             failing_since: vec![None; flows],
             metrics: None,
+            cgroups: CgroupNames::default(),
+            ec2,
         })
     }
 
@@ -461,8 +482,23 @@ impl Daemon {
         Some(match event {
             KernelEvent::Write { inode, origin, pos, len, captured } => {
                 if let Some(f) = self.open.get_mut(&inode) {
-                    if f.writer.as_ref().is_none_or(|(pid, comm)| *pid != origin.pid || *comm != origin.comm) {
-                        f.writer = Some((origin.pid, origin.comm.clone()));
+                    if f.writer
+                        .as_ref()
+                        .is_none_or(|w| w.pid != origin.pid || w.comm != origin.comm || w.cgroup_id != origin.cgroup_id)
+                    {
+                        // The cgroup's name only for flows that ship it (it may walk the tree).
+                        let cgroup = self.config.flows[f.flow]
+                            .transforms
+                            .needs_writer()
+                            .then(|| self.cgroups.path(origin.cgroup_id))
+                            .flatten();
+                        f.writer = Some(Writer {
+                            pid: origin.pid,
+                            comm: origin.comm.clone(),
+                            cgroup_id: origin.cgroup_id,
+                            container_id: cgroup.as_deref().and_then(crate::cgroup::container_id),
+                            cgroup,
+                        });
                     }
                     if !captured.is_empty() && pos + captured.len() as u64 > f.framer.next_offset() {
                         f.captured.insert(pos, captured);
@@ -607,21 +643,55 @@ impl Daemon {
         }
         let flow = &self.config.flows[f.flow];
         let path = self.tracker.get(&inode).map(|t| t.path.clone()).unwrap_or_default();
+        // Per record: what the transforms made of it (None: shipped as read).
+        let mut transformed: Vec<Option<(Vec<u8>, bool)>> = Vec::new();
+        if !flow.transforms.is_empty() {
+            let cx = transform::Context { path: &path, writer: f.writer.as_ref(), ec2: self.ec2.as_ref() };
+            let counters = &mut self.counters[f.flow];
+            for r in &records {
+                transformed.push(match flow.transforms.apply(&r.data, &cx) {
+                    transform::Output::Text(text) => Some((text, false)),
+                    transform::Output::Json(object) => Some((object, true)),
+                    transform::Output::Unparsed => {
+                        counters.records_unparsed += 1;
+                        counters.records_dropped += u64::from(flow.transforms.drop_unparsed);
+                        None
+                    }
+                });
+            }
+        }
+        // Records to send, with the index of the record each came from.
+        let mut sources = Vec::with_capacity(records.len());
         let batch: Vec<Outgoing> = records
             .iter()
-            .map(|r| Outgoing {
-                flow: &flow.name,
-                path: &path,
-                inode,
-                offset: r.offset,
-                data: &r.data,
-                writer: f.writer.as_ref().map(|(pid, comm)| (*pid, comm.as_str())),
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let (data, json) = match transformed.get(i) {
+                    Some(Some((data, json))) => (data.as_slice(), *json),
+                    Some(None) if flow.transforms.drop_unparsed => return None,
+                    _ => (r.data.as_slice(), false),
+                };
+                sources.push(i);
+                Some(Outgoing {
+                    flow: &flow.name,
+                    path: &path,
+                    inode,
+                    offset: r.offset,
+                    data,
+                    writer: f.writer.as_ref(),
+                    json,
+                })
             })
             .collect();
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
-        let result =
-            if sink.may_block() { self.events.while_waiting(|| sink.deliver(&batch)) } else { sink.deliver(&batch) };
+        let result = if batch.is_empty() {
+            Ok(())
+        } else if sink.may_block() {
+            self.events.while_waiting(|| sink.deliver(&batch))
+        } else {
+            sink.deliver(&batch)
+        };
         match result {
             Ok(()) => {
                 if self.sink_error[f.flow].take().is_some() {
@@ -646,7 +716,7 @@ impl Daemon {
                 counters.bytes_sent += records.iter().take(accepted).map(|r| r.data.len() as u64).sum::<u64>();
                 self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
-                if let Some(first_refused) = records.get(accepted)
+                if let Some(first_refused) = sources.get(accepted).map(|&i| &records[i])
                     && accepted > 0
                 {
                     f.acknowledged = f.acknowledged.max(first_refused.offset);

@@ -221,6 +221,7 @@ fn base(event: &KernelEvent) -> Map<String, Value> {
     m.insert("pid".into(), origin.pid.into());
     m.insert("tid".into(), origin.tid.into());
     m.insert("comm".into(), origin.comm.clone().into());
+    m.insert("cgroup_id".into(), origin.cgroup_id.into());
     m.insert("boot_ns".into(), origin.boot_ns.into());
     m
 }

@@ -1,6 +1,7 @@
 //! collector: ships log files to AWS Kinesis, told by eBPF exactly which inode every write,
 //! rename and truncate touched.
 
+mod cgroup;
 mod checkpoint;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod probe;
 mod sink;
 mod status;
 mod tracker;
+mod transform;
 mod watch;
 
 use std::process::ExitCode;

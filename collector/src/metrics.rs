@@ -27,6 +27,9 @@ pub struct FlowCounters {
     pub records_retried: u64,
     pub records_cut: u64,
     pub bytes_lost: u64,
+    /// Records a transform could not parse (shipped as read, or dropped: records_dropped).
+    pub records_unparsed: u64,
+    pub records_dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -141,6 +144,12 @@ fn render_metrics(s: &Snapshot) -> String {
         f.counters.batches_failed
     });
     family("cut_records_total", "counter", "Records cut to the record size limit.", &|f| f.counters.records_cut);
+    family("unparsed_records_total", "counter", "Records a transform could not parse.", &|f| {
+        f.counters.records_unparsed
+    });
+    family("dropped_records_total", "counter", "Unparsed records dropped (on_parse_error = \"drop\").", &|f| {
+        f.counters.records_dropped
+    });
     family("lost_bytes_total", "counter", "Bytes truncated away before they could be read.", &|f| {
         f.counters.bytes_lost
     });

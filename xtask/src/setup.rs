@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use crate::{guest, shell};
 
 /// Debian packages the tests use: logrotate (rotation tests), curl (the metrics tests' HTTP
-/// client), systemd (`systemd-analyze verify` of the unit; nothing is started), and for the
+/// client), systemd (`systemd-analyze verify` of the unit; nothing is started), rsyslog (a real
+/// syslog writer for the log_to_json tests, and the ingest benchmark's peer), and for the
 /// guest tests qemu, a static busybox for the guest userland, zstd to unpack the kernel image.
-const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl", "systemd"];
+const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl", "systemd", "rsyslog"];
 const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio"];
 
 pub fn run(with_guest: bool) -> anyhow::Result<()> {

@@ -35,7 +35,6 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
             }
         }
     }
-    let text = |m: &Map<String, Value>, key: &str| m.get(key).and_then(Value::as_str).map(str::to_owned);
     for (key, v) in &global {
         let why = match key.as_str() {
             "kinesis.endpoint" | "firehose.endpoint" | "assumeRoleARN" | "assumeRoleExternalId" => continue,
@@ -100,6 +99,9 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
         if let Some(ms) = f.get("maxBufferAgeMillis").and_then(Value::as_u64) {
             let _ = writeln!(toml, "max_batch_age = \"{ms}ms\"");
         }
+        if let Some(options) = f.get("dataProcessingOptions") {
+            toml.push_str(&transforms(options, &at, &mut dropped)?);
+        }
         let _ = write!(toml, "\n[flow.sink]\nkind = \"{kind}\"\n");
         if kind == "kinesis" {
             let _ = writeln!(toml, "stream = {}", quote(&stream));
@@ -149,12 +151,12 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
                 | "kinesis.endpoint"
                 | "firehose.endpoint"
                 | "assumeRoleARN"
-                | "assumeRoleExternalId" => continue,
+                | "assumeRoleExternalId"
+                | "dataProcessingOptions" => continue,
                 "maxBufferSizeBytes" | "maxBufferSizeRecords" => {
                     "batches are sized by the API's limits (500 records, 5 MiB / 4 MiB) and max_batch_age"
                 }
                 "minTimeBetweenFilePollsMillis" => "files are not polled: the kernel reports each write",
-                "dataProcessingOptions" => "transforms are not supported yet: records are shipped as read",
                 "retryInitialBackoffMillis" | "retryMaxBackoffMillis" | "publishQueueCapacity" => {
                     "retries use jittered backoff from 50 ms to 5 s"
                 }
@@ -171,6 +173,107 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
         }
     }
     Ok(Imported { toml, dropped })
+}
+
+/// dataProcessingOptions as `[[flow.transform]]` tables, in order. An option or key with no
+/// equivalent is listed in `dropped`.
+fn transforms(options: &Value, at: &dyn Fn(&str) -> String, dropped: &mut Vec<String>) -> Result<String, String> {
+    let Value::Array(options) = options else { return Err(at("dataProcessingOptions: expected a list")) };
+    let mut out = String::new();
+    for (j, o) in options.iter().enumerate() {
+        let Value::Object(o) = o else { return Err(at(&format!("dataProcessingOptions[{j}]: expected an object"))) };
+        let name =
+            text(o, "optionName").ok_or_else(|| at(&format!("dataProcessingOptions[{j}].optionName: missing")))?;
+        let names = |key: &str| -> Option<String> {
+            let list = o.get(key)?.as_array()?;
+            Some(list.iter().map(|v| quote(v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", "))
+        };
+        let mut known = vec!["optionName"];
+        let log_format = |format: &str| -> Result<&'static str, String> {
+            Ok(match format {
+                "COMMONAPACHELOG" => "common",
+                "COMBINEDAPACHELOG" => "combined",
+                "APACHEERRORLOG" => "apache_error",
+                "SYSLOG" => "syslog",
+                "RFC3339SYSLOG" => "rfc3339_syslog",
+                other => return Err(at(&format!("dataProcessingOptions[{j}].logFormat: `{other}`"))),
+            })
+        };
+        match name.as_str() {
+            "SINGLELINE" => out.push_str("\n[[flow.transform]]\nkind = \"single_line\"\n"),
+            "CSVTOJSON" => {
+                let fields = names("customFieldNames")
+                    .ok_or_else(|| at(&format!("dataProcessingOptions[{j}].customFieldNames: missing")))?;
+                let _ = write!(out, "\n[[flow.transform]]\nkind = \"csv_to_json\"\nfields = [{fields}]\n");
+                if let Some(d) = text(o, "delimiter") {
+                    let _ = writeln!(out, "delimiter = {}", quote(&d.replace("\\t", "\t")));
+                }
+                known.extend(["customFieldNames", "delimiter"]);
+            }
+            "LOGTOJSON" | "ADDEC2METADATA" => {
+                let format = text(o, "logFormat");
+                if name == "LOGTOJSON" || format.is_some() {
+                    let _ = write!(out, "\n[[flow.transform]]\nkind = \"log_to_json\"\n");
+                    match (text(o, "matchPattern"), format) {
+                        (Some(pattern), _) => {
+                            let _ = writeln!(out, "pattern = {}", quote(&pattern));
+                        }
+                        (None, Some(format)) => {
+                            let _ = writeln!(out, "format = \"{}\"", log_format(&format)?);
+                        }
+                        (None, None) => return Err(at(&format!("dataProcessingOptions[{j}].logFormat: missing"))),
+                    }
+                    if let Some(fields) = names("customFieldNames") {
+                        let _ = writeln!(out, "fields = [{fields}]");
+                    }
+                }
+                if name == "ADDEC2METADATA" {
+                    out.push_str("\n[[flow.transform]]\nkind = \"add_ec2_metadata\"\n");
+                    if o.contains_key("metadataTTL") {
+                        dropped.push(at(&format!(
+                            "dataProcessingOptions[{j}].metadataTTL: the instance's identity is read once at start-up"
+                        )));
+                    }
+                    known.push("metadataTTL");
+                }
+                known.extend(["logFormat", "matchPattern", "customFieldNames"]);
+            }
+            "ADDMETADATA" => {
+                let _ = write!(out, "\n[[flow.transform]]\nkind = \"add_metadata\"\n");
+                if let Some(Value::Object(m)) = o.get("metadata") {
+                    let fields: Vec<String> =
+                        m.iter().map(|(k, v)| format!("{} = {}", quote(k), toml_value(v))).collect();
+                    let _ = writeln!(out, "metadata = {{ {} }}", fields.join(", "));
+                }
+                if o.get("timestamp").is_some_and(|t| t == "true" || t == true) {
+                    out.push_str("timestamp = true\n");
+                }
+                known.extend(["metadata", "timestamp"]);
+            }
+            other => {
+                dropped.push(at(&format!("dataProcessingOptions[{j}] = {other}: no such transform here")));
+                continue;
+            }
+        }
+        for key in o.keys().filter(|k| !known.contains(&k.as_str())) {
+            dropped.push(at(&format!("dataProcessingOptions[{j}].{key}: not a setting of {name} this importer knows")));
+        }
+    }
+    Ok(out)
+}
+
+/// A string value of an agent.json object.
+fn text(m: &Map<String, Value>, key: &str) -> Option<String> {
+    m.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// A JSON value as TOML (strings, numbers, booleans; anything else as its JSON text).
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => quote(s),
+        Value::Number(_) | Value::Bool(_) => v.to_string(),
+        other => quote(&other.to_string()),
+    }
 }
 
 /// A TOML basic string.
@@ -222,13 +325,20 @@ mod tests {
           "maxBufferSizeBytes": 1048576,
           "maxBufferSizeRecords": 500,
           "minTimeBetweenFilePollsMillis": 100,
-          "dataProcessingOptions": [{"optionName": "LOGTOJSON", "logFormat": "COMMONAPACHELOG"}]
+          "dataProcessingOptions": [
+            {"optionName": "SINGLELINE"},
+            {"optionName": "LOGTOJSON", "logFormat": "COMMONAPACHELOG", "customFieldNames": ["h", "i", "u", "t", "r", "s", "b"]},
+            {"optionName": "ADDMETADATA", "timestamp": "true", "metadata": {"env": "prod", "tier": 2}},
+            {"optionName": "ADDEC2METADATA", "metadataTTL": 3600000},
+            {"optionName": "UPPERCASE"}
+          ]
         }
       ]
     }"#;
     const AGENT_D: &str = r#"{
       "flows": [
-        { "filePattern": "/var/log/nginx/access.log", "deliveryStream": "web \"access\"", "aggregatedRecordSizeBytes": 1000000 }
+        { "filePattern": "/var/log/nginx/access.log", "deliveryStream": "web \"access\"", "aggregatedRecordSizeBytes": 1000000,
+          "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a", "b"], "delimiter": "\\t"}] }
       ]
     }"#;
 
@@ -253,7 +363,24 @@ mod tests {
         assert_eq!(k.access.role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/shipper"));
         assert_eq!(k.access.external_id.as_deref(), Some("ext-1"));
 
+        use crate::transform::Step;
+        match &app.transforms.steps[..] {
+            [
+                Step::SingleLine,
+                Step::LogToJson(_),
+                Step::AddMetadata { fields, timestamp: true },
+                Step::AddEc2Metadata,
+            ] => {
+                assert_eq!((fields["env"].as_str(), fields["tier"].as_i64()), (Some("prod"), Some(2)));
+            }
+            other => panic!("{other:?}"),
+        }
+
         let web = &c.flows[1];
+        match &web.transforms.steps[..] {
+            [Step::CsvToJson { fields, delimiter: b'\t' }] => assert_eq!(fields, &["a", "b"]),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(web.initial_position, InitialPosition::End, "the Kinesis Agent's default");
         let SinkConfig::Firehose(f) = &web.sink else { panic!("{:?}", web.sink) };
         assert_eq!((f.delivery_stream.as_str(), f.aggregate), ("web \"access\"", true));
@@ -267,7 +394,8 @@ mod tests {
             "checkpointFile",
             "flows[0].maxBufferSizeBytes",
             "flows[0].minTimeBetweenFilePollsMillis",
-            "flows[0].dataProcessingOptions",
+            "flows[0].dataProcessingOptions[3].metadataTTL",
+            "flows[0].dataProcessingOptions[4] = UPPERCASE",
         ] {
             assert!(dropped.contains(key), "{key} is listed as not carried over:\n{dropped}");
         }

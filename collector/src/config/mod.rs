@@ -12,6 +12,8 @@ use std::{
 
 use toml::Spanned;
 
+use crate::transform::{Pipeline, Step, log_formats::LogParser};
+
 pub const DEFAULT_PATH: &str = "/etc/collector/collector.toml";
 
 #[derive(Clone, Debug)]
@@ -46,6 +48,8 @@ pub struct Flow {
     /// New bytes wait on disk up to this long for more to join them in one batch (one sink
     /// call), unless a full batch is already there.
     pub max_batch_age: Duration,
+    /// Applied in order to each record before the sink.
+    pub transforms: Pipeline,
     pub sink: SinkConfig,
 }
 
@@ -268,6 +272,7 @@ impl Config {
                 truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
                 rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
                 max_batch_age: duration(&f.max_batch_age, DEFAULT_MAX_BATCH_AGE, &at, &key("max_batch_age"))?,
+                transforms: pipeline(f, &at, &key)?,
                 sink,
             });
         }
@@ -276,6 +281,122 @@ impl Config {
 }
 
 type At<'a> = dyn Fn(Range<usize>, &str, String) -> ConfigError + 'a;
+
+fn pipeline(f: &raw::Flow, at: &At, key: &dyn Fn(&str) -> String) -> Result<Pipeline, ConfigError> {
+    let mut steps = Vec::new();
+    for (i, t) in f.transform.iter().enumerate() {
+        let key = |k: &str| key(&format!("transform[{i}].{k}"));
+        steps.push(step(t.get_ref(), at, &key)?);
+    }
+    let drop_unparsed = match f.on_parse_error.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("raw", _)) => false,
+        Some(("drop", _)) => true,
+        Some((other, span)) => {
+            return Err(at(span, &key("on_parse_error"), format!("`{other}`: expected \"raw\" or \"drop\"")));
+        }
+    };
+    Ok(Pipeline { steps, drop_unparsed })
+}
+
+fn step(t: &raw::Transform, at: &At, key: &dyn Fn(&str) -> String) -> Result<Step, ConfigError> {
+    let kind = t.kind.get_ref().as_str();
+    // Each kind's own keys; any other key given is an error, not ignored.
+    let own: &[&str] = match kind {
+        "single_line" | "add_writer" | "add_ec2_metadata" | "add_kubernetes" => &[],
+        "csv_to_json" => &["fields", "delimiter"],
+        "log_to_json" => &["format", "pattern", "fields"],
+        "add_metadata" => &["metadata", "timestamp"],
+        other => {
+            return Err(at(
+                t.kind.span(),
+                &key("kind"),
+                format!(
+                    "`{other}`: expected single_line, csv_to_json, log_to_json, add_metadata, add_writer, add_ec2_metadata or add_kubernetes"
+                ),
+            ));
+        }
+    };
+    let given = [
+        ("format", t.format.as_ref().map(|v| v.span())),
+        ("pattern", t.pattern.as_ref().map(|v| v.span())),
+        ("fields", t.fields.as_ref().map(|v| v.span())),
+        ("delimiter", t.delimiter.as_ref().map(|v| v.span())),
+        ("metadata", t.metadata.as_ref().map(|v| v.span())),
+        ("timestamp", t.timestamp.as_ref().map(|v| v.span())),
+    ];
+    if let Some((name, Some(span))) = given.into_iter().find(|(name, span)| span.is_some() && !own.contains(name)) {
+        return Err(at(span, &key(name), format!("`{kind}` takes no `{name}`")));
+    }
+    let fields = t.fields.as_ref().map(|f| f.get_ref().clone());
+    Ok(match kind {
+        "single_line" => Step::SingleLine,
+        "add_writer" => Step::AddWriter,
+        "add_ec2_metadata" => Step::AddEc2Metadata,
+        "add_kubernetes" => Step::AddKubernetes,
+        "csv_to_json" => {
+            let Some(fields) = fields.filter(|f| !f.is_empty()) else {
+                return Err(at(
+                    t.kind.span(),
+                    &key("fields"),
+                    "csv_to_json needs the values' names in `fields`".into(),
+                ));
+            };
+            let delimiter = match &t.delimiter {
+                None => b',',
+                Some(d) => match d.get_ref().as_bytes() {
+                    [b] if *b != b'"' && *b != b'\n' => *b,
+                    _ => {
+                        return Err(at(
+                            d.span(),
+                            &key("delimiter"),
+                            format!("`{}`: expected one character", d.get_ref()),
+                        ));
+                    }
+                },
+            };
+            Step::CsvToJson { fields, delimiter }
+        }
+        "log_to_json" => {
+            let parser = match (&t.format, &t.pattern) {
+                (Some(format), None) => LogParser::format(format.get_ref(), fields),
+                (None, Some(pattern)) => LogParser::pattern(pattern.get_ref(), fields),
+                (Some(_), Some(pattern)) => {
+                    return Err(at(pattern.span(), &key("pattern"), "give `format` or `pattern`, not both".into()));
+                }
+                (None, None) => {
+                    return Err(at(
+                        t.kind.span(),
+                        &key("format"),
+                        "log_to_json needs a `format` or a `pattern`".into(),
+                    ));
+                }
+            };
+            let span = t.format.as_ref().or(t.pattern.as_ref()).map(|v| v.span()).unwrap_or(0..0);
+            let name = if t.format.is_some() { "format" } else { "pattern" };
+            Step::LogToJson(parser.map_err(|e| at(span, &key(name), e))?)
+        }
+        "add_metadata" => {
+            let mut fields = serde_json::Map::new();
+            if let Some(table) = &t.metadata {
+                for (name, value) in table.get_ref() {
+                    let value =
+                        serde_json::to_value(value).map_err(|e| at(table.span(), &key("metadata"), e.to_string()))?;
+                    fields.insert(name.clone(), value);
+                }
+            }
+            let timestamp = t.timestamp.as_ref().is_some_and(|v| *v.get_ref());
+            if fields.is_empty() && !timestamp {
+                return Err(at(
+                    t.kind.span(),
+                    &key("metadata"),
+                    "add_metadata needs `metadata` or `timestamp = true`".into(),
+                ));
+            }
+            Step::AddMetadata { fields, timestamp }
+        }
+        _ => unreachable!("kinds checked above"),
+    })
+}
 
 fn pattern(p: &Spanned<String>, at: &At, key: &str) -> Result<glob::Pattern, ConfigError> {
     if !p.get_ref().starts_with('/') {
@@ -559,5 +680,34 @@ path = "/tmp/out.jsonl"
             error(&text),
             "c.toml:13: -: ${COLLECTOR_TEST_SURELY_UNSET}: environment variable COLLECTOR_TEST_SURELY_UNSET is not set"
         );
+    }
+
+    #[test]
+    fn transforms_parse_in_order_and_bad_ones_are_located() {
+        let with = |t: &str| GOOD.replace("[flow.sink]", &format!("{t}\n[flow.sink]"));
+        let c = Config::parse(
+            "c.toml",
+            &with("on_parse_error = \"drop\"\n[[flow.transform]]\nkind = \"log_to_json\"\nformat = \"combined\"\n[[flow.transform]]\nkind = \"add_metadata\"\nmetadata = { env = \"prod\", shard = 3 }\n[[flow.transform]]\nkind = \"add_writer\"\n"),
+        )
+        .unwrap();
+        let t = &c.flows[0].transforms;
+        assert!(t.drop_unparsed && t.needs_writer() && !t.needs_ec2());
+        assert!(matches!(t.steps[..], [Step::LogToJson(_), Step::AddMetadata { .. }, Step::AddWriter]));
+        assert_eq!(
+            error(&with("[[flow.transform]]\nkind = \"log_to_json\"\nformat = \"nginx\"")),
+            "c.toml:13: flow[0].transform[0].format: `nginx`: expected one of common, combined, apache_error, syslog, rfc3339_syslog, cri"
+        );
+        assert_eq!(
+            error(&with("[[flow.transform]]\nkind = \"csv_to_json\"\nformat = \"common\"")),
+            "c.toml:13: flow[0].transform[0].format: `csv_to_json` takes no `format`"
+        );
+        assert_eq!(
+            error(&with("[[flow.transform]]\nkind = \"csv_to_json\"")),
+            "c.toml:12: flow[0].transform[0].fields: csv_to_json needs the values' names in `fields`"
+        );
+        assert!(
+            error(&with("[[flow.transform]]\nkind = \"jq\"")).starts_with("c.toml:12: flow[0].transform[0].kind: `jq`")
+        );
+        assert!(error(&with("on_parse_error = \"skip\"")).starts_with("c.toml:11: flow[0].on_parse_error: `skip`"));
     }
 }

@@ -42,7 +42,26 @@ pub struct Flow {
     pub truncated_terminator: Option<String>,
     pub rotated_idle: Option<Spanned<String>>,
     pub max_batch_age: Option<Spanned<String>>,
+    #[serde(default)]
+    pub transform: Vec<Spanned<Transform>>,
+    pub on_parse_error: Option<Spanned<String>>,
     pub sink: Spanned<Sink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    pub kind: Spanned<String>,
+    /// log_to_json
+    pub format: Option<Spanned<String>>,
+    pub pattern: Option<Spanned<String>>,
+    /// csv_to_json, log_to_json: the names of the values
+    pub fields: Option<Spanned<Vec<String>>>,
+    /// csv_to_json
+    pub delimiter: Option<Spanned<String>>,
+    /// add_metadata
+    pub metadata: Option<Spanned<toml::Table>>,
+    pub timestamp: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

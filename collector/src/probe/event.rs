@@ -9,6 +9,8 @@ pub struct Origin {
     pub tid: u32,
     pub pid: u32,
     pub comm: String,
+    /// The task's cgroup v2 id.
+    pub cgroup_id: u64,
     /// CLOCK_BOOTTIME nanoseconds when the hook ran.
     pub boot_ns: u64,
 }
@@ -185,6 +187,7 @@ fn origin(h: &EventHeader) -> Origin {
         tid: h.tid,
         pid: h.tgid,
         comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+        cgroup_id: h.cgroup_id,
         boot_ns: h.boot_ns,
     }
 }
@@ -197,7 +200,16 @@ mod tests {
     fn header(kind: EventKind) -> EventHeader {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"gzip");
-        EventHeader { kind: kind as u32, tid: 7, tgid: 6, _pad: 0, boot_ns: 99, comm, inode: InodeKey::new(3, 42) }
+        EventHeader {
+            kind: kind as u32,
+            tid: 7,
+            tgid: 6,
+            _pad: 0,
+            boot_ns: 99,
+            comm,
+            cgroup_id: 5,
+            inode: InodeKey::new(3, 42),
+        }
     }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -217,7 +229,7 @@ mod tests {
         assert_eq!(
             e,
             KernelEvent::Truncate {
-                origin: Origin { tid: 7, pid: 6, comm: "gzip".into(), boot_ns: 99 },
+                origin: Origin { tid: 7, pid: 6, comm: "gzip".into(), cgroup_id: 5, boot_ns: 99 },
                 inode: InodeKey::new(3, 42),
                 size_before: 100,
                 size_after: 0

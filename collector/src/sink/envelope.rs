@@ -21,11 +21,16 @@ pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) 
     out.extend_from_slice(b",\"path\":");
     string(out, &r.path.to_string_lossy());
     let _ = write!(out, ",\"dev\":{},\"ino\":{},\"offset\":{}", user_dev(r.inode.dev), r.inode.ino, r.offset);
-    if let Some((pid, comm)) = r.writer {
-        let _ = write!(out, ",\"pid\":{pid},\"comm\":");
-        string(out, comm);
+    if let Some(w) = r.writer {
+        let _ = write!(out, ",\"pid\":{},\"comm\":", w.pid);
+        string(out, &w.comm);
     }
     match std::str::from_utf8(data) {
+        // Whole: a JSON object cut to a limit is no longer one, and goes as a string.
+        Ok(object) if r.json && data.len() == r.data.len() => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(object.as_bytes());
+        }
         Ok(text) => {
             out.extend_from_slice(b",\"data\":");
             string(out, text);
@@ -90,21 +95,26 @@ mod tests {
     #[test]
     fn records_are_json_with_their_origin() {
         let path = std::path::Path::new("/var/log/a \"b\".log");
+        let writer = crate::sink::Writer { pid: 1234, comm: "nginx \"w\"".into(), ..Default::default() };
         let r = Outgoing {
             flow: "app",
             path,
             inode: collector_common::InodeKey::new(0xfe00001, 42),
             offset: 7,
             data: b"",
-            writer: Some((1234, "nginx \"w\"")),
+            writer: Some(&writer),
+            json: false,
         };
         let mut out = Vec::new();
         write_json(&mut out, "h", &r, b"line \"quoted\"\t\x01");
         write_json(&mut out, "h", &Outgoing { writer: None, ..r }, b"caf\xe9");
+        let object = br#"{"status":"200"}"#;
+        write_json(&mut out, "h", &Outgoing { json: true, data: object, ..r }, object);
         let text = String::from_utf8(out).unwrap();
-        let (a, b) = text.split_at(text.find("}{").unwrap() + 1);
-        let a: serde_json::Value = serde_json::from_str(a).unwrap();
-        let b: serde_json::Value = serde_json::from_str(b).unwrap();
+        let mut objects = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+        let (a, b, c) =
+            (objects.next().unwrap().unwrap(), objects.next().unwrap().unwrap(), objects.next().unwrap().unwrap());
+        assert_eq!(c["data"]["status"], "200", "a transform's JSON is embedded as an object");
         assert_eq!(a["data"], "line \"quoted\"\t\u{1}");
         assert_eq!(
             (a["host"].as_str(), a["flow"].as_str(), a["path"].as_str()),

@@ -130,6 +130,7 @@ mod tests {
                     offset,
                     data,
                     writer: None,
+                    json: false,
                 };
                 offset += data.len() as u64 + 1;
                 r

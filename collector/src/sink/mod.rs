@@ -24,9 +24,22 @@ pub struct Outgoing<'a> {
     pub inode: InodeKey,
     pub offset: u64,
     pub data: &'a [u8],
-    /// The process that last wrote the file before the record was read (pid, comm), when
-    /// the kernel reported one: the writer of the record for a file with one writer.
-    pub writer: Option<(u32, &'a str)>,
+    /// The process that last wrote the file before the record was read, when the kernel
+    /// reported one: the writer of the record for a file with one writer.
+    pub writer: Option<&'a Writer>,
+    /// `data` is a JSON object made by a transform (an envelope embeds it as one).
+    pub json: bool,
+}
+
+/// A process that wrote a file, from the kernel's write events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The cgroup's path under /sys/fs/cgroup, and the container id in it, when resolved.
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
 }
 
 /// A batch the destination did not take whole: its first `accepted` records are held there
