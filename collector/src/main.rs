@@ -1,6 +1,8 @@
 //! collector: ships log files to AWS Kinesis, told by eBPF exactly which inode every write,
 //! rename and truncate touched.
 
+#[cfg(feature = "kinesis")]
+mod aws;
 mod cgroup;
 mod checkpoint;
 mod cli;

@@ -3,6 +3,7 @@
 
 pub mod kinesis_agent;
 mod raw;
+mod sources;
 
 use std::{
     ops::Range,
@@ -148,27 +149,58 @@ pub struct ConfigError {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            key: "-".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        if path.extension().is_some_and(|e| e == "json") {
-            // A Kinesis Agent agent.json, used as its import says.
-            let imported = kinesis_agent::import(&[(path.display().to_string(), text)]).map_err(|message| {
-                ConfigError { file: path.display().to_string(), line: 0, key: "-".into(), message }
-            })?;
-            for d in &imported.dropped {
-                tracing::warn!("{}: not carried over from the Kinesis Agent config: {d}", path.display());
-            }
-            return Config::parse(&format!("{} (imported)", path.display()), &imported.toml);
-        }
-        Config::parse(&path.display().to_string(), &text)
+    /// A config from `source`: a TOML file (and the `*.toml` files of a `<stem>.d` directory
+    /// beside it, if there is one), a directory of `*.toml` files, a Kinesis Agent
+    /// `agent.json`, or `ssm:/parameter/name` (SSM Parameter Store). Files are merged in
+    /// name order: flows add up; `[collector]` and `[metrics]` may be set in one file only.
+    pub fn load(source: &Path) -> Result<Config, ConfigError> {
+        Config::merge(&sources::read(source)?)
     }
 
+    /// One config text.
+    #[cfg(test)]
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        Config::merge(&[(file.to_owned(), text.to_owned())])
+    }
+
+    /// Texts merged in order, each error located in its own text.
+    pub fn merge(texts: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut merged = Merged::default();
+        for (file, text) in texts {
+            merged.add(file, text)?;
+        }
+        let Merged { collector, metrics_listen, flows, .. } = merged;
+        if flows.is_empty() {
+            let files: Vec<&str> = texts.iter().map(|(f, _)| f.as_str()).collect();
+            return Err(ConfigError {
+                file: files.join(", "),
+                line: 1,
+                key: "flow".into(),
+                message: "no [[flow]] defined: nothing to ship".into(),
+            });
+        }
+        let (state_dir, host) = collector.map(|(_, dir, host)| (dir, host)).unwrap_or_default();
+        Ok(Config {
+            state_dir: state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/collector")),
+            host: host.unwrap_or_else(hostname),
+            flows,
+            metrics_listen: metrics_listen.and_then(|(_, listen)| listen),
+        })
+    }
+}
+
+/// Sections gathered from the texts so far, with the file that set each.
+#[derive(Default)]
+struct Merged {
+    collector: Option<(String, Option<PathBuf>, Option<String>)>,
+    metrics_listen: Option<(String, Option<std::net::SocketAddr>)>,
+    flows: Vec<Flow>,
+    /// Where each flow name was defined: `file:line`.
+    flow_at: Vec<String>,
+}
+
+impl Merged {
+    fn add(&mut self, file: &str, text: &str) -> Result<(), ConfigError> {
         let at = |span: Range<usize>, key: &str, message: String| ConfigError {
             file: file.into(),
             line: line_of(text, span.start),
@@ -186,34 +218,51 @@ impl Config {
             let span = e.span().unwrap_or(0..0);
             at(span, &key_near(text, e.span()), e.message().trim().to_owned())
         })?;
-        let state_dir = match &raw.collector.state_dir {
-            Some(dir) if !dir.get_ref().starts_with('/') => {
-                return Err(at(dir.span(), "collector.state_dir", "must be an absolute path".into()));
+        if let Some(collector) = &raw.collector {
+            if let Some((other, ..)) = &self.collector {
+                return Err(at(collector.span(), "collector", format!("already set in {other}: set it in one file")));
             }
-            Some(dir) => PathBuf::from(dir.get_ref()),
-            None => PathBuf::from("/var/lib/collector"),
-        };
-        let host = raw.collector.host.clone().unwrap_or_else(hostname);
-        let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
-            None => None,
-            Some(listen) => Some(listen.get_ref().parse::<std::net::SocketAddr>().map_err(|e| {
-                at(
-                    listen.span(),
-                    "metrics.listen",
-                    format!("`{}`: {e} (write an address and port, e.g. \"127.0.0.1:9108\")", listen.get_ref()),
-                )
-            })?),
-        };
-        if raw.flow.is_empty() {
-            return Err(at(0..0, "flow", "no [[flow]] defined: nothing to ship".into()));
+            let state_dir = match &collector.get_ref().state_dir {
+                Some(dir) if !dir.get_ref().starts_with('/') => {
+                    return Err(at(dir.span(), "collector.state_dir", "must be an absolute path".into()));
+                }
+                Some(dir) => Some(PathBuf::from(dir.get_ref())),
+                None => None,
+            };
+            self.collector = Some((file.to_owned(), state_dir, collector.get_ref().host.clone()));
         }
-        let mut flows = Vec::new();
+        if let Some(metrics) = &raw.metrics {
+            if let Some((other, _)) = &self.metrics_listen {
+                return Err(at(metrics.span(), "metrics", format!("already set in {other}: set it in one file")));
+            }
+            let listen = match &metrics.get_ref().listen {
+                None => None,
+                Some(listen) => Some(listen.get_ref().parse::<std::net::SocketAddr>().map_err(|e| {
+                    at(
+                        listen.span(),
+                        "metrics.listen",
+                        format!("`{}`: {e} (write an address and port, e.g. \"127.0.0.1:9108\")", listen.get_ref()),
+                    )
+                })?),
+            };
+            self.metrics_listen = Some((file.to_owned(), listen));
+        }
+        let flows = &mut self.flows;
+        let flow_at = &mut self.flow_at;
         for (i, f) in raw.flow.iter().enumerate() {
             let key = |k: &str| format!("flow[{i}].{k}");
             let name = f.name.get_ref().clone();
-            if name.is_empty() || flows.iter().any(|g: &Flow| g.name == name) {
-                return Err(at(f.name.span(), &key("name"), format!("`{name}` must be non-empty and unique")));
+            if name.is_empty() {
+                return Err(at(f.name.span(), &key("name"), "must not be empty".into()));
             }
+            if let Some(other) = flows.iter().position(|g: &Flow| g.name == name) {
+                return Err(at(
+                    f.name.span(),
+                    &key("name"),
+                    format!("`{name}` is already a flow ({})", flow_at[other]),
+                ));
+            }
+            flow_at.push(format!("{file}:{}", line_of(text, f.name.span().start)));
             if f.paths.get_ref().is_empty() {
                 return Err(at(f.paths.span(), &key("paths"), "needs at least one glob".into()));
             }
@@ -276,7 +325,7 @@ impl Config {
                 sink,
             });
         }
-        Ok(Config { state_dir, host, flows, metrics_listen })
+        Ok(())
     }
 }
 
@@ -709,5 +758,57 @@ path = "/tmp/out.jsonl"
             error(&with("[[flow.transform]]\nkind = \"jq\"")).starts_with("c.toml:12: flow[0].transform[0].kind: `jq`")
         );
         assert!(error(&with("on_parse_error = \"skip\"")).starts_with("c.toml:11: flow[0].on_parse_error: `skip`"));
+    }
+
+    #[test]
+    fn files_merge_flows_and_name_the_file_of_a_clash() {
+        let flow = |name: &str| {
+            format!("[[flow]]\nname = \"{name}\"\npaths = [\"/var/log/{name}/*.log\"]\n[flow.sink]\nkind = \"null\"\n")
+        };
+        let base =
+            format!("[collector]\nstate_dir = \"/var/lib/c\"\n[metrics]\nlisten = \"127.0.0.1:9108\"\n{}", flow("app"));
+        let texts = |extra: String| {
+            vec![("collector.toml".to_owned(), base.clone()), ("collector.d/10-web.toml".to_owned(), extra)]
+        };
+        let c = Config::merge(&texts(flow("web"))).unwrap();
+        assert_eq!(c.flows.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["app", "web"]);
+        assert_eq!((c.state_dir.to_str(), c.metrics_listen.map(|a| a.port())), (Some("/var/lib/c"), Some(9108)));
+        let err = |extra: String| Config::merge(&texts(extra)).unwrap_err().to_string();
+        assert_eq!(
+            err(format!("\n{}", flow("app"))),
+            "collector.d/10-web.toml:3: flow[0].name: `app` is already a flow (collector.toml:6)"
+        );
+        assert_eq!(
+            err(format!("{}[collector]\nhost = \"h\"\n", flow("web"))),
+            "collector.d/10-web.toml:6: collector: already set in collector.toml: set it in one file"
+        );
+        // A fragment may hold only flows, or none at all in one file of several.
+        assert!(Config::merge(&texts("[metrics]\n".into())).unwrap_err().to_string().contains("metrics: already set"));
+        let only_collector = vec![("a.toml".to_owned(), "[collector]\nhost = \"h\"\n".to_owned())];
+        assert_eq!(
+            Config::merge(&only_collector).unwrap_err().to_string(),
+            "a.toml:1: flow: no [[flow]] defined: nothing to ship"
+        );
+    }
+
+    #[test]
+    fn a_config_file_takes_its_d_directory_and_a_directory_its_toml_files() {
+        let dir = std::env::temp_dir().join(format!("collector-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("collector.d")).unwrap();
+        let flow = |name: &str| {
+            format!("[[flow]]\nname = \"{name}\"\npaths = [\"/var/log/{name}.log\"]\n[flow.sink]\nkind = \"null\"\n")
+        };
+        std::fs::write(dir.join("collector.toml"), flow("base")).unwrap();
+        std::fs::write(dir.join("collector.d/20-b.toml"), flow("b")).unwrap();
+        std::fs::write(dir.join("collector.d/10-a.toml"), flow("a")).unwrap();
+        std::fs::write(dir.join("collector.d/README"), "not a config").unwrap();
+        let names = |c: Config| c.flows.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(Config::load(&dir.join("collector.toml")).unwrap()), ["base", "a", "b"]);
+        assert_eq!(names(Config::load(&dir.join("collector.d")).unwrap()), ["a", "b"]);
+        std::fs::write(dir.join("collector.d/30-bad.toml"), "[[flow]]\nname = 3\n").unwrap();
+        let e = Config::load(&dir.join("collector.toml")).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2: name:", dir.join("collector.d/30-bad.toml").display())), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,11 +7,10 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    #[serde(default)]
-    pub collector: Collector,
+    pub collector: Option<Spanned<Collector>>,
     #[serde(default)]
     pub flow: Vec<Flow>,
-    pub metrics: Option<Metrics>,
+    pub metrics: Option<Spanned<Metrics>>,
 }
 
 #[derive(Debug, Deserialize)]

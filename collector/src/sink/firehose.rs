@@ -10,10 +10,10 @@ use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
 
 use super::{
     Outgoing, Refused, Sink,
-    aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config},
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
+use crate::aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config};
 use crate::config::{FIREHOSE_RECORD_LIMIT, FirehoseConfig};
 
 const LIMITS: Limits = Limits { records: 500, bytes: 4 * 1024 * 1024 };

@@ -19,10 +19,10 @@ use aws_sdk_kinesis::{Client, primitives::Blob, types::PutRecordsRequestEntry};
 
 use super::{
     Outgoing, Refused, Sink,
-    aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config},
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
+use crate::aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config};
 use crate::{
     config::{KINESIS_RECORD_LIMIT, KinesisConfig, PartitionKey},
     watch::user_dev,

@@ -2,9 +2,7 @@
 //! the whole batch; the caller advances checkpoints on that alone.
 
 #[cfg(feature = "kinesis")]
-mod aws;
-#[cfg(feature = "kinesis")]
-mod batch;
+pub mod batch;
 pub mod envelope;
 pub mod file;
 #[cfg(feature = "kinesis")]

@@ -1,6 +1,7 @@
-//! What the AWS sinks share: the SDK configuration from aws-config's default chain with the
-//! sink's region, endpoint and assumed role on top; errors as the operator needs them; and
-//! a runtime of their own to drive the SDK from the daemon's synchronous sink calls.
+//! What the AWS clients share (the sinks, configs from SSM, CloudWatch metrics): the SDK
+//! configuration from aws-config's default chain with region, endpoint and assumed role on
+//! top; errors as the operator needs them; and a runtime of their own to drive the SDK from
+//! the daemon's synchronous calls.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use anyhow::Context as _;
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
-use super::batch::CallFailed;
 use crate::config::AwsAccess;
+use crate::sink::batch::CallFailed;
 
 /// The SDK's own retries are off: the sinks retry per record (see batch.rs).
 pub async fn sdk_config(access: &AwsAccess) -> SdkConfig {
@@ -158,7 +159,7 @@ impl RetryLog {
         destination: &str,
         notes: &[String],
         result: Result<(), (usize, anyhow::Error)>,
-    ) -> Result<(), super::Refused> {
+    ) -> Result<(), crate::sink::Refused> {
         for note in notes {
             self.note(destination, note);
         }
@@ -167,7 +168,7 @@ impl RetryLog {
                 self.succeeded(destination);
                 Ok(())
             }
-            Err((accepted, error)) => Err(super::Refused { accepted, error }),
+            Err((accepted, error)) => Err(crate::sink::Refused { accepted, error }),
         }
     }
 }

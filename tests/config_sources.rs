@@ -1,0 +1,43 @@
+//! Where a config may come from besides one file: `--config ssm:/name` (SSM Parameter Store,
+//! here moto's server: a fleet keeps one config there). Directories and `<stem>.d` merging
+//! are unit-tested in the collector (config::tests).
+
+use std::process::Command;
+
+use collector_tests::{Running, Scratch, collector_bin, moto_server::MotoServer, wait_for_records};
+
+#[test]
+fn a_config_in_an_ssm_parameter_is_used_and_a_missing_one_is_named() {
+    let moto = MotoServer::start();
+    let scratch = Scratch::new("ssm");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let config = collector_tests::config(&scratch.path("state"), &[log.display().to_string()], &out, "");
+    moto.python(&format!(
+        "ssm = boto3.client('ssm', **kw)\n\
+         ssm.put_parameter(Name='/collector/app', Type='SecureString', Value={config:?})\n"
+    ));
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    {
+        let _collector = Running::start_with_env(std::path::Path::new("ssm:/collector/app"), &env);
+        std::fs::write(&log, b"from a config kept in SSM\n").unwrap();
+        let records = wait_for_records(&out, 1);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["data"], "from a config kept in SSM");
+    }
+    let run = Command::new(collector_bin())
+        .args(["check-config", "--config", "ssm:/collector/nope"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ssm:/collector/nope") && stderr.contains("ParameterNotFound"), "{stderr}");
+}
