@@ -59,3 +59,48 @@ fn status_without_a_metrics_address_says_why() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [metrics] listen address"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_and_message() {
+    use std::io::BufRead as _;
+    let scratch = Scratch::new("jsonlogs");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let path = scratch.path("collector.toml");
+    std::fs::write(&path, config(&scratch.path("state"), &[log.display().to_string()], &scratch.path("out.jsonl"), ""))
+        .unwrap();
+    let mut child = Command::new(collector_bin())
+        .args(["--attach-mode", &collector_tests::attach_mode(), "--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let running = line.contains("collector running");
+        seen.push(line);
+        if running {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    seen.extend(lines.map_while(Result::ok));
+    assert!(child.wait().unwrap().success());
+    for line in &seen {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    let running = seen
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "collector running");
+    let running = running.expect("the start-up line");
+    assert_eq!(
+        (running["level"].as_str(), running["files"].as_u64()),
+        (Some("INFO"), Some(1)),
+        "fields are top-level keys"
+    );
+    assert!(seen.iter().any(|l| l.contains("collector stopped")));
+}

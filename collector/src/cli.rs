@@ -21,8 +21,18 @@ pub struct Cli {
     /// $RUST_LOG, or `info`.
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Log lines as text for people, or one JSON object per line (timestamp, level, target,
+    /// fields) for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -921,19 +921,23 @@ impl Daemon {
 }
 
 pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
+    // Before anything can say it runs: a SIGTERM from then on stops it cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut daemon = Daemon::new(config, probe)?;
-    if let Some(listen) = daemon.config.metrics_listen {
-        let shared = metrics::Shared::default();
-        metrics::serve(listen, shared.clone()).await?;
-        daemon.metrics = Some(shared);
+    if daemon.config.metrics_listen.is_some() || daemon.config.cloudwatch.is_some() {
+        daemon.metrics = Some(metrics::Shared::default());
     }
+    if let (Some(listen), Some(shared)) = (daemon.config.metrics_listen, &daemon.metrics) {
+        metrics::serve(listen, shared.clone()).await?;
+    }
+    let cloudwatch = cloudwatch(&daemon);
     daemon.start()?;
     daemon.publish()?;
     // Loading parsed the kernel's BTF (megabytes of it); give the freed heap back.
     unsafe { libc::malloc_trim(0) };
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let events = daemon.events.take();
         daemon.on_events(events);
@@ -964,13 +968,37 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 daemon.recheck_after_loss()?;
                 daemon.publish()?;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
     daemon.shutdown();
     tracing::info!("collector stopped; checkpoints written");
+    if let Some((stop, task)) = cloudwatch {
+        daemon.publish()?;
+        let _ = stop.send(());
+        if tokio::time::timeout(crate::cloudwatch::LAST_SEND, task).await.is_err() {
+            tracing::warn!("the last CloudWatch metrics were not sent in time");
+        }
+    }
     Ok(())
+}
+
+/// The CloudWatch sender, when configured: its stop signal and task.
+#[cfg(feature = "kinesis")]
+fn cloudwatch(daemon: &Daemon) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    let (config, shared) = (daemon.config.cloudwatch.clone()?, daemon.metrics.clone()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tracing::info!(namespace = %config.namespace, interval = ?config.interval, "metrics sent to CloudWatch");
+    Some((stop, tokio::spawn(crate::cloudwatch::run(config, shared, stopped))))
+}
+
+#[cfg(not(feature = "kinesis"))]
+fn cloudwatch(daemon: &Daemon) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    if daemon.config.cloudwatch.is_some() {
+        tracing::warn!("this collector was built without the AWS SDK: [metrics.cloudwatch] is ignored");
+    }
+    None
 }
 
 fn framer_config(config: &Config, flow: usize) -> FramerConfig {

@@ -6,6 +6,8 @@ mod aws;
 mod cgroup;
 mod checkpoint;
 mod cli;
+#[cfg(feature = "kinesis")]
+mod cloudwatch;
 mod config;
 mod daemon;
 mod event_queue;
@@ -30,7 +32,10 @@ use crate::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into()));
+    init_logging(
+        &cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into()),
+        cli.log_format,
+    );
     if cli.version {
         print_version();
         return ExitCode::SUCCESS;
@@ -55,14 +60,14 @@ fn main() -> ExitCode {
             let config = match config::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("collector: {e}");
+                    fatal(cli.log_format, &e.to_string());
                     return ExitCode::from(2);
                 }
             };
             let probe = match Probe::start(&ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes: None }) {
                 Ok(probe) => probe,
                 Err(e) => {
-                    eprintln!("collector: {e}");
+                    fatal(cli.log_format, &e.to_string());
                     return ExitCode::from(e.exit_code());
                 }
             };
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
             match runtime.block_on(daemon::run(config, probe)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("collector: {e:#}");
+                    fatal(cli.log_format, &format!("{e:#}"));
                     ExitCode::FAILURE
                 }
             }
@@ -144,11 +149,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    // Colours only for a person at a terminal; journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colours only for a person at a terminal; journald and log files get plain text.
+        cli::LogFormat::Human => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}
+
+/// Why `run` stops: a log line in JSON when logs are JSON (a log pipeline must see it),
+/// else plain text on stderr.
+fn fatal(format: cli::LogFormat, message: &str) {
+    match format {
+        cli::LogFormat::Json => tracing::error!("{message}"),
+        cli::LogFormat::Human => eprintln!("collector: {message}"),
+    }
 }
 
 /// The version, then each attach mode and whether it loads here (and why not).

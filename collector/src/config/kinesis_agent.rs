@@ -41,9 +41,7 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
             "awsAccessKeyId" | "awsSecretAccessKey" => {
                 "static keys are not read from the config: use the instance role, IRSA, or AWS_* variables"
             }
-            "cloudwatch.emitMetrics" | "cloudwatch.endpoint" => {
-                "CloudWatch metrics are not sent; use [metrics] listen (Prometheus /metrics)"
-            }
+            "cloudwatch.emitMetrics" | "cloudwatch.endpoint" | "cloudwatch.namespace" => continue,
             "checkpointFile" => "checkpoints are per inode in [collector] state_dir (default /var/lib/collector)",
             "sts.endpoint" => "STS comes from aws-config's default endpoint resolution",
             "shutdownTimeoutMillis"
@@ -64,6 +62,15 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
     }
     if flows.is_empty() {
         return Err("no flows in the Kinesis Agent configuration".into());
+    }
+    // The agent sends its metrics unless told not to; same names, same namespace by default.
+    if global.get("cloudwatch.emitMetrics").is_none_or(|v| v != false && v != "false") {
+        let namespace = text(&global, "cloudwatch.namespace").unwrap_or_else(|| "AWSKinesisAgent".into());
+        let _ = write!(toml, "\n[metrics.cloudwatch]\nnamespace = {}\n", quote(&namespace));
+        if let Some(endpoint) = text(&global, "cloudwatch.endpoint") {
+            let url = if endpoint.contains("://") { endpoint } else { format!("https://{endpoint}") };
+            let _ = writeln!(toml, "endpoint_url = {}", quote(&url));
+        }
     }
     for (i, (file, flow)) in flows.iter().enumerate() {
         let Value::Object(f) = flow else { return Err(format!("{file}: flows[{i}]: expected an object")) };
@@ -376,6 +383,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
+        let cloudwatch = c.cloudwatch.as_ref().expect("the agent's metrics carried over");
+        assert_eq!(cloudwatch.namespace, "AWSKinesisAgent");
+        assert_eq!(cloudwatch.access.endpoint_url.as_deref(), Some("https://monitoring.eu-west-1.amazonaws.com"));
+
         let web = &c.flows[1];
         match &web.transforms.steps[..] {
             [Step::CsvToJson { fields, delimiter: b'\t' }] => assert_eq!(fields, &["a", "b"]),
@@ -390,7 +401,6 @@ mod tests {
         for key in [
             "awsAccessKeyId",
             "awsSecretAccessKey",
-            "cloudwatch.emitMetrics",
             "checkpointFile",
             "flows[0].maxBufferSizeBytes",
             "flows[0].minTimeBetweenFilePollsMillis",

@@ -24,6 +24,16 @@ pub struct Config {
     pub flows: Vec<Flow>,
     /// Where /metrics, /health and /status are served; None: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Counters sent to CloudWatch with PutMetricData; None: not sent.
+    pub cloudwatch: Option<CloudWatchConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
+pub struct CloudWatchConfig {
+    pub namespace: String,
+    pub interval: Duration,
+    pub access: AwsAccess,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +179,7 @@ impl Config {
         for (file, text) in texts {
             merged.add(file, text)?;
         }
-        let Merged { collector, metrics_listen, flows, .. } = merged;
+        let Merged { collector, metrics, flows, .. } = merged;
         if flows.is_empty() {
             let files: Vec<&str> = texts.iter().map(|(f, _)| f.as_str()).collect();
             return Err(ConfigError {
@@ -184,7 +194,8 @@ impl Config {
             state_dir: state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/collector")),
             host: host.unwrap_or_else(hostname),
             flows,
-            metrics_listen: metrics_listen.and_then(|(_, listen)| listen),
+            metrics_listen: metrics.as_ref().and_then(|(_, listen, _)| *listen),
+            cloudwatch: metrics.and_then(|(_, _, cloudwatch)| cloudwatch),
         })
     }
 }
@@ -193,7 +204,7 @@ impl Config {
 #[derive(Default)]
 struct Merged {
     collector: Option<(String, Option<PathBuf>, Option<String>)>,
-    metrics_listen: Option<(String, Option<std::net::SocketAddr>)>,
+    metrics: Option<(String, Option<std::net::SocketAddr>, Option<CloudWatchConfig>)>,
     flows: Vec<Flow>,
     /// Where each flow name was defined: `file:line`.
     flow_at: Vec<String>,
@@ -232,7 +243,7 @@ impl Merged {
             self.collector = Some((file.to_owned(), state_dir, collector.get_ref().host.clone()));
         }
         if let Some(metrics) = &raw.metrics {
-            if let Some((other, _)) = &self.metrics_listen {
+            if let Some((other, ..)) = &self.metrics {
                 return Err(at(metrics.span(), "metrics", format!("already set in {other}: set it in one file")));
             }
             let listen = match &metrics.get_ref().listen {
@@ -245,7 +256,19 @@ impl Merged {
                     )
                 })?),
             };
-            self.metrics_listen = Some((file.to_owned(), listen));
+            let cloudwatch = match &metrics.get_ref().cloudwatch {
+                None => None,
+                Some(c) => Some(CloudWatchConfig {
+                    namespace: c.namespace.as_ref().map_or_else(|| "Collector".to_owned(), |n| n.get_ref().clone()),
+                    interval: duration(&c.interval, Duration::from_secs(60), &at, "metrics.cloudwatch.interval")?,
+                    access: AwsAccess {
+                        region: c.region.as_ref().map(|r| r.get_ref().clone()),
+                        endpoint_url: c.endpoint_url.as_ref().map(|r| r.get_ref().clone()),
+                        ..AwsAccess::default()
+                    },
+                }),
+            };
+            self.metrics = Some((file.to_owned(), listen, cloudwatch));
         }
         let flows = &mut self.flows;
         let flow_at = &mut self.flow_at;

@@ -17,6 +17,16 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     pub listen: Option<Spanned<String>>,
+    pub cloudwatch: Option<CloudWatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatch {
+    pub namespace: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub endpoint_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
