@@ -3,7 +3,7 @@
 //! `Flow` dimension per flow, plus the flow's lag. Counts are the change since the last call
 //! that succeeded: a failed call is logged (once per cause) and its counts go with the next.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use aws_sdk_cloudwatch::{
     Client,
@@ -90,6 +90,3 @@ async fn put(client: &Client, namespace: &str, data: Vec<MetricDatum>) -> Result
     }
     Ok(())
 }
-
-/// How long a stopping collector waits for its last metrics to be sent.
-pub const LAST_SEND: Duration = Duration::from_secs(5);

@@ -42,6 +42,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const FULL_BATCH: u64 = 512 << 10;
 /// After a sink refused a batch, its flow reads nothing for this long, then tries again.
 const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// How long a stopping collector waits for its last CloudWatch metrics to be sent.
+const LAST_METRICS_SEND: Duration = Duration::from_secs(5);
 
 /// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
 /// kernel events), to tell whether a truncation reported afterwards came before them.
@@ -977,7 +979,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     if let Some((stop, task)) = cloudwatch {
         daemon.publish()?;
         let _ = stop.send(());
-        if tokio::time::timeout(crate::cloudwatch::LAST_SEND, task).await.is_err() {
+        if tokio::time::timeout(LAST_METRICS_SEND, task).await.is_err() {
             tracing::warn!("the last CloudWatch metrics were not sent in time");
         }
     }
