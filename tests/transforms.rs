@@ -198,6 +198,11 @@ fn csv_records_carry_the_container_of_the_process_that_wrote_them() {
         "{metrics}"
     );
     assert_eq!(sample(&metrics, "collector_dropped_records_total{flow=\"audit\",sink=\"file\"}"), Some(1), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "collector_sent_records_total{flow=\"audit\",sink=\"file\"}"),
+        Some(2),
+        "dropped is not sent"
+    );
 }
 
 /// Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).

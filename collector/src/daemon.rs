@@ -685,6 +685,8 @@ impl Daemon {
                 })
             })
             .collect();
+        // What each record sends (after transforms), for the counters.
+        let sizes: Vec<u64> = batch.iter().map(|o| o.data.len() as u64).collect();
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
         let result = if batch.is_empty() {
@@ -701,8 +703,8 @@ impl Daemon {
                 }
                 self.failing_since[f.flow] = None;
                 let counters = &mut self.counters[f.flow];
-                counters.records_sent += records.len() as u64;
-                counters.bytes_sent += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                counters.records_sent += sizes.len() as u64;
+                counters.bytes_sent += sizes.iter().sum::<u64>();
                 counters.records_cut += records.iter().filter(|r| r.truncated).count() as u64;
                 f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
                 let cut = records.iter().filter(|r| r.truncated).count();
@@ -715,7 +717,7 @@ impl Daemon {
                 let counters = &mut self.counters[f.flow];
                 counters.batches_failed += 1;
                 counters.records_sent += accepted as u64;
-                counters.bytes_sent += records.iter().take(accepted).map(|r| r.data.len() as u64).sum::<u64>();
+                counters.bytes_sent += sizes.iter().take(accepted).sum::<u64>();
                 self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
                 if let Some(first_refused) = sources.get(accepted).map(|&i| &records[i])

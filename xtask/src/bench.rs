@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, setup, shell};
 
-const BENCHES: &[&str] = &["writer-overhead", "ingest", "kinesis"];
+const BENCHES: &[&str] = &["writer-overhead", "ingest", "kinesis", "rotation", "scale"];
 
 pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     if let Some(name) = name
@@ -46,6 +46,8 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
             "writer-overhead" => writer_overhead(&collector)?,
             "ingest" => ingest(&collector)?,
             "kinesis" => crate::bench_kinesis::run(&collector)?,
+            "rotation" => crate::bench_ops::rotation(&collector)?,
+            "scale" => crate::bench_ops::scale(&collector)?,
             _ => unreachable!(),
         };
         println!("{section}");

@@ -14,7 +14,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -31,6 +31,9 @@ struct Accepted {
     calls: AtomicU64,
     /// write() → accepted, nanoseconds, of lines that carry a timestamp.
     latencies: Mutex<Vec<u64>>,
+    /// While set, requests are read and never answered (a hung endpoint); their connection
+    /// is closed when it is cleared.
+    stall: AtomicBool,
 }
 
 fn now_ns() -> u64 {
@@ -82,6 +85,12 @@ fn serve(stream: TcpStream, accepted: &Accepted) -> anyhow::Result<()> {
         }
         let mut body = vec![0; length];
         input.read_exact(&mut body)?;
+        if accepted.stall.load(Ordering::Relaxed) {
+            while accepted.stall.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(());
+        }
         let response = if target.ends_with(".PutRecords") {
             put_records(&body, accepted)?
         } else if target.ends_with(".DescribeStreamSummary") {
@@ -151,14 +160,14 @@ pub(crate) fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-struct Collector {
+pub(crate) struct Collector {
     child: Child,
     _stderr: std::thread::JoinHandle<()>,
 }
 
 impl Collector {
     /// `flow`: extra keys of the flow (`max_batch_age = ...`).
-    fn start(collector: &Path, dir: &Path, flow: &str, sink: &str) -> anyhow::Result<Collector> {
+    pub(crate) fn start(collector: &Path, dir: &Path, flow: &str, sink: &str) -> anyhow::Result<Collector> {
         let state = dir.join("state");
         let _ = fs::remove_dir_all(&state);
         let config = dir.join("collector.toml");
@@ -192,7 +201,7 @@ impl Collector {
         Ok(Collector { child, _stderr: reader })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -283,7 +292,7 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
          |---|---|---|---|---|---|---|---|---|\n"
     ));
     fs::remove_file(&log)?;
-    for rate in [100u64, 1_000, 10_000] {
+    for rate in [100u64, 1_000, 10_000, 100_000] {
         for (age, flow) in [("20ms (default)", ""), ("0s", "max_batch_age = \"0s\"")] {
             let live = dir.join("logs/live.log");
             let _ = fs::remove_file(&live);
@@ -317,9 +326,68 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     }
     s.push_str(
         "\nCollector CPU includes start-up (loading the programs, ~0.4 s). The throughput run is bound by the \
-         collector's CPU per record (building and signing PutRecords requests in the AWS SDK).\n",
+         collector's CPU per record (building and signing PutRecords requests in the AWS SDK). At 100,000 lines/s the \
+         writer, the collector and the acceptor share the machine's 2 cores.\n",
     );
+    s.push_str(&stalled(collector, &dir, port, &accepted)?);
     Ok(s)
+}
+
+const STALL_RATE: u64 = 10_000;
+const STALL: Duration = Duration::from_secs(60);
+
+/// Memory while the endpoint hangs for a minute and a writer goes on at 10,000 lines/s:
+/// the bytes wait on disk, not in memory; then the time to catch up once it answers.
+fn stalled(collector: &Path, dir: &Path, port: u16, accepted: &Arc<Accepted>) -> anyhow::Result<String> {
+    let live = dir.join("logs/live.log");
+    let _ = fs::remove_file(&live);
+    fs::File::create(&live)?;
+    accepted.latencies.lock().expect("latencies").clear();
+    let running = Collector::start(collector, dir, "", &kinesis_sink(port))?;
+    let seconds = STALL.as_secs() + 10;
+    let writer = {
+        let live = live.clone();
+        std::thread::spawn(move || write_at_rate(&live, STALL_RATE, Duration::from_secs(seconds)))
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let before = crate::bench::current_rss_kib(running.pid())?;
+    accepted.stall.store(true, Ordering::Relaxed);
+    let mut peak = before;
+    let stalled_at = Instant::now();
+    while stalled_at.elapsed() < STALL {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(crate::bench::current_rss_kib(running.pid())?);
+    }
+    accepted.stall.store(false, Ordering::Relaxed);
+    let resumed = Instant::now();
+    let lines = writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (accepted.latencies.lock().expect("latencies").len() as u64) < lines {
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {lines} lines accepted 5 minutes after the stall",
+                accepted.latencies.lock().expect("l").len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let caught_up = resumed.elapsed();
+    let after = crate::bench::current_rss_kib(running.pid())?;
+    drop(running);
+    let got = accepted.latencies.lock().expect("latencies").len() as u64;
+    Ok(format!(
+        "\nStalled endpoint: a writer at {STALL_RATE} lines/s for {seconds} s; after 5 s the endpoint reads requests and \
+         never answers for {} s (the collector's calls time out after 10 s and are retried), then answers again.\n\n\
+         | lines | RSS before the stall | peak RSS during it | RSS after catching up | catching up after the stall | records accepted |\n\
+         |---|---|---|---|---|---|\n\
+         | {lines} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} s | {got} ({} more than written) |\n",
+        STALL.as_secs(),
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        after as f64 / 1024.0,
+        caught_up.as_secs_f64(),
+        got.saturating_sub(lines),
+    ))
 }
 
 /// The null sink reading the same log: (time, CPU seconds, peak RSS KiB).
@@ -334,7 +402,7 @@ fn throughput_null(collector: &Path, dir: &Path, bytes: u64) -> anyhow::Result<(
 
 /// Appends timestamped lines, one write(2) each, at `rate` per second for `duration`;
 /// returns how many.
-fn write_at_rate(path: &Path, rate: u64, duration: Duration) -> anyhow::Result<u64> {
+pub(crate) fn write_at_rate(path: &Path, rate: u64, duration: Duration) -> anyhow::Result<u64> {
     let mut file = fs::OpenOptions::new().append(true).open(path)?;
     let started = Instant::now();
     let total = rate * duration.as_secs();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kinesis;
+mod bench_ops;
 mod build;
 mod guest;
 mod run;

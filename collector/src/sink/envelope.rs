@@ -14,34 +14,65 @@ use crate::watch::user_dev;
 /// cut shorter than `r.data` to fit a limit). Written field by field: building a
 /// `serde_json::Value` per record cost more than reading the file.
 pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) {
-    out.extend_from_slice(b"{\"host\":");
-    string(out, host);
-    out.extend_from_slice(b",\"flow\":");
-    string(out, r.flow);
-    out.extend_from_slice(b",\"path\":");
-    string(out, &r.path.to_string_lossy());
-    let _ = write!(out, ",\"dev\":{},\"ino\":{},\"offset\":{}", user_dev(r.inode.dev), r.inode.ino, r.offset);
-    if let Some(w) = r.writer {
-        let _ = write!(out, ",\"pid\":{},\"comm\":", w.pid);
-        string(out, &w.comm);
+    Head::new(host, r).write(out, r, data);
+}
+
+/// The fields a batch's records share (they come from one file, read at once): escaped
+/// once per batch instead of once per record.
+pub struct Head {
+    /// `{"host":..,"flow":..,"path":..,"dev":..,"ino":..,"offset":`
+    origin: Vec<u8>,
+    /// `,"pid":..,"comm":..` or nothing.
+    writer: Vec<u8>,
+    inode: collector_common::InodeKey,
+    writer_of: Option<(u32, String)>,
+}
+
+impl Head {
+    pub fn new(host: &str, r: &Outgoing<'_>) -> Head {
+        let mut origin = b"{\"host\":".to_vec();
+        string(&mut origin, host);
+        origin.extend_from_slice(b",\"flow\":");
+        string(&mut origin, r.flow);
+        origin.extend_from_slice(b",\"path\":");
+        string(&mut origin, &r.path.to_string_lossy());
+        let _ = write!(origin, ",\"dev\":{},\"ino\":{},\"offset\":", user_dev(r.inode.dev), r.inode.ino);
+        let mut writer = Vec::new();
+        if let Some(w) = r.writer {
+            let _ = write!(writer, ",\"pid\":{},\"comm\":", w.pid);
+            string(&mut writer, &w.comm);
+        }
+        Head { origin, writer, inode: r.inode, writer_of: r.writer.map(|w| (w.pid, w.comm.clone())) }
     }
-    match std::str::from_utf8(data) {
-        // Whole: a JSON object cut to a limit is no longer one, and goes as a string.
-        Ok(object) if r.json && data.len() == r.data.len() => {
-            out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(object.as_bytes());
-        }
-        Ok(text) => {
-            out.extend_from_slice(b",\"data\":");
-            string(out, text);
-        }
-        Err(_) => {
-            out.extend_from_slice(b",\"data_base64\":\"");
-            out.extend_from_slice(base64(data).as_bytes());
-            out.push(b'"');
-        }
+
+    /// Whether `r` shares these fields (same file and writer; the flow and host go with the file).
+    pub fn fits(&self, r: &Outgoing<'_>) -> bool {
+        self.inode == r.inode
+            && self.writer_of.as_ref().map(|(p, c)| (*p, c.as_str())) == r.writer.map(|w| (w.pid, w.comm.as_str()))
     }
-    out.push(b'}');
+
+    pub fn write(&self, out: &mut Vec<u8>, r: &Outgoing<'_>, data: &[u8]) {
+        out.extend_from_slice(&self.origin);
+        let _ = write!(out, "{}", r.offset);
+        out.extend_from_slice(&self.writer);
+        match std::str::from_utf8(data) {
+            // Whole: a JSON object cut to a limit is no longer one, and goes as a string.
+            Ok(object) if r.json && data.len() == r.data.len() => {
+                out.extend_from_slice(b",\"data\":");
+                out.extend_from_slice(object.as_bytes());
+            }
+            Ok(text) => {
+                out.extend_from_slice(b",\"data\":");
+                string(out, text);
+            }
+            Err(_) => {
+                out.extend_from_slice(b",\"data_base64\":\"");
+                out.extend_from_slice(base64(data).as_bytes());
+                out.push(b'"');
+            }
+        }
+        out.push(b'}');
+    }
 }
 
 /// The record as an AWS sink sends it, raw or wrapped, in at most `limit` bytes. Only an

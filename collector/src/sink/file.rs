@@ -38,10 +38,18 @@ impl FileSink {
 impl Sink for FileSink {
     fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
         self.buffer.clear();
+        let mut head: Option<envelope::Head> = None;
         for r in batch {
             match self.format {
                 FileFormat::Raw => self.buffer.extend_from_slice(r.data),
-                FileFormat::Json => envelope::write_json(&mut self.buffer, &self.host, r, r.data),
+                FileFormat::Json => {
+                    let h = match head.take() {
+                        Some(h) if h.fits(r) => h,
+                        _ => envelope::Head::new(&self.host, r),
+                    };
+                    h.write(&mut self.buffer, r, r.data);
+                    head = Some(h);
+                }
             }
             self.buffer.push(b'\n');
         }
