@@ -329,8 +329,83 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
          collector's CPU per record (building and signing PutRecords requests in the AWS SDK). At 100,000 lines/s the \
          writer, the collector and the acceptor share the machine's 2 cores.\n",
     );
+    s.push_str(&file_sink_latency(collector, &dir)?);
     s.push_str(&stalled(collector, &dir, port, &accepted)?);
     Ok(s)
+}
+
+/// write(2) → the record written and fsynced by the file sink: a reader follows the sink's
+/// file and stamps each line when it appears (so the figure includes up to ~0.2 ms of
+/// polling).
+fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
+    let mut s = format!(
+        "\nLatency, write(2) → the file sink's line written and fsynced (raw format): the same writer for \
+         {LATENCY_SECONDS} s, default `max_batch_age`; a reader follows the sink's file.\n\n\
+         | rate | lines | p50 | p99 | max | collector CPU |\n|---|---|---|---|---|---|\n"
+    );
+    for rate in [100u64, 10_000, 100_000] {
+        let live = dir.join("logs/live.log");
+        let _ = fs::remove_file(&live);
+        fs::File::create(&live)?;
+        let out = dir.join("latency.out");
+        fs::write(&out, b"")?;
+        let running =
+            Collector::start(collector, dir, "", &format!("kind = \"file\"\nformat = \"raw\"\npath = {out:?}\n"))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (out, done) = (out.clone(), done.clone());
+            std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+                let mut file = fs::File::open(&out)?;
+                let (mut pending, mut latencies, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 1 << 20]);
+                while !done.load(Ordering::Relaxed) {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    }
+                    let now = now_ns();
+                    pending.extend_from_slice(&buf[..n]);
+                    let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    for line in pending[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        let written = line.strip_prefix(b"t=").and_then(|t| {
+                            std::str::from_utf8(&t[..t.iter().position(|b| *b == b' ')?]).ok()?.parse::<u64>().ok()
+                        });
+                        if let Some(written) = written {
+                            latencies.push(now.saturating_sub(written));
+                        }
+                    }
+                    pending.drain(..complete);
+                }
+                Ok(latencies)
+            })
+        };
+        let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_newlines(&out)? < lines && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        done.store(true, Ordering::Relaxed);
+        let (cpu, _) = crate::bench::process_usage(running.pid())?;
+        drop(running);
+        let mut l = reader.join().map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+        if (l.len() as u64) < lines {
+            bail!("{} of {lines} lines reached the file sink at {rate} lines/s", l.len());
+        }
+        l.sort_unstable();
+        let at = |q: f64| Duration::from_nanos(l[((l.len() - 1) as f64 * q) as usize]);
+        s.push_str(&format!(
+            "| {rate}/s | {lines} | {:.1?} | {:.1?} | {:.1?} | {cpu:.2} s |\n",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        ));
+    }
+    Ok(s)
+}
+
+fn count_newlines(path: &Path) -> anyhow::Result<u64> {
+    Ok(fs::read(path)?.iter().filter(|b| **b == b'\n').count() as u64)
 }
 
 const STALL_RATE: u64 = 10_000;
