@@ -12,8 +12,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::probe::event::KernelEvent;
 
-/// Memory the events set aside during sink calls may take; beyond it they stay in the ring
-/// (which then counts what it drops, and the daemon re-reads every file).
+/// Ring bytes of the events set aside during sink calls; beyond it they stay in the ring
+/// (which then counts what it drops, and the daemon re-reads every file). Appends that
+/// continue the previous one are merged into it and take no more room.
 const BACKLOG_LIMIT: usize = 64 << 20;
 /// How often the ring is drained while a sink works. The ring fills at most at the rate
 /// writers write; 2 ms of that fits in it many times over.
@@ -79,10 +80,43 @@ impl EventQueue {
     }
 
     fn stash(&mut self) {
-        let room = BACKLOG_LIMIT.saturating_sub(self.backlog_bytes);
-        let mut events = Vec::new();
-        self.backlog_bytes += drain(self.ring.get_mut(), &mut events, room);
-        self.backlog.extend(events);
+        let ring = self.ring.get_mut();
+        while self.backlog_bytes < BACKLOG_LIMIT {
+            let Some(record) = ring.next() else { break };
+            let size = record.len();
+            let event = KernelEvent::decode(&record);
+            drop(record);
+            match event {
+                Ok(e) if merge(self.backlog.back_mut(), &e) => {}
+                Ok(e) => {
+                    self.backlog.push_back(e);
+                    self.backlog_bytes += size;
+                }
+                Err(e) => tracing::warn!("skipping a kernel record: {e}"),
+            }
+        }
+    }
+}
+
+/// Folds `next` into `last` when it is the same process appending right after it to the
+/// same file without captured bytes: the daemon reads such a pair as one write (it keeps
+/// the file's end and its writer). A writer going on during a minute-long sink outage
+/// then costs one event, not one per write.
+fn merge(last: Option<&mut KernelEvent>, next: &KernelEvent) -> bool {
+    match (last, next) {
+        (
+            Some(KernelEvent::Write { origin: a, inode: i, pos: p, len: l, captured: c }),
+            KernelEvent::Write { origin: b, inode: j, pos: q, len: m, captured: d },
+        ) if i == j
+            && c.is_empty()
+            && d.is_empty()
+            && *p + *l == *q
+            && (a.pid, &a.comm, a.cgroup_id) == (b.pid, &b.comm, b.cgroup_id) =>
+        {
+            *l += m;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -99,4 +133,33 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<KernelEvent>, budget: usize)
         }
     }
     taken
+}
+
+#[cfg(test)]
+mod tests {
+    use collector_common::InodeKey;
+
+    use super::*;
+    use crate::probe::event::Origin;
+
+    fn write(pid: u32, ino: u64, pos: u64, len: u64, captured: &[u8]) -> KernelEvent {
+        let origin = Origin { tid: pid, pid, comm: "app".into(), cgroup_id: 1, boot_ns: pos };
+        KernelEvent::Write { origin, inode: InodeKey::new(1, ino), pos, len, captured: captured.to_vec() }
+    }
+
+    #[test]
+    fn only_a_continuing_append_of_the_same_writer_is_merged() {
+        let mut last = write(7, 42, 0, 10, b"");
+        assert!(merge(Some(&mut last), &write(7, 42, 10, 5, b"")));
+        assert!(matches!(last, KernelEvent::Write { pos: 0, len: 15, .. }));
+        for other in [
+            write(8, 42, 15, 5, b""),      // another process
+            write(7, 43, 15, 5, b""),      // another file
+            write(7, 42, 20, 5, b""),      // a gap
+            write(7, 42, 15, 5, b"bytes"), // captured bytes are kept as they came
+        ] {
+            assert!(!merge(Some(&mut last), &other), "{other:?}");
+        }
+        assert!(!merge(None, &write(7, 42, 15, 5, b"")));
+    }
 }
