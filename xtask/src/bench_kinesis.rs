@@ -312,13 +312,9 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
             if (l.len() as u64) < lines {
                 bail!("{} of {lines} lines reached the acceptor at {rate} lines/s", l.len());
             }
-            l.sort_unstable();
-            let at = |q: f64| Duration::from_nanos(l[((l.len() - 1) as f64 * q) as usize]);
+            let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
             s.push_str(&format!(
-                "| {rate}/s | {age} | {lines} | {:.1?} | {:.1?} | {:.1?} | {} | {cpu:.2} s | {:.1} MiB |\n",
-                at(0.5),
-                at(0.99),
-                at(1.0),
+                "| {rate}/s | {age} | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {cpu:.2} s | {:.1} MiB |\n",
                 accepted.calls.load(Ordering::Relaxed),
                 rss as f64 / 1024.0
             ));
@@ -392,16 +388,16 @@ fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
         if (l.len() as u64) < lines {
             bail!("{} of {lines} lines reached the file sink at {rate} lines/s", l.len());
         }
-        l.sort_unstable();
-        let at = |q: f64| Duration::from_nanos(l[((l.len() - 1) as f64 * q) as usize]);
-        s.push_str(&format!(
-            "| {rate}/s | {lines} | {:.1?} | {:.1?} | {:.1?} | {cpu:.2} s |\n",
-            at(0.5),
-            at(0.99),
-            at(1.0)
-        ));
+        let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
+        s.push_str(&format!("| {rate}/s | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {cpu:.2} s |\n"));
     }
     Ok(s)
+}
+
+/// Quantiles of latencies in nanoseconds (sorted here; not empty).
+fn quantiles<const N: usize>(latencies: &mut [u64], q: [f64; N]) -> [Duration; N] {
+    latencies.sort_unstable();
+    q.map(|q| Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q) as usize]))
 }
 
 fn count_newlines(path: &Path) -> anyhow::Result<u64> {
