@@ -38,8 +38,6 @@ const READ_PER_TURN: usize = 1 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// Unread bytes that make a full batch: read at once, whatever `max_batch_age` says.
-const FULL_BATCH: u64 = 512 << 10;
 /// After a sink refused a batch, its flow reads nothing for this long, then tries again.
 const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How long a stopping collector waits for its last CloudWatch metrics to be sent.
@@ -560,7 +558,7 @@ impl Daemon {
             }
             // A small amount of new bytes waits on disk for more, up to max_batch_age.
             let age = self.config.flows[f.flow].max_batch_age;
-            if !age.is_zero() && !f.framer.holds() && (want as u64) < FULL_BATCH {
+            if !age.is_zero() && !f.framer.holds() && (want as u64) < self.sinks[f.flow].full_batch_bytes() {
                 let due = due.unwrap_or_else(|| Instant::now() + age);
                 if Instant::now() < due {
                     self.deferred.insert(inode, due);

@@ -63,6 +63,12 @@ pub trait Sink {
         true
     }
 
+    /// Unread bytes that make a full batch: read and sent at once, whatever `max_batch_age`
+    /// says. About what one call of the sink takes well.
+    fn full_batch_bytes(&self) -> u64 {
+        512 << 10
+    }
+
     /// Records sent again after a partial failure, so far.
     fn retried(&self) -> u64 {
         0
