@@ -321,6 +321,32 @@ pub(crate) fn wait_acknowledged(state: &Path, size: u64) -> anyhow::Result<()> {
     }
 }
 
+/// Lines in a growing file, reading only what was appended since the last call (polling a
+/// sink's output must not take the CPU the collector is measured on).
+#[derive(Default)]
+pub(crate) struct LineCount {
+    file: Option<fs::File>,
+    lines: u64,
+}
+
+impl LineCount {
+    pub(crate) fn of(&mut self, path: &Path) -> anyhow::Result<u64> {
+        use std::io::Read as _;
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(fs::File::open(path)?),
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(self.lines);
+            }
+            self.lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+        }
+    }
+}
+
 /// RSS of a running process now, KiB.
 pub(crate) fn current_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -377,7 +377,8 @@ fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
         };
         let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while count_newlines(&out)? < lines && Instant::now() < deadline {
+        let mut counted = crate::bench::LineCount::default();
+        while counted.of(&out)? < lines && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -398,10 +399,6 @@ fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
 fn quantiles<const N: usize>(latencies: &mut [u64], q: [f64; N]) -> [Duration; N] {
     latencies.sort_unstable();
     q.map(|q| Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q) as usize]))
-}
-
-fn count_newlines(path: &Path) -> anyhow::Result<u64> {
-    Ok(fs::read(path)?.iter().filter(|b| **b == b'\n').count() as u64)
 }
 
 const STALL_RATE: u64 = 10_000;

@@ -128,8 +128,9 @@ fn rotation_run(collector: &Path, dir: &Path, rate: Option<u64>, rotate: bool) -
     }
     // Until the sink holds as many lines as were written (or nothing more comes for 10 s).
     let mut last = (0, Instant::now());
+    let mut counted = crate::bench::LineCount::default();
     let elapsed = loop {
-        let shipped = count_lines(&out);
+        let shipped = counted.of(&out)?;
         if shipped >= lines {
             break started.elapsed();
         }
@@ -155,10 +156,6 @@ fn rotation_run(collector: &Path, dir: &Path, rate: Option<u64>, rotate: bool) -
     let lost = seen.iter().filter(|c| **c == 0).count() as u64;
     let duplicated = seen.iter().map(|c| c.saturating_sub(1) as u64).sum();
     Ok(RotationRun { lines, elapsed, rotations: rotations.load(Ordering::Relaxed), lost, duplicated, rss_kib })
-}
-
-fn count_lines(path: &Path) -> u64 {
-    fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count() as u64)
 }
 
 const SCALE_FILES: usize = 1_000;
