@@ -137,17 +137,25 @@ pub struct RangeEvent {
 
 /// Bytes of a write carried in a `WriteCaptured` event; longer writes carry their start.
 pub const CAPTURE_LEN: usize = 4096;
+/// The data sizes a `WriteCaptured` record comes in. A ring-buffer reservation has a size
+/// fixed at load time, so a write takes the smallest class its bytes fit: a 100-byte log
+/// line then costs ~200 ring bytes, not 4 KiB (at 400k lines/s in a capture window the
+/// 4 KiB records overflowed the 8 MiB ring within milliseconds).
+pub const CAPTURE_CLASSES: [usize; 3] = [128, 512, CAPTURE_LEN];
 
-/// A write with its first `captured` bytes.
+/// A write with its first `captured` bytes, in one of the `CAPTURE_CLASSES` sizes.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CapturedWrite {
+pub struct CapturedWrite<const N: usize> {
     pub header: EventHeader,
     pub pos: u64,
     pub len: u64,
     pub captured: u64,
-    pub data: [u8; CAPTURE_LEN],
+    pub data: [u8; N],
 }
+
+/// Bytes of a `CapturedWrite` before its data.
+pub const CAPTURED_WRITE_HEAD: usize = core::mem::size_of::<CapturedWrite<0>>();
 
 /// rename, create and unlink: an inode, directories and a name.
 ///

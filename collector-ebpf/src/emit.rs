@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
 };
 use collector_common::{
-    CAPTURE_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
+    CAPTURE_CLASSES, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
@@ -64,22 +64,35 @@ pub fn capturing(key: &InodeKey) -> bool {
     unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.capture_until_ns > unsafe { bpf_ktime_get_boot_ns() })
 }
 
-/// A write with its bytes, read from the writer's buffer `buf` (user memory).
+/// A write with its bytes, read from the writer's buffer `buf` (user memory), in the
+/// smallest record class they fit (see `CAPTURE_CLASSES`).
 #[inline(always)]
 pub fn captured_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
-    let Some(mut entry) = EVENTS.reserve::<CapturedWrite>(0) else {
+    let [small, medium, _] = CAPTURE_CLASSES;
+    if len <= small as u64 {
+        captured_write_in::<{ CAPTURE_CLASSES[0] }>(inode, pos, len, buf);
+    } else if len <= medium as u64 {
+        captured_write_in::<{ CAPTURE_CLASSES[1] }>(inode, pos, len, buf);
+    } else {
+        captured_write_in::<{ CAPTURE_CLASSES[2] }>(inode, pos, len, buf);
+    }
+}
+
+#[inline(always)]
+fn captured_write_in<const N: usize>(inode: InodeKey, pos: u64, len: u64, buf: u64) {
+    let Some(mut entry) = EVENTS.reserve::<CapturedWrite<N>>(0) else {
         bump(Counter::RingBufferLost);
         return;
     };
     let p = entry.as_mut_ptr();
     let mut n = len as usize;
-    if n > CAPTURE_LEN {
-        n = CAPTURE_LEN;
+    if n > N {
+        n = N;
     }
     // Older verifiers (6.1) lose the bound when the compiler keeps `n` in a spilled copy:
     // reload it opaquely and check it again right before the helper takes it as a size.
     let n = unsafe { core::ptr::read_volatile(&n) };
-    if n == 0 || n > CAPTURE_LEN {
+    if n == 0 || n > N {
         entry.discard(0);
         return;
     }

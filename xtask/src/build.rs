@@ -28,6 +28,8 @@ pub fn ebpf() -> anyhow::Result<()> {
 
 /// The release daemon; returns its path.
 pub fn collector() -> anyhow::Result<PathBuf> {
-    shell::run(Command::new("cargo").args(["build", "--release", "-p", "collector"]).current_dir(shell::root()))?;
+    // The same selection `cargo test --release` builds (every default member, tests
+    // included): one feature resolution, so the AWS stack is compiled once, not twice.
+    shell::run(Command::new("cargo").args(["build", "--release", "--all-targets"]).current_dir(shell::root()))?;
     Ok(shell::root().join("target/release/collector"))
 }

@@ -1,7 +1,10 @@
 //! Kernel event records decoded from ring-buffer bytes into owned values. The record types
 //! are the ones in collector-common, so the layout is the kernel side's by construction.
 
-use collector_common::{CapturedWrite, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent};
+use collector_common::{
+    CAPTURE_CLASSES, CAPTURE_LEN, CAPTURED_WRITE_HEAD, CapturedWrite, EventHeader, EventKind, InodeKey, NameEvent,
+    RangeEvent,
+};
 
 /// Who caused an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,9 +141,17 @@ impl KernelEvent {
                 })
             }
             EventKind::WriteCaptured => {
-                // Boxed: the record is larger than is comfortable on the stack.
-                let w: Box<CapturedWrite> = Box::new(read_record(bytes, kind)?);
-                let captured = w.data[..(w.captured as usize).min(w.data.len())].to_vec();
+                // The record is one of the CAPTURE_CLASSES sizes: a fixed head, then data.
+                if !CAPTURE_CLASSES.iter().any(|&n| bytes.len() == CAPTURED_WRITE_HEAD + n) {
+                    return Err(DecodeError::Size {
+                        kind: kind.name(),
+                        got: bytes.len(),
+                        expected: CAPTURED_WRITE_HEAD + CAPTURE_LEN,
+                    });
+                }
+                let w: CapturedWrite<0> = read_record(&bytes[..CAPTURED_WRITE_HEAD], kind)?;
+                let data = &bytes[CAPTURED_WRITE_HEAD..];
+                let captured = data[..(w.captured as usize).min(data.len())].to_vec();
                 Ok(KernelEvent::Write {
                     origin: origin(&w.header),
                     inode: w.header.inode,
@@ -269,5 +280,32 @@ mod tests {
         b[0] = 99;
         assert_eq!(KernelEvent::decode(&b), Err(DecodeError::UnknownKind(99)));
         assert_eq!(KernelEvent::decode(&b[..3]), Err(DecodeError::Short(3)));
+    }
+
+    #[test]
+    fn decodes_captured_writes_of_every_class_and_rejects_other_sizes() {
+        fn record<const N: usize>(bytes: &[u8]) -> Vec<u8> {
+            let mut w = CapturedWrite::<N> {
+                header: header(EventKind::WriteCaptured),
+                pos: 10,
+                len: bytes.len() as u64,
+                captured: bytes.len() as u64,
+                data: [0; N],
+            };
+            w.data[..bytes.len()].copy_from_slice(bytes);
+            bytes_of(&w)
+        }
+        let line = b"GET /index.html 200\n";
+        for b in [record::<128>(line), record::<512>(line), record::<4096>(line)] {
+            match KernelEvent::decode(&b).unwrap() {
+                KernelEvent::Write { pos, len, captured, .. } => {
+                    assert_eq!((pos, len, captured.as_slice()), (10, line.len() as u64, &line[..]));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut odd = record::<128>(line);
+        odd.push(0);
+        assert!(matches!(KernelEvent::decode(&odd), Err(DecodeError::Size { kind: "write", .. })));
     }
 }
