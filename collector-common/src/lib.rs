@@ -142,6 +142,12 @@ pub const CAPTURE_LEN: usize = 4096;
 /// line then costs ~200 ring bytes, not 4 KiB (at 400k lines/s in a capture window the
 /// 4 KiB records overflowed the 8 MiB ring within milliseconds).
 pub const CAPTURE_CLASSES: [usize; 3] = [128, 512, CAPTURE_LEN];
+// The kernel side bounds a captured length by masking with (class - 1).
+const _: () = assert!(
+    CAPTURE_CLASSES[0].is_power_of_two()
+        && CAPTURE_CLASSES[1].is_power_of_two()
+        && CAPTURE_CLASSES[2].is_power_of_two()
+);
 
 /// A write with its first `captured` bytes, in one of the `CAPTURE_CLASSES` sizes.
 #[repr(C)]

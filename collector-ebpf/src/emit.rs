@@ -85,17 +85,18 @@ fn captured_write_in<const N: usize>(inode: InodeKey, pos: u64, len: u64, buf: u
         return;
     };
     let p = entry.as_mut_ptr();
-    let mut n = len as usize;
-    if n > N {
-        n = N;
-    }
-    // Older verifiers (6.1) lose the bound when the compiler keeps `n` in a spilled copy:
-    // reload it opaquely and check it again right before the helper takes it as a size.
-    let n = unsafe { core::ptr::read_volatile(&n) };
-    if n == 0 || n > N {
+    if len == 0 {
         entry.discard(0);
         return;
     }
+    // The size must be provably within 1..=N at the helper call, and older verifiers (6.1)
+    // lose a compared bound when the compiler checks one copy of `n` and passes another.
+    // So the bound is a mask on the very value passed: an opaque reload (the compiler
+    // cannot fold the mask away), then ((n - 1) & (N - 1)) + 1, which is n for n <= N
+    // (N is a power of two).
+    let n = if len > N as u64 { N } else { len as usize };
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    let n = (n.wrapping_sub(1) & (N - 1)) + 1;
     unsafe {
         (*p).header = header(EventKind::WriteCaptured, inode);
         (*p).pos = pos;
