@@ -162,6 +162,8 @@ pub(crate) fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) struct Collector {
     child: Child,
+    /// The attach mode it reported when it started.
+    pub(crate) mode: String,
     _stderr: std::thread::JoinHandle<()>,
 }
 
@@ -194,11 +196,19 @@ impl Collector {
                 if line.contains("ERROR") || line.contains("WARN") {
                     eprintln!("collector: {line}");
                 }
-                let _ = tx.send(line.contains("collector running"));
+                let _ = tx.send(line);
             }
         });
-        while !rx.recv_timeout(Duration::from_secs(60)).context("the collector did not start")? {}
-        Ok(Collector { child, _stderr: reader })
+        let mode = loop {
+            let line = rx.recv_timeout(Duration::from_secs(60)).context("the collector did not start")?;
+            if line.contains("collector running") {
+                break line
+                    .split_once("mode=")
+                    .map_or("?", |(_, m)| m.split_whitespace().next().unwrap_or("?"))
+                    .to_owned();
+            }
+        };
+        Ok(Collector { child, mode, _stderr: reader })
     }
 
     pub(crate) fn pid(&self) -> u32 {
