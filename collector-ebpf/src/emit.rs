@@ -2,11 +2,12 @@
 //! lookups every hook starts with.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+    bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
 };
 use collector_common::{
-    CAPTURE_CLASSES, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent, WatchedInode,
+    CAPTURE_CLASSES, COMM_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent,
+    WatchedInode,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
@@ -59,9 +60,18 @@ pub fn close_capture_window(key: &InodeKey) {
     }
 }
 
+/// A write reached `end`: grows the known end and tells whether the write must carry its
+/// bytes (a capture window is open). One lookup: this runs on every watched write.
 #[inline(always)]
-pub fn capturing(key: &InodeKey) -> bool {
-    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.capture_until_ns > unsafe { bpf_ktime_get_boot_ns() })
+pub fn written_up_to(key: &InodeKey, end: u64) -> bool {
+    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return false };
+    unsafe {
+        if end > (*w).known_end {
+            (*w).known_end = end;
+        }
+        let until = (*w).capture_until_ns;
+        until != 0 && until > bpf_ktime_get_boot_ns()
+    }
 }
 
 /// A write with its bytes, read from the writer's buffer `buf` (user memory), in the
@@ -98,7 +108,7 @@ fn captured_write_in<const N: usize>(inode: InodeKey, pos: u64, len: u64, buf: u
     let n = unsafe { core::ptr::read_volatile(&n) };
     let n = (n.wrapping_sub(1) & (N - 1)) + 1;
     unsafe {
-        (*p).header = header(EventKind::WriteCaptured, inode);
+        fill_header(&raw mut (*p).header, EventKind::WriteCaptured, inode);
         (*p).pos = pos;
         (*p).len = len;
         let data = &mut (*p).data;
@@ -116,28 +126,41 @@ fn bump(counter: Counter) {
     }
 }
 
+/// Fills an event's header where it lies in the ring (no copy through the stack, and the
+/// comm is written by the helper, which pads it, so it needs no zeroing first).
 #[inline(always)]
-fn header(kind: EventKind, inode: InodeKey) -> EventHeader {
+unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, inode: InodeKey) {
     let id = bpf_get_current_pid_tgid();
-    EventHeader {
-        kind: kind as u32,
-        tid: id as u32,
-        tgid: (id >> 32) as u32,
-        _pad: 0,
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        inode,
+    unsafe {
+        (*h).kind = kind as u32;
+        (*h).tid = id as u32;
+        (*h).tgid = (id >> 32) as u32;
+        (*h)._pad = 0;
+        (*h).boot_ns = bpf_ktime_get_boot_ns();
+        if generated::bpf_get_current_comm((*h).comm.as_mut_ptr().cast(), COMM_LEN as u32) != 0 {
+            (*h).comm = [0; COMM_LEN];
+        }
+        (*h).cgroup_id = bpf_get_current_cgroup_id();
+        (*h).inode = inode;
     }
 }
 
 #[inline(always)]
 pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKey, peer_pos: u64) {
-    let event = RangeEvent { header: header(kind, inode), pos, len, peer, peer_pos };
-    match EVENTS.output::<RangeEvent>(&event, 0) {
-        Ok(()) => bump(Counter::Emitted),
-        Err(_) => bump(Counter::RingBufferLost),
+    let Some(mut entry) = EVENTS.reserve::<RangeEvent>(0) else {
+        bump(Counter::RingBufferLost);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    unsafe {
+        fill_header(&raw mut (*p).header, kind, inode);
+        (*p).pos = pos;
+        (*p).len = len;
+        (*p).peer = peer;
+        (*p).peer_pos = peer_pos;
     }
+    entry.submit(0);
+    bump(Counter::Emitted);
 }
 
 /// Where an event's name comes from.
@@ -163,7 +186,7 @@ pub fn named(kind: EventKind, inode: InodeKey, dirs: Dirs, name: Name) {
     };
     let p = entry.as_mut_ptr();
     unsafe {
-        (*p).header = header(kind, inode);
+        fill_header(&raw mut (*p).header, kind, inode);
         (*p).new_parent = dirs.new_parent;
         (*p).old_parent = dirs.old_parent;
         (*p).base_dir = dirs.base_dir;

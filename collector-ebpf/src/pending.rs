@@ -28,6 +28,8 @@ pub struct PendingCall {
     /// open flags, or RWF_* flags of pwritev2.
     pub flags: u32,
     pub file: KPtr,
+    /// The watched inode behind `file`, found at entry (write).
+    pub inode: InodeKey,
     pub peer_file: KPtr,
     /// Offset given by the caller (pwrite, *off_in, ...), or -1 to use the file position.
     pub pos: i64,
@@ -58,6 +60,7 @@ impl PendingCall {
             op,
             flags: 0,
             file: 0,
+            inode: InodeKey::new(0, 0),
             peer_file: 0,
             pos: -1,
             peer_pos: -1,

@@ -59,8 +59,7 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 /// the bytes belong to contents that are gone and must not fill a later gap.
 #[inline(always)]
 pub fn on_write(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
-    emit::set_known_end(&inode, pos + len, true);
-    if buf != 0 && emit::capturing(&inode) && file_reaches(file, pos + len) {
+    if emit::written_up_to(&inode, pos + len) && buf != 0 && file_reaches(file, pos + len) {
         emit::captured_write(inode, pos, len, buf);
     } else {
         emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
@@ -78,12 +77,11 @@ fn file_reaches(file: KPtr, end: u64) -> bool {
 #[inline(always)]
 fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32, buf: u64) {
     let Some(file) = kernel::file_of_fd(fd) else { return };
-    if watched_inode(file).is_none() {
-        return;
-    }
+    let Some(inode) = watched_inode(file) else { return };
     let append = (kernel::file_flags(file).unwrap_or(0) & O_APPEND) != 0 || (rwf_flags & RWF_APPEND) != 0;
     let mut call = PendingCall::new(Op::Write);
     call.file = file;
+    call.inode = inode;
     call.pos = explicit_pos;
     call.flags = append as u32;
     call.buf = buf;
@@ -97,9 +95,11 @@ fn end(ctx: &TracePointContext) {
     if written <= 0 {
         return;
     }
-    let Some(inode) = watched_inode(call.file) else { return };
+    // The inode found watched at entry: resolving it again costs four kernel reads and a
+    // lookup on every write, and an unwatch in between only makes one event the daemon
+    // ignores.
     let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
-    on_write(inode, call.file, pos, written as u64, call.buf);
+    on_write(call.inode, call.file, pos, written as u64, call.buf);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
@@ -148,12 +148,12 @@ pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
 /// vfs_* write functions: `len` bytes written through `file` from `buf` (0: an iovec or
 /// iterator, not captured), `*pos` now just past them.
 #[inline(always)]
-fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64) {
+fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, known: Option<InodeKey>) {
     if written <= 0 || pending::copy_in_progress() {
         // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
         return;
     }
-    let Some(inode) = watched_inode(file) else { return };
+    let Some(inode) = known.or_else(|| watched_inode(file)) else { return };
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
     on_write(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
@@ -161,19 +161,19 @@ fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64) {
 /// vfs_write(file, buf, count, pos)
 #[fexit(function = "vfs_write")]
 pub fn fexit_vfs_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1));
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1), None);
     0
 }
 /// vfs_writev(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_writev")]
 pub fn fexit_vfs_writev(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0);
+    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0, None);
     0
 }
 /// vfs_iter_write(file, iter, pos, flags): splice(2) from a pipe into a file.
 #[fexit(function = "vfs_iter_write")]
 pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0);
+    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0, None);
     0
 }
 
@@ -181,11 +181,13 @@ pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
 #[inline(always)]
 pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>, buf: u64) {
     let Some(file) = file else { return };
-    if watched_inode(file).is_none() || pending::copy_in_progress() {
+    if pending::copy_in_progress() {
         return;
     }
+    let Some(inode) = watched_inode(file) else { return };
     let mut call = PendingCall::new(op);
     call.file = file;
+    call.inode = inode;
     call.user_name = pos_ptr.unwrap_or(0);
     call.buf = buf;
     pending::begin(&call);
@@ -194,7 +196,7 @@ pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>, buf: u64)
 #[inline(always)]
 fn kretprobe_written(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Write) {
-        vfs_written(call.file, call.user_name, ctx.ret(), call.buf);
+        vfs_written(call.file, call.user_name, ctx.ret(), call.buf, Some(call.inode));
     }
 }
 
