@@ -5,13 +5,17 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// File offset of the record's first byte.
     pub offset: u64,
     /// File offset just past the record, its newline included.
     pub end: u64,
-    pub data: Vec<u8>,
+    /// A slice of the chunk that was read when the line lies whole in it (no copy), else
+    /// the bytes gathered across reads.
+    pub data: Bytes,
     /// Cut at `max_record_bytes` (the rest up to the newline was dropped and counted).
     pub truncated: bool,
 }
@@ -33,7 +37,7 @@ pub struct Framer {
     /// Bytes of the current line dropped past the size limit (they still count as read).
     line_dropped: u64,
     /// Multiline: the record being gathered, waiting for the next start line.
-    held: Option<Record>,
+    held: Option<Held>,
     lines_seen: u64,
     /// Bytes dropped by the size limit.
     pub dropped_bytes: u64,
@@ -70,26 +74,26 @@ impl Framer {
 
     /// Bytes read from the file at `offset` (which must be `next_offset()`); returns the
     /// records they complete.
-    pub fn push(&mut self, offset: u64, bytes: &[u8], out: &mut Vec<Record>) {
+    pub fn push(&mut self, offset: u64, chunk: &Bytes, out: &mut Vec<Record>) {
         debug_assert_eq!(offset, self.next_offset());
-        let mut pos = offset;
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
+        let mut start = 0;
+        while start < chunk.len() {
+            match memchr::memchr(b'\n', &chunk[start..]) {
                 Some(i) => {
-                    if self.line.is_empty() && self.line_dropped == 0 && i <= self.config.max_record_bytes {
-                        // The common case, a whole line in one read: one allocation of its size.
-                        self.line = rest[..i].to_vec();
+                    let end = start + i;
+                    let whole = self.line.is_empty() && self.line_dropped == 0 && i <= self.config.max_record_bytes;
+                    let data = if whole {
+                        Some(chunk.slice(start..end))
                     } else {
-                        self.extend_line(&rest[..i]);
-                    }
-                    pos += i as u64 + 1;
-                    self.finish_line(pos, out);
-                    rest = &rest[i + 1..];
+                        self.extend_line(&chunk[start..end]);
+                        None
+                    };
+                    self.finish_line(offset + end as u64 + 1, data, out);
+                    start = end + 1;
                 }
                 None => {
-                    self.extend_line(rest);
-                    rest = &[];
+                    self.extend_line(&chunk[start..]);
+                    start = chunk.len();
                 }
             }
         }
@@ -105,14 +109,22 @@ impl Framer {
     }
 
     /// A newline ended the current line at `end` (just past the newline).
-    fn finish_line(&mut self, end: u64, out: &mut Vec<Record>) {
-        let mut data = std::mem::take(&mut self.line);
+    /// A line ended at `end`: `whole` is its bytes when they lay in one chunk, else they
+    /// are in `self.line`.
+    fn finish_line(&mut self, end: u64, whole: Option<Bytes>, out: &mut Vec<Record>) {
         let truncated = std::mem::take(&mut self.line_dropped) > 0;
-        if truncated {
-            let keep = self.config.max_record_bytes.saturating_sub(self.config.truncated_terminator.len());
-            data.truncate(keep);
-            data.extend_from_slice(&self.config.truncated_terminator);
-        }
+        let data = match whole {
+            Some(data) => data,
+            None => {
+                let mut data = std::mem::take(&mut self.line);
+                if truncated {
+                    let keep = self.config.max_record_bytes.saturating_sub(self.config.truncated_terminator.len());
+                    data.truncate(keep);
+                    data.extend_from_slice(&self.config.truncated_terminator);
+                }
+                Bytes::from(data)
+            }
+        };
         let line = Record { offset: self.line_start, end, data, truncated };
         self.line_start = end;
         self.lines_seen += 1;
@@ -124,7 +136,7 @@ impl Framer {
             return;
         };
         if start.is_match(&String::from_utf8_lossy(&line.data)) {
-            out.extend(self.held.replace(line));
+            out.extend(self.held.replace(Held::from(line)).map(Held::into_record));
         } else if let Some(held) = &mut self.held {
             if held.data.len() + 1 + line.data.len() <= self.config.max_record_bytes {
                 held.data.push(b'\n');
@@ -135,7 +147,6 @@ impl Framer {
             }
             held.end = line.end;
         } else {
-            // Continuation lines before any start line stand alone.
             out.push(line);
         }
     }
@@ -143,10 +154,10 @@ impl Framer {
     /// Everything held back, once nothing new has come for the flush timeout: the multiline
     /// record being gathered, then the final line that has no newline yet.
     pub fn flush(&mut self, out: &mut Vec<Record>) {
-        out.extend(self.held.take());
+        out.extend(self.held.take().map(Held::into_record));
         if !self.line.is_empty() || self.line_dropped > 0 {
             let end = self.next_offset();
-            let data = std::mem::take(&mut self.line);
+            let data = Bytes::from(std::mem::take(&mut self.line));
             let truncated = std::mem::take(&mut self.line_dropped) > 0;
             out.push(Record { offset: self.line_start, end, data, truncated });
             self.line_start = end;
@@ -165,6 +176,26 @@ impl Framer {
     /// Offset up to which every byte belongs to a record already returned.
     pub fn settled_offset(&self) -> u64 {
         self.held.as_ref().map_or(self.line_start, |h| h.offset)
+    }
+}
+
+/// A multiline record being gathered: continuation lines are appended to it.
+struct Held {
+    offset: u64,
+    end: u64,
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+impl From<Record> for Held {
+    fn from(r: Record) -> Held {
+        Held { offset: r.offset, end: r.end, data: r.data.into(), truncated: r.truncated }
+    }
+}
+
+impl Held {
+    fn into_record(self) -> Record {
+        Record { offset: self.offset, end: self.end, data: self.data.into(), truncated: self.truncated }
     }
 }
 
@@ -189,7 +220,7 @@ mod tests {
         let mut out = Vec::new();
         for c in chunks {
             let at = f.next_offset();
-            f.push(at, c, &mut out);
+            f.push(at, &Bytes::copy_from_slice(c), &mut out);
         }
         out
     }
@@ -203,7 +234,7 @@ mod tests {
         let mut f = framer(None, 0, 1024);
         let out = feed(&mut f, &[b"one\ntw", b"o\n\xff\x00bin\nthree"]);
         assert_eq!(datas(&out), ["one", "two", "\u{fffd}\u{0}bin"]);
-        assert_eq!(out[2].data, b"\xff\x00bin", "bytes stay bytes");
+        assert_eq!(&out[2].data[..], b"\xff\x00bin", "bytes stay bytes");
         assert_eq!(out.iter().map(|r| (r.offset, r.end)).collect::<Vec<_>>(), [(0, 4), (4, 8), (8, 14)]);
         assert_eq!(f.settled_offset(), 14, "the unfinished line waits for its newline");
         assert_eq!(f.next_offset(), 19);

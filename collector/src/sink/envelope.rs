@@ -53,7 +53,7 @@ impl Head {
 
     pub fn write(&self, out: &mut Vec<u8>, r: &Outgoing<'_>, data: &[u8]) {
         out.extend_from_slice(&self.origin);
-        let _ = write!(out, "{}", r.offset);
+        number(out, r.offset);
         out.extend_from_slice(&self.writer);
         match std::str::from_utf8(data) {
             // Whole: a JSON object cut to a limit is no longer one, and goes as a string.
@@ -102,9 +102,83 @@ pub fn encode_within(r: &Outgoing<'_>, host: &str, wrap: bool, limit: usize, cut
     data
 }
 
-/// A JSON string literal (serde_json's escaping).
+/// A JSON string literal, escaped as serde_json escapes (`"`, `\\`, and control bytes
+/// below 0x20; nothing else). The record's text is most of what the file sink writes, and
+/// a byte-at-a-time escape loop was a fifth of its CPU: eight bytes are tested at once and
+/// runs without anything to escape are copied whole.
 fn string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let end = (i + 8).min(b.len());
+        let word = match b.get(i..i + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().expect("8 bytes")),
+            None => {
+                // The last few bytes, padded with spaces (nothing to escape).
+                let mut lane = [b' '; 8];
+                lane[..end - i].copy_from_slice(&b[i..end]);
+                u64::from_le_bytes(lane)
+            }
+        };
+        if needs_escape(word) {
+            for (j, &c) in b.iter().enumerate().take(end).skip(i) {
+                if c < 0x20 || c == b'"' || c == b'\\' {
+                    out.extend_from_slice(&b[run..j]);
+                    escape(out, c);
+                    run = j + 1;
+                }
+            }
+        }
+        i = end;
+    }
+    out.extend_from_slice(&b[run..]);
+    out.push(b'"');
+}
+
+/// Whether any of the eight bytes is below 0x20, `"` or `\\` (bit tricks that test every
+/// byte lane of the word at once; exact as a yes/no answer).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    below_0x20 | zero_in(w ^ (ONES * u64::from(b'"'))) | zero_in(w ^ (ONES * u64::from(b'\\'))) != 0
+}
+
+fn escape(out: &mut Vec<u8>, c: u8) {
+    let short = match c {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+            return;
+        }
+    };
+    out.extend_from_slice(&[b'\\', short]);
+}
+
+/// A decimal number (the per-record offset), without the formatting machinery.
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -161,6 +235,45 @@ mod tests {
     fn base64_matches_the_rfc_examples() {
         for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
             assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_does() {
+        let mut samples: Vec<String> = (0u8..128).map(|c| format!("ab{}cdefghij", c as char)).collect();
+        // Each byte lane of a word, beside multi-byte UTF-8 (bytes >= 0x80).
+        for at in 0..17 {
+            for c in ['\u{0}', '\u{1f}', ' ', '"', '\\', '\u{7f}', 'é', '!', '#', '[', ']'] {
+                let mut t: String = "x".repeat(17) + "ééé";
+                t.insert(at, c);
+                samples.push(t);
+            }
+        }
+        samples.extend(
+            [
+                "",
+                "plain text longer than one eight-byte word, nothing to escape at all",
+                "\"quoted\" and \\back\\slashes\\ at word edges\"",
+                "tabs\tand\nnewlines\r\u{1}\u{1f}\u{7f} and ünïcödé — 日本語 🦀",
+                "1234567\"",
+                "12345678\"",
+                "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}",
+            ]
+            .map(str::to_owned),
+        );
+        for s in &samples {
+            let mut ours = Vec::new();
+            string(&mut ours, s);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            number(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
         }
     }
 }
