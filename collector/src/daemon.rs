@@ -8,7 +8,6 @@
 //! deliver; checkpoint what the sinks accepted.
 
 use std::{
-    collections::{HashMap, HashSet},
     fs::File,
     os::{
         fd::AsRawFd as _,
@@ -29,6 +28,7 @@ use crate::{
     config::{Config, InitialPosition, SinkConfig},
     event_queue::EventQueue,
     framer::{Framer, FramerConfig, Record},
+    inode_map::{InodeMap, InodeSet},
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
     sink::{Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
@@ -107,22 +107,22 @@ pub struct Daemon {
     probe: Probe,
     events: EventQueue,
     tracker: Tracker,
-    open: HashMap<InodeKey, OpenFile>,
-    dirty: HashSet<InodeKey>,
+    open: InodeMap<OpenFile>,
+    dirty: InodeSet,
     store: Store,
     sinks: Vec<Box<dyn Sink + Send>>,
     patterns: Vec<WatchSet>,
-    dirs: HashMap<InodeKey, PathBuf>,
+    dirs: InodeMap<PathBuf>,
     started: Instant,
     lost_seen: u64,
     /// Per flow: while its sink refuses batches, no reading until this time.
     paused_until: Vec<Option<Instant>>,
     /// Files with unshipped bytes whose flow is paused.
-    waiting: HashSet<InodeKey>,
+    waiting: InodeSet,
     /// Per flow: the sink error last logged, so a lasting failure is logged once.
     sink_error: Vec<Option<String>>,
     /// Files whose new bytes wait for more (`max_batch_age`), with when they are due.
-    deferred: HashMap<InodeKey, Instant>,
+    deferred: InodeMap<Instant>,
     /// Per flow: what it read, sent, retried and lost, for /metrics.
     counters: Vec<FlowCounters>,
     /// Per flow: since when its sink refuses batches.
@@ -173,18 +173,18 @@ impl Daemon {
             probe,
             events,
             tracker: Tracker::default(),
-            open: HashMap::new(),
-            dirty: HashSet::new(),
+            open: InodeMap::default(),
+            dirty: InodeSet::default(),
             store,
             sinks,
             patterns,
-            dirs: HashMap::new(),
+            dirs: InodeMap::default(),
             started: Instant::now(),
             lost_seen: 0,
             paused_until: vec![None; flows],
-            waiting: HashSet::new(),
+            waiting: InodeSet::default(),
             sink_error: vec![None; flows],
-            deferred: HashMap::new(),
+            deferred: InodeMap::default(),
             counters: vec![FlowCounters::default(); flows],
             failing_since: vec![None; flows],
             metrics: None,
@@ -616,7 +616,7 @@ impl Daemon {
     /// Frames and ships what was read. `truncated_at` holds, per inode, the time of a
     /// truncation reported since: a chunk read after it may hold the file's new bytes at old
     /// offsets, so it is dropped (the file is read again from its new start).
-    fn frame_and_deliver(&mut self, chunks: Vec<Chunk>, truncated_at: &HashMap<InodeKey, u64>) {
+    fn frame_and_deliver(&mut self, chunks: Vec<Chunk>, truncated_at: &InodeMap<u64>) {
         for c in chunks {
             if truncated_at.get(&c.inode).is_some_and(|t| *t <= c.read_end_ns) {
                 continue;
@@ -972,7 +972,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         // Events that came while reading: what was read before a truncation is kept and
         // shipped before the truncation is applied; what may have been read after, dropped.
         let late = daemon.events.take();
-        let mut truncated_at = HashMap::new();
+        let mut truncated_at = InodeMap::default();
         for e in &late {
             if let KernelEvent::Truncate { inode, origin, .. } = e {
                 truncated_at.entry(*inode).or_insert(origin.boot_ns);

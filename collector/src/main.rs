@@ -13,6 +13,7 @@ mod daemon;
 mod event_queue;
 mod events;
 mod framer;
+mod inode_map;
 mod metrics;
 mod probe;
 mod sink;

@@ -3,7 +3,6 @@
 //! every rename; paths only decide what is picked up. Symlinks are never followed.
 
 use std::{
-    collections::HashMap,
     ffi::OsStr,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -11,6 +10,8 @@ use std::{
 
 use anyhow::Context as _;
 use collector_common::InodeKey;
+
+use crate::inode_map::InodeMap;
 
 /// The kernel's `s_dev` encoding (`major << 20 | minor`) of a userspace `st_dev`.
 pub fn kernel_dev(st_dev: u64) -> u32 {
@@ -38,8 +39,8 @@ pub struct Tracked {
 
 pub struct WatchSet {
     patterns: Vec<glob::Pattern>,
-    files: HashMap<InodeKey, Tracked>,
-    dirs: HashMap<InodeKey, PathBuf>,
+    files: InodeMap<Tracked>,
+    dirs: InodeMap<PathBuf>,
 }
 
 const MATCH: glob::MatchOptions =
@@ -54,7 +55,7 @@ impl WatchSet {
                 glob::Pattern::new(p).with_context(|| format!("path pattern `{p}`"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(WatchSet { patterns, files: HashMap::new(), dirs: HashMap::new() })
+        Ok(WatchSet { patterns, files: InodeMap::default(), dirs: InodeMap::default() })
     }
 
     pub fn matches(&self, path: &Path) -> bool {

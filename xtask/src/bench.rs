@@ -24,7 +24,9 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     }
     setup::run(false)?;
     // The peer the ingest benchmark runs beside.
-    setup::apt_install(&["rsyslog"])?;
+    // The peer the ingest benchmark runs beside; perf enables the syscall tracepoints alone
+    // for writer-overhead's floor.
+    setup::apt_install(&["rsyslog", "linux-perf"])?;
     let collector = build::collector()?;
     let header = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
@@ -385,7 +387,8 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     let watched = dir.join("logs/app.log");
     let unwatched = dir.join("unwatched/other.log");
 
-    let detached = (median_loop(&watched)?, median_loop(&unwatched)?);
+    let before = (loops(&watched)?, loops(&unwatched)?);
+    let floor = tracepoints_alone(&unwatched)?;
     let running = crate::bench_kinesis::Collector::start(collector, &dir, "", "kind = \"null\"\n")?;
     let mode = running.mode.clone();
     let (cpu_before, _) = process_usage(running.pid())?;
@@ -394,6 +397,10 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     let unwatched_on = median_loop(&unwatched)?;
     let (cpu_unwatched, _) = process_usage(running.pid())?;
     drop(running);
+    // The detached baseline is measured before and after: this shared host's speed drifts
+    // over minutes, and a baseline on one side only skewed the ratios.
+    let after = (loops(&watched)?, loops(&unwatched)?);
+    let detached = (median([before.0, after.0].concat()), median([before.1, after.1].concat()));
 
     let per_write = |d: Duration| d.as_nanos() as f64 / WRITES as f64;
     let row = |what: &str, off: Duration, on: Duration, cpu: f64| {
@@ -406,13 +413,19 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     };
     let mut s = format!(
         "\n## writer-overhead\n\n`cargo xtask bench writer-overhead`: {WRITES} write(2) calls of 64 bytes (one line each), \
-         the writer's CPU time per call (user + system, median of {RUNS} runs), collector detached vs attached (`collector run` shipping the watched file to the null \
+         the writer's CPU time per call (user + system, median of {RUNS} runs), collector detached (runs before and after the attached ones) vs attached (`collector run` shipping the watched file to the null \
          sink, {mode} mode; its CPU is what it spent over all {RUNS} runs of that row). Targets: <= 1.05x watched, \
          <= 1.01x unwatched.\n\n\
          | file | detached | attached | ratio | collector CPU |\n|---|---|---|---|---|\n"
     );
     s.push_str(&row("watched", detached.0, watched_on, cpu_watched - cpu_before));
     s.push_str(&row("unwatched", detached.1, unwatched_on, cpu_unwatched - cpu_watched));
+    s.push_str(&format!(
+        "| unwatched, sys_enter_write/sys_exit_write enabled with no program (`perf stat -a` counting them; no collector) | {:.0} ns | {:.0} ns | {:.3}x | - |\n",
+        per_write(detached.1),
+        per_write(floor),
+        floor.as_secs_f64() / detached.1.as_secs_f64()
+    ));
     if mode == "tracepoint" {
         s.push_str(
             "\nIn tracepoint mode every write(2) on the host takes the syscall-tracepoint path (enabled \
@@ -425,10 +438,34 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     Ok(s)
 }
 
+/// The write loop while only the two syscall tracepoints a tracepoint-mode write passes
+/// are enabled (perf counting them, no BPF program): the part of the overhead that is the
+/// mode's, not the collector's.
+fn tracepoints_alone(path: &Path) -> anyhow::Result<Duration> {
+    let mut perf = Command::new("perf")
+        .args(["stat", "-a", "-e", "syscalls:sys_enter_write,syscalls:sys_exit_write"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let time = median_loop(path);
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    perf.wait()?;
+    time
+}
+
 fn median_loop(path: &Path) -> anyhow::Result<Duration> {
-    let mut times: Vec<Duration> = (0..RUNS).map(|_| write_loop(path)).collect::<anyhow::Result<_>>()?;
+    Ok(median(loops(path)?))
+}
+
+fn loops(path: &Path) -> anyhow::Result<Vec<Duration>> {
+    (0..RUNS).map(|_| write_loop(path)).collect()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
-    Ok(times[RUNS / 2])
+    times[times.len() / 2]
 }
 
 /// The loop itself calls write(2) directly: nothing but the syscall is measured, in the

@@ -11,6 +11,8 @@ use std::{collections::HashMap, path::PathBuf};
 
 use collector_common::InodeKey;
 
+use crate::inode_map::InodeMap;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     Original,
@@ -84,7 +86,7 @@ const READ_MEMORY_NS: u64 = 30_000_000_000;
 
 #[derive(Default)]
 pub struct Tracker {
-    files: HashMap<InodeKey, Tracked>,
+    files: InodeMap<Tracked>,
     readers: HashMap<u32, Reading>,
 }
 
