@@ -430,9 +430,13 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
         s.push_str(
             "\nIn tracepoint mode every write(2) on the host takes the syscall-tracepoint path (enabled \
              for all tasks once a program is attached) and runs the enter and exit programs, watched \
-             file or not; fentry mode runs one fexit program on vfs_write. This host refuses fentry, \
-             and timings under QEMU's TCG are not comparable, so the fentry figure is still to be \
-             measured on a kernel that allows it.\n",
+             file or not; the last row is that path alone, the part no program can avoid. A watched \
+             write also keeps its call in a hash map from entry to exit, resolves its inode and puts \
+             an event in the ring buffer, and the collector's reading and framing shares the 2 cores \
+             with the writer. fentry mode runs one fexit program on vfs_write instead. This host \
+             refuses fentry, and timings under QEMU's TCG are not comparable, so the fentry figure \
+             is still to be measured on a kernel that allows it. Absolute times on this shared VM \
+             drift by up to 2x within minutes; compare the ratios.\n",
         );
     }
     Ok(s)
