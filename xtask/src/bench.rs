@@ -453,9 +453,17 @@ fn tracepoints_alone(path: &Path) -> anyhow::Result<Duration> {
         .spawn()
         .context("starting perf")?;
     std::thread::sleep(Duration::from_millis(500));
+    // Debian's perf is a wrapper that exits at once when no perf matches the running kernel:
+    // the loop would then measure nothing enabled and report a floor of ~1.0x.
+    if let Some(status) = perf.try_wait()? {
+        bail!("perf stat -a -e syscalls:sys_enter_write,syscalls:sys_exit_write exited at once ({status})");
+    }
     let time = median_loop(path);
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-    perf.wait()?;
+    let status = perf.wait()?;
+    if !status.success() {
+        bail!("perf stat (the tracepoint floor) failed: {status}");
+    }
     time
 }
 

@@ -143,11 +143,13 @@ impl KernelEvent {
             EventKind::WriteCaptured => {
                 // The record is one of the CAPTURE_CLASSES sizes: a fixed head, then data.
                 if !CAPTURE_CLASSES.iter().any(|&n| bytes.len() == CAPTURED_WRITE_HEAD + n) {
-                    return Err(DecodeError::Size {
-                        kind: kind.name(),
-                        got: bytes.len(),
-                        expected: CAPTURED_WRITE_HEAD + CAPTURE_LEN,
-                    });
+                    // Named by the nearest class size at or above what came.
+                    let expected = CAPTURE_CLASSES
+                        .iter()
+                        .map(|n| CAPTURED_WRITE_HEAD + n)
+                        .find(|&size| size >= bytes.len())
+                        .unwrap_or(CAPTURED_WRITE_HEAD + CAPTURE_LEN);
+                    return Err(DecodeError::Size { kind: kind.name(), got: bytes.len(), expected });
                 }
                 let w: CapturedWrite<0> = read_record(&bytes[..CAPTURED_WRITE_HEAD], kind)?;
                 let data = &bytes[CAPTURED_WRITE_HEAD..];
