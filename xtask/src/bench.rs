@@ -71,7 +71,7 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
 const INGEST_LINES: usize = 10_000_000;
 
 /// Reading an existing, cached log from its start to the last byte acknowledged, with the
-/// null sink and with the file sink (json), beside `wc -l` on the same cached file: the
+/// null sink and with the file sink (json and raw), beside `wc -l` on the same cached file: the
 /// page-cache + line-split limit.
 fn ingest(collector: &Path) -> anyhow::Result<String> {
     let dir = shell::work_dir().join("bench-ingest");
@@ -118,14 +118,16 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
         Some(rsyslog.peak_rss_kib),
         wc,
     ));
-    let mut file_sink = None;
-    for sink in ["null", "file"] {
+    // The raw file sink writes what rsyslog's template writes (each line and a newline); the
+    // json one writes twice the bytes (the envelope).
+    let mut file_sinks = Vec::new();
+    for (sink, what) in [("null", "null sink"), ("file", "file sink (json)"), ("raw", "file sink (raw, as rsyslog)")] {
         let run = ingest_once(collector, &dir, &log, sink)?;
-        if sink == "file" {
-            file_sink = Some((run.elapsed, run.cpu_seconds));
+        if sink != "null" {
+            file_sinks.push((what, run.elapsed, run.cpu_seconds, run.out_bytes));
         }
         rows.push(figures_row(
-            &format!("collector, {sink} sink"),
+            &format!("collector, {what}"),
             INGEST_LINES,
             bytes,
             run.elapsed,
@@ -138,7 +140,8 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
         "\n## ingest\n\n`cargo xtask bench ingest`: one cached {:.2} GiB log of {INGEST_LINES} lines (~{} bytes each) read from its \
          start until the checkpoint acknowledges its last byte (checkpoints of a busy file are written every 200 ms, so times \
          are up to 0.2 s long), and rsyslog's imfile → omfile (Debian's rsyslog, inotify mode, one line per output line) on \
-         the same file until its output holds every line. Tracepoint mode. Targets (issue 6): null sink >= 50% of the `wc -l` rate \
+         the same file until its output holds every line. The json file sink wraps each line in its envelope (about twice the \
+         bytes out); the raw one writes each line and a newline, as rsyslog's template does. Tracepoint mode. Targets (issue 6): null sink >= 50% of the `wc -l` rate \
          per core; file sink >= 10x rsyslog's rate at <= 1/10 its CPU-seconds per GiB.\n\n\
          | reader | time | lines/s | MB/s | CPU s per GiB | peak RSS | rate vs `wc -l` |\n|---|---|---|---|---|---|---|\n",
         gib,
@@ -147,11 +150,19 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
     for r in rows {
         s.push_str(&r);
     }
-    if let Some((elapsed, cpu)) = file_sink {
+    s.push('\n');
+    // The disk's limit for a file sink: as many bytes written and fdatasync'ed by dd.
+    let disk = disk_write_rate(&dir, file_sinks.iter().map(|f| f.3).max().unwrap_or(bytes))?;
+    for (what, elapsed, cpu, out_bytes) in file_sinks {
         s.push_str(&format!(
-            "\nFile sink vs rsyslog: {:.1}x its rate, {:.2}x its CPU-seconds per GiB (target: >= 10x the rate at <= 0.1x the CPU).\n",
+            "- {what} vs rsyslog: {:.1}x its rate, {:.2}x its CPU-seconds per GiB (target: >= 10x the rate at <= 0.1x the CPU). \
+             It wrote {:.0} MB at {:.0} MB/s, {:.2}x the disk's rate (`dd ... conv=fdatasync` of as many bytes: {:.0} MB/s).\n",
             rsyslog.elapsed.as_secs_f64() / elapsed.as_secs_f64(),
-            cpu / rsyslog.cpu_seconds
+            cpu / rsyslog.cpu_seconds,
+            out_bytes as f64 / 1e6,
+            out_bytes as f64 / 1e6 / elapsed.as_secs_f64(),
+            out_bytes as f64 / 1e6 / elapsed.as_secs_f64() / disk,
+            disk,
         ));
     }
     Ok(s)
@@ -214,7 +225,22 @@ fn ingest_rsyslog(dir: &Path, log: &Path, bytes: u64) -> anyhow::Result<IngestRu
         bail!("rsyslog wrote {copied} lines, expected {INGEST_LINES}");
     }
     let _ = fs::remove_dir_all(&work);
-    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
+    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib, out_bytes: bytes })
+}
+
+/// MB/s of `dd` writing `bytes` (rounded up to MiB) into `dir` with one fdatasync at the end.
+fn disk_write_rate(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let target = dir.join("dd.out");
+    let mib = bytes.div_ceil(1 << 20);
+    let started = Instant::now();
+    shell::output(Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", target.display())).args([
+        "bs=1M",
+        &format!("count={mib}"),
+        "conv=fdatasync",
+    ]))?;
+    let secs = started.elapsed().as_secs_f64();
+    fs::remove_file(&target)?;
+    Ok((mib << 20) as f64 / 1e6 / secs)
 }
 
 fn figures_row(
@@ -242,6 +268,8 @@ struct IngestRun {
     elapsed: Duration,
     cpu_seconds: f64,
     peak_rss_kib: u64,
+    /// What a file sink (or rsyslog) wrote.
+    out_bytes: u64,
 }
 
 fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::Result<IngestRun> {
@@ -251,6 +279,7 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
     let _ = fs::remove_file(&out);
     let sink_toml = match sink {
         "file" => format!("kind = \"file\"\npath = {:?}\n", out),
+        "raw" => format!("kind = \"file\"\nformat = \"raw\"\npath = {:?}\n", out),
         _ => "kind = \"null\"\n".to_owned(),
     };
     let config = dir.join(format!("{sink}.toml"));
@@ -292,14 +321,16 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
     let (cpu_seconds, peak_rss_kib) = process_usage(child.id())?;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait()?;
-    if sink == "file" {
+    let mut out_bytes = 0;
+    if sink != "null" {
+        out_bytes = fs::metadata(&out)?.len();
         let shipped = BufReader::new(fs::File::open(&out)?).lines().count();
         if shipped != INGEST_LINES {
             bail!("the file sink holds {shipped} records, expected {INGEST_LINES}");
         }
         let _ = fs::remove_file(&out);
     }
-    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib })
+    Ok(IngestRun { elapsed, cpu_seconds, peak_rss_kib, out_bytes })
 }
 
 /// Until a checkpoint in `state` acknowledges `size` bytes (ten minutes at most).
