@@ -212,6 +212,17 @@ pub struct KernelOffsets {
     /// `ABSENT` on older kernels.
     pub renamedata_old_dentry: u32,
     pub renamedata_new_dentry: u32,
+    /// Argument positions (from 0) of functions whose parameters moved between kernels
+    /// (5.12 put a user namespace first, 6.3 an idmap; distribution kernels backport parts),
+    /// and their parameter counts (fexit finds the return value after the parameters).
+    /// fentry/kprobe modes only, `ABSENT` when the kernel's BTF lacks the function.
+    pub do_truncate_dentry: u32,
+    pub do_truncate_length: u32,
+    pub do_truncate_params: u32,
+    pub vfs_unlink_dir: u32,
+    pub vfs_unlink_dentry: u32,
+    pub vfs_unlink_params: u32,
+    pub notify_change_dentry: u32,
 }
 
 impl KernelOffsets {

@@ -9,8 +9,10 @@ use aya_ebpf::{
 use collector_common::{EventKind, FMODE_CREATED, InodeKey, O_TRUNC};
 
 use crate::{
+    args::{fentry_arg, fexit_slot, kprobe_arg},
     emit::{self, Dirs, Name},
     kernel::{self, KPtr},
+    maps::offsets,
     pending::{self, Op, PendingCall},
     truncate::on_truncate,
     write::{arg, ret},
@@ -102,7 +104,7 @@ pub fn kretprobe_do_filp_open(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// vfs_unlink(idmap, dir, dentry, delegated_inode): remember the victim and its directory.
+/// vfs_unlink([idmap,] dir, dentry, delegated_inode): remember the victim and its directory.
 #[inline(always)]
 fn vfs_unlink_begin(dir: KPtr, dentry: KPtr) {
     let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
@@ -130,19 +132,19 @@ fn vfs_unlink_end(result: i64) {
 
 #[fentry(function = "vfs_unlink")]
 pub fn fentry_vfs_unlink(ctx: FEntryContext) -> i32 {
-    vfs_unlink_begin(ctx.arg(1), ctx.arg(2));
+    let o = offsets();
+    vfs_unlink_begin(fentry_arg(&ctx, o.vfs_unlink_dir), fentry_arg(&ctx, o.vfs_unlink_dentry));
     0
 }
 #[fexit(function = "vfs_unlink")]
 pub fn fexit_vfs_unlink(ctx: FExitContext) -> i32 {
-    vfs_unlink_end(ctx.arg::<i32>(4) as i64);
+    vfs_unlink_end(fexit_slot(&ctx, offsets().vfs_unlink_params) as i32 as i64);
     0
 }
 #[kprobe(function = "vfs_unlink")]
 pub fn kprobe_vfs_unlink(ctx: ProbeContext) -> u32 {
-    if let (Some(dir), Some(dentry)) = (ctx.arg(1), ctx.arg(2)) {
-        vfs_unlink_begin(dir, dentry);
-    }
+    let o = offsets();
+    vfs_unlink_begin(kprobe_arg(&ctx, o.vfs_unlink_dir), kprobe_arg(&ctx, o.vfs_unlink_dentry));
     0
 }
 #[kretprobe(function = "vfs_unlink")]

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod args;
 mod capture;
 mod copy;
 mod emit;

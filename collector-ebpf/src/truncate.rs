@@ -8,8 +8,10 @@ use aya_ebpf::{
 use collector_common::{EventKind, InodeKey};
 
 use crate::{
+    args::{fentry_arg, fexit_slot, kprobe_arg},
     emit,
     kernel::{self, KPtr},
+    maps::offsets,
     pending::{self, Op, PendingCall},
     write::{arg, ret, watched_inode},
 };
@@ -77,7 +79,7 @@ pub fn tp_sys_exit_truncate(ctx: TracePointContext) {
     end(&ctx);
 }
 
-/// do_truncate(idmap, dentry, length, time_attrs, filp): truncate(2), ftruncate(2) and
+/// do_truncate([idmap,] dentry, length, time_attrs, filp): truncate(2), ftruncate(2) and
 /// open(O_TRUNC) all come through here.
 #[inline(always)]
 fn do_truncate_begin(dentry: KPtr, length: i64) {
@@ -105,19 +107,19 @@ fn do_truncate_end(result: i64) {
 
 #[fentry(function = "do_truncate")]
 pub fn fentry_do_truncate(ctx: FEntryContext) -> i32 {
-    do_truncate_begin(ctx.arg(1), ctx.arg(2));
+    let o = offsets();
+    do_truncate_begin(fentry_arg(&ctx, o.do_truncate_dentry), fentry_arg(&ctx, o.do_truncate_length) as i64);
     0
 }
 #[fexit(function = "do_truncate")]
 pub fn fexit_do_truncate(ctx: FExitContext) -> i32 {
-    do_truncate_end(ctx.arg::<i32>(5) as i64);
+    do_truncate_end(fexit_slot(&ctx, offsets().do_truncate_params) as i32 as i64);
     0
 }
 #[kprobe(function = "do_truncate")]
 pub fn kprobe_do_truncate(ctx: ProbeContext) -> u32 {
-    if let Some(dentry) = ctx.arg(1) {
-        do_truncate_begin(dentry, ctx.arg(2).unwrap_or(-1));
-    }
+    let o = offsets();
+    do_truncate_begin(kprobe_arg(&ctx, o.do_truncate_dentry), kprobe_arg(&ctx, o.do_truncate_length) as i64);
     0
 }
 #[kretprobe(function = "do_truncate")]
@@ -126,7 +128,7 @@ pub fn kretprobe_do_truncate(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// notify_change(idmap, dentry, attr, delegated): do_truncate calls it with the inode lock
+/// notify_change([idmap,] dentry, attr, delegated): do_truncate calls it with the inode lock
 /// held, so no write can land between here and the size change. The size read at
 /// do_truncate's entry may miss writes that took the lock first; the one read here is the
 /// size the truncation really cut from.
@@ -147,13 +149,11 @@ fn size_change_begins(dentry: KPtr) {
 
 #[fentry(function = "notify_change")]
 pub fn fentry_notify_change(ctx: FEntryContext) -> i32 {
-    size_change_begins(ctx.arg(1));
+    size_change_begins(fentry_arg(&ctx, offsets().notify_change_dentry));
     0
 }
 #[kprobe(function = "notify_change")]
 pub fn kprobe_notify_change(ctx: ProbeContext) -> u32 {
-    if let Some(dentry) = ctx.arg(1) {
-        size_change_begins(dentry);
-    }
+    size_change_begins(kprobe_arg(&ctx, offsets().notify_change_dentry));
     0
 }

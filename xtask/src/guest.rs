@@ -17,8 +17,55 @@ use anyhow::{Context as _, bail};
 
 use crate::shell;
 
-/// Meta packages that resolve to the newest 6.1 and 6.12 cloud kernels of bookworm(-security).
+/// Meta packages that resolve to the newest 6.1 and 6.12 cloud kernels of bookworm(-security):
+/// the guest test matrix.
 pub const KERNELS: &[(&str, &str)] = &[("6.1", "linux-image-cloud-amd64"), ("6.12", "linux-image-6.12-cloud-amd64")];
+
+/// Kernels outside the matrix, fetched only when XTASK_GUEST_ONLY names them: 5.10 from
+/// bullseye(-security), with apt lists of its own (see README, "Kernels", for what fails there).
+pub const ON_DEMAND: &[(&str, &str)] = &[("5.10", "linux-image-cloud-amd64")];
+
+/// deb822 sources of a series whose kernel is not in the host's suites; None: the host's.
+fn sources(series: &str) -> Option<&'static str> {
+    match series {
+        "5.10" => Some(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bullseye\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+             Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bullseye-security\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        ),
+        _ => None,
+    }
+}
+
+/// apt options that point apt at a series' own sources and lists (under the guest dir,
+/// never the host's /etc/apt), after fetching those lists once.
+fn apt_options(series: &str) -> anyhow::Result<Vec<String>> {
+    let Some(sources) = sources(series) else { return Ok(Vec::new()) };
+    let apt = dir().join("apt").join(series);
+    let parts = apt.join("sources.list.d");
+    let lists = apt.join("lists");
+    let options = vec![
+        "-o".to_owned(),
+        "Dir::Etc::SourceList=/dev/null".to_owned(),
+        "-o".to_owned(),
+        format!("Dir::Etc::SourceParts={}", parts.display()),
+        "-o".to_owned(),
+        format!("Dir::State::Lists={}", lists.display()),
+        "-o".to_owned(),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+    ];
+    let updated = apt.join("updated");
+    if !updated.exists() {
+        fs::create_dir_all(lists.join("partial"))?;
+        fs::create_dir_all(apt.join("cache"))?;
+        fs::create_dir_all(&parts)?;
+        fs::write(parts.join(format!("{series}.sources")), sources)?;
+        shell::run(Command::new("apt-get").args(&options).args(["update", "-qq"]))?;
+        fs::write(&updated, "")?;
+    }
+    Ok(options)
+}
 
 pub fn dir() -> PathBuf {
     shell::work_dir().join("guest")
@@ -36,42 +83,48 @@ pub fn kernel_elf(series: &str) -> PathBuf {
 
 pub fn prepare_kernels() -> anyhow::Result<()> {
     for (series, meta) in KERNELS {
-        let image = kernel_image(series);
-        if image.exists() {
-            continue;
-        }
-        let package = match resolve(meta) {
-            Some(p) => p,
-            None => {
-                // Package lists may predate the meta package (6.12 came to bookworm later).
-                shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
-                resolve(meta).with_context(|| format!("apt-cache depends {meta}: no linux-image package"))?
-            }
-        };
-        let scratch = dir().join("download");
-        let _ = fs::remove_dir_all(&scratch);
-        fs::create_dir_all(&scratch)?;
-        shell::run(Command::new("apt-get").args(["download", "-qq", &package]).current_dir(&scratch))?;
-        let deb =
-            fs::read_dir(&scratch)?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
-        let deb = deb.context("apt-get download produced no .deb")?;
-        let unpacked = scratch.join("x");
-        shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-        let release = package.trim_start_matches("linux-image-");
-        let target = image.parent().expect("kernel dir");
-        fs::create_dir_all(target)?;
-        fs::copy(unpacked.join(format!("boot/vmlinuz-{release}")), &image)?;
-        fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
-        fs::write(target.join("release"), release)?;
-        extract_elf(&image, &kernel_elf(series));
-        fs::remove_dir_all(&scratch)?;
+        prepare_kernel(series, meta)?;
     }
     base_initramfs()
 }
 
+/// Downloads and unpacks one kernel series, unless it is there.
+pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
+    let image = kernel_image(series);
+    if image.exists() {
+        return Ok(());
+    }
+    let apt = apt_options(series)?;
+    let package = match resolve(&apt, meta) {
+        Some(p) => p,
+        None => {
+            // Package lists may predate the meta package (6.12 came to bookworm later).
+            shell::run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
+            resolve(&apt, meta).with_context(|| format!("apt-cache depends {meta}: no linux-image package"))?
+        }
+    };
+    let scratch = dir().join("download");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    shell::run(Command::new("apt-get").args(&apt).args(["download", "-qq", &package]).current_dir(&scratch))?;
+    let deb = fs::read_dir(&scratch)?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb"));
+    let deb = deb.context("apt-get download produced no .deb")?;
+    let unpacked = scratch.join("x");
+    shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let release = package.trim_start_matches("linux-image-");
+    let target = image.parent().expect("kernel dir");
+    fs::create_dir_all(target)?;
+    fs::copy(unpacked.join(format!("boot/vmlinuz-{release}")), &image)?;
+    fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
+    fs::write(target.join("release"), release)?;
+    extract_elf(&image, &kernel_elf(series));
+    fs::remove_dir_all(&scratch)?;
+    Ok(())
+}
+
 /// The versioned image package a meta package points at (versions leave the archive).
-fn resolve(meta: &str) -> Option<String> {
-    let depends = shell::output(Command::new("apt-cache").args(["depends", meta])).ok()?;
+fn resolve(apt: &[String], meta: &str) -> Option<String> {
+    let depends = shell::output(Command::new("apt-cache").args(apt).args(["depends", meta])).ok()?;
     depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))

@@ -43,8 +43,17 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     // XTASK_GUEST_ONLY=6.1/fentry runs one combination (debugging a guest failure).
     let only = std::env::var("XTASK_GUEST_ONLY").ok();
-    for (series, _) in guest::KERNELS {
-        for mode in GUEST_MODES {
+    // XTASK_GUEST_ONLY may also name a mode outside the matrix (5.10/tracepoint).
+    let extra = only.as_deref().and_then(|o| o.split_once('/')).map(|(_, m)| m).filter(|m| !GUEST_MODES.contains(m));
+    // XTASK_GUEST_ONLY=5.10/kprobe fetches and runs a kernel outside the matrix.
+    let on_demand = guest::ON_DEMAND
+        .iter()
+        .filter(|(series, _)| only.as_deref().is_some_and(|o| o.starts_with(&format!("{series}/"))));
+    for (series, meta) in on_demand.clone() {
+        guest::prepare_kernel(series, meta)?;
+    }
+    for (series, _) in guest::KERNELS.iter().chain(on_demand) {
+        for mode in GUEST_MODES.iter().copied().chain(extra) {
             if only.as_deref().is_some_and(|o| o != format!("{series}/{mode}")) {
                 continue;
             }

@@ -22,6 +22,10 @@ pub enum BtfError {
     StructNotFound(String),
     #[error("kernel BTF: struct {struct_name} has no member {member_path}")]
     MemberNotFound { struct_name: String, member_path: String },
+    #[error("kernel BTF has no function {0}")]
+    FunctionNotFound(String),
+    #[error("kernel BTF: function {function} has no parameter {param}")]
+    ParamNotFound { function: String, param: String },
     #[error("kernel BTF: {struct_name}.{member_path} is a bitfield, which has no byte offset")]
     Bitfield { struct_name: String, member_path: String },
 }
@@ -36,6 +40,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -137,6 +142,24 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
+    /// Position (from 0) of parameter `param` of kernel function `function`, and how many
+    /// parameters it has.
+    pub fn param_position(&self, function: &str, param: &str) -> Result<(u32, u32), BtfError> {
+        let proto = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && self.string(t.name_off) == function)
+            .and_then(|f| self.types.get(f.size_or_type as usize))
+            .filter(|p| p.kind == KIND_FUNC_PROTO)
+            .ok_or_else(|| BtfError::FunctionNotFound(function.into()))?;
+        let position = proto
+            .members
+            .iter()
+            .position(|p| self.string(p.name_off) == param)
+            .ok_or_else(|| BtfError::ParamNotFound { function: function.into(), param: param.into() })?;
+        Ok((position as u32, proto.members.len() as u32))
+    }
+
     #[cfg(test)]
     pub fn has_member(&self, struct_name: &str, member_path: &str) -> bool {
         self.member_offset(struct_name, member_path).is_ok()
@@ -233,7 +256,15 @@ fn parse_type(r: &Reader, at: usize) -> Result<(Type, usize), BtfError> {
             }
             vlen * 12
         }
-        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        KIND_FUNC_PROTO => {
+            // Parameters, as members without offsets: what function_params reads.
+            for i in 0..vlen {
+                let p = at + 12 + i * 8;
+                members.push(Member { name_off: r.u32(p)?, type_id: r.u32(p + 4)?, bit_offset: 0, bitfield: false });
+            }
+            vlen * 8
+        }
+        KIND_ENUM => vlen * 8,
         KIND_DATASEC | KIND_ENUM64 => vlen * 12,
         0..=19 => 0,
         other => return Err(BtfError::Malformed(format!("unknown BTF kind {other} at byte {at}"))),
@@ -275,9 +306,10 @@ mod tests {
     /// A BTF blob built by hand:
     /// 1 int; 2 struct inner { int a@0; int b@32 }; 3 typedef inner_t = 2;
     /// 4 union (anonymous) { inner_t in@0; int c@0 }; 5 struct outer (size 24) { int x@0;
-    /// <anon union 4>@64; int bits:3 @128 (bitfield) }
+    /// <anon union 4>@64; int bits:3 @128 (bitfield) }; 6 int (int dentry, int length);
+    /// 7 func trunc = 6
     fn synthetic() -> Vec<u8> {
-        let strings = b"\0int\0inner\0a\0b\0inner_t\0in\0c\0outer\0x\0bits\0".to_vec();
+        let strings = b"\0int\0inner\0a\0b\0inner_t\0in\0c\0outer\0x\0bits\0dentry\0length\0trunc\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = [b"\0", name.as_bytes(), b"\0"].concat();
             strings.windows(needle.len()).position(|w| w == needle).unwrap() as u32 + 1
@@ -321,6 +353,16 @@ mod tests {
         push(s("bits"));
         push(1);
         push((3 << 24) | 128);
+        push(0);
+        push((KIND_FUNC_PROTO << 24) | 2);
+        push(1); // 6
+        push(s("dentry"));
+        push(1);
+        push(s("length"));
+        push(1);
+        push(s("trunc"));
+        push(KIND_FUNC << 24);
+        push(6); // 7
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]); // version, flags
@@ -373,6 +415,16 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_found_by_name() {
+        let btf = KernelBtf::from_raw_bytes(synthetic()).unwrap();
+        assert_eq!(btf.param_position("trunc", "dentry").unwrap(), (0, 2));
+        assert_eq!(btf.param_position("trunc", "length").unwrap(), (1, 2));
+        let err = btf.param_position("trunc", "filp").unwrap_err().to_string();
+        assert_eq!(err, "kernel BTF: function trunc has no parameter filp");
+        assert_eq!(btf.param_position("outer", "x").unwrap_err().to_string(), "kernel BTF has no function outer");
+    }
+
+    #[test]
     fn reads_the_btf_section_of_an_elf_image() {
         let dir = std::env::temp_dir().join(format!("collector-btf-{}", std::process::id()));
         std::fs::write(&dir, elf_with_btf(&synthetic())).unwrap();
@@ -397,5 +449,8 @@ mod tests {
             assert!(btf.member_offset(s, m).unwrap() < btf.struct_size(s).unwrap(), "{s}.{m}");
         }
         assert!(btf.has_member("inode", "i_nlink"), "a member of an anonymous union");
+        // Since 6.3: do_truncate(idmap, dentry, length, time_attrs, filp).
+        assert_eq!(btf.param_position("do_truncate", "dentry").unwrap(), (1, 5));
+        assert_eq!(btf.param_position("do_truncate", "length").unwrap(), (2, 5));
     }
 }

@@ -16,7 +16,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
-use collector_common::{Counter, InodeKey, KernelOffsets, WatchedInode};
+use collector_common::{Counter, InodeKey, WatchedInode};
 
 pub use attach::AttachMode;
 use attach::{Planned, Target};
@@ -90,12 +90,11 @@ impl Probe {
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
         for mode in candidates {
-            let attached =
-                if mode != AttachMode::Tracepoint && kernel_offsets.renamedata_old_dentry == KernelOffsets::ABSENT {
-                    Err("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned())
-                } else {
-                    attach_mode(&mut ebpf, mode)
-                };
+            let unusable = offsets::unusable_reason(&kernel_offsets).filter(|_| mode != AttachMode::Tracepoint);
+            let attached = match unusable {
+                Some(why) => Err(why),
+                None => attach_mode(&mut ebpf, mode),
+            };
             match attached {
                 Ok(()) => {
                     for (worse, why) in &rejected {

@@ -34,8 +34,54 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         dentry_inode: at("dentry", "d_inode")?,
         renamedata_old_dentry: at("renamedata", "old_dentry").unwrap_or(KernelOffsets::ABSENT),
         renamedata_new_dentry: at("renamedata", "new_dentry").unwrap_or(KernelOffsets::ABSENT),
+        do_truncate_dentry: param(btf, "do_truncate", "dentry").0,
+        do_truncate_length: param(btf, "do_truncate", "length").0,
+        do_truncate_params: param(btf, "do_truncate", "dentry").1,
+        vfs_unlink_dir: param(btf, "vfs_unlink", "dir").0,
+        vfs_unlink_dentry: param(btf, "vfs_unlink", "dentry").0,
+        vfs_unlink_params: param(btf, "vfs_unlink", "dentry").1,
+        notify_change_dentry: param(btf, "notify_change", "dentry").0,
     })
 }
+
+/// (position, parameter count) of a function's parameter; ABSENT when the BTF does not
+/// say (the fentry/kprobe modes are then refused, see `unusable_reason`).
+fn param(btf: &KernelBtf, function: &str, name: &str) -> (u32, u32) {
+    btf.param_position(function, name).unwrap_or((KernelOffsets::ABSENT, KernelOffsets::ABSENT))
+}
+
+/// Why the fentry/kprobe programs cannot run on this kernel, if they cannot: what they read
+/// is missing from its BTF, or lies beyond the six arguments they can read.
+pub fn unusable_reason(o: &KernelOffsets) -> Option<String> {
+    if o.renamedata_old_dentry == KernelOffsets::ABSENT {
+        return Some("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned());
+    }
+    let positions = [
+        ("do_truncate", "dentry", o.do_truncate_dentry),
+        ("do_truncate", "length", o.do_truncate_length),
+        ("vfs_unlink", "dir", o.vfs_unlink_dir),
+        ("vfs_unlink", "dentry", o.vfs_unlink_dentry),
+        ("notify_change", "dentry", o.notify_change_dentry),
+    ];
+    for (function, param, at) in positions {
+        if at == KernelOffsets::ABSENT {
+            return Some(format!("the kernel's BTF has no parameter {param} of {function}"));
+        }
+        if at >= MAX_ARGS {
+            return Some(format!("parameter {param} of {function} is argument {at}, beyond the {MAX_ARGS} read"));
+        }
+    }
+    // fexit reads the return value in the slot after the parameters.
+    for (function, count) in [("do_truncate", o.do_truncate_params), ("vfs_unlink", o.vfs_unlink_params)] {
+        if count >= MAX_ARGS {
+            return Some(format!("{function} has {count} parameters, beyond the {MAX_ARGS} read"));
+        }
+    }
+    None
+}
+
+/// Argument slots the programs can read by position (collector-ebpf args.rs).
+const MAX_ARGS: u32 = 6;
 
 /// Where syscall tracepoint records keep their data: (first argument, `ret`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

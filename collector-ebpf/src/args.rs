@@ -1,0 +1,55 @@
+//! Arguments of kernel functions whose parameters moved between kernels: their positions
+//! come from the kernel's BTF (OFFSETS). A program may load from its context only at an
+//! offset fixed in the instruction, and LLVM folds one-load-per-position code into a single
+//! load at a computed offset, which the verifier refuses ("dereference of modified ctx
+//! ptr"). So the slot is read with bpf_probe_read_kernel; the position is a load-time
+//! constant, so the verifier knows the address is inside the context.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::pt_regs,
+    helpers::bpf_probe_read_kernel,
+    programs::{FEntryContext, FExitContext, ProbeContext},
+};
+
+/// Argument slots readable by position (the daemon refuses kernels that need more).
+const SLOTS: u32 = 6;
+
+#[inline(always)]
+fn read_slot(ctx: *mut core::ffi::c_void, byte_offset: usize) -> u64 {
+    unsafe { bpf_probe_read_kernel((ctx as *const u8).add(byte_offset) as *const u64).unwrap_or(0) }
+}
+
+/// Argument `n` (from 0) of an fentry program's function; 0 past the sixth.
+#[inline(always)]
+pub fn fentry_arg(ctx: &FEntryContext, n: u32) -> u64 {
+    if n >= SLOTS {
+        return 0;
+    }
+    read_slot(ctx.as_ptr(), n as usize * 8)
+}
+
+/// Slot `n` of an fexit program: the arguments, then the return value.
+#[inline(always)]
+pub fn fexit_slot(ctx: &FExitContext, n: u32) -> u64 {
+    if n > SLOTS {
+        return 0;
+    }
+    read_slot(ctx.as_ptr(), n as usize * 8)
+}
+
+/// Argument `n` (from 0) of a kprobe's function, from the registers of the x86-64 calling
+/// convention; 0 past the sixth.
+#[inline(always)]
+pub fn kprobe_arg(ctx: &ProbeContext, n: u32) -> u64 {
+    let offset = match n {
+        0 => core::mem::offset_of!(pt_regs, rdi),
+        1 => core::mem::offset_of!(pt_regs, rsi),
+        2 => core::mem::offset_of!(pt_regs, rdx),
+        3 => core::mem::offset_of!(pt_regs, rcx),
+        4 => core::mem::offset_of!(pt_regs, r8),
+        5 => core::mem::offset_of!(pt_regs, r9),
+        _ => return 0,
+    };
+    read_slot(ctx.as_ptr(), offset)
+}
