@@ -72,7 +72,13 @@ pub struct KernelBtf {
     strings: Vec<u8>,
     /// Struct/union name -> first id with members.
     by_name: HashMap<String, u32>,
+    /// Parameter names of the functions in PARAMS_OF (only those: every prototype's
+    /// parameters would add megabytes to the start-up peak).
+    params: HashMap<String, Vec<String>>,
 }
+
+/// Functions whose parameter positions the programs need (offsets.rs).
+const PARAMS_OF: &[&str] = &["do_truncate", "vfs_unlink", "notify_change"];
 
 impl KernelBtf {
     #[cfg(test)]
@@ -105,12 +111,34 @@ impl KernelBtf {
         let mut types = vec![Type { kind: 0, name_off: 0, size_or_type: 0, members: Vec::new() }];
         let mut at = types_at;
         let end = types_at + type_len;
+        // (id, byte position) of every prototype, and the prototype of each wanted function.
+        let mut protos = Vec::new();
+        let mut wanted = Vec::new();
         while at < end {
             let (ty, len) = parse_type(&r, at)?;
+            let id = types.len() as u32;
+            match ty.kind {
+                KIND_FUNC_PROTO => protos.push((id, at)),
+                KIND_FUNC if PARAMS_OF.contains(&string_at(&strings, ty.name_off)) => {
+                    wanted.push((string_at(&strings, ty.name_off).to_owned(), ty.size_or_type));
+                }
+                _ => {}
+            }
             types.push(ty);
             at += len;
         }
-        let mut btf = KernelBtf { types, strings, by_name: HashMap::new() };
+        let mut params = HashMap::new();
+        for (function, proto) in wanted {
+            let Ok(i) = protos.binary_search_by_key(&proto, |&(id, _)| id) else { continue };
+            let at = protos[i].1;
+            let count = (r.u32(at + 4)? & 0xffff) as usize;
+            let names = (0..count)
+                .map(|i| r.u32(at + 12 + i * 8).map(|name_off| string_at(&strings, name_off).to_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            params.insert(function, names);
+        }
+        drop(protos);
+        let mut btf = KernelBtf { types, strings, by_name: HashMap::new(), params };
         for (id, ty) in btf.types.iter().enumerate() {
             if matches!(ty.kind, KIND_STRUCT | KIND_UNION) && !ty.members.is_empty() {
                 let name = btf.string(ty.name_off).to_owned();
@@ -142,22 +170,15 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
-    /// Position (from 0) of parameter `param` of kernel function `function`, and how many
-    /// parameters it has.
+    /// Position (from 0) of parameter `param` of kernel function `function` (one of
+    /// PARAMS_OF), and how many parameters it has.
     pub fn param_position(&self, function: &str, param: &str) -> Result<(u32, u32), BtfError> {
-        let proto = self
-            .types
+        let names = self.params.get(function).ok_or_else(|| BtfError::FunctionNotFound(function.into()))?;
+        let position = names
             .iter()
-            .find(|t| t.kind == KIND_FUNC && self.string(t.name_off) == function)
-            .and_then(|f| self.types.get(f.size_or_type as usize))
-            .filter(|p| p.kind == KIND_FUNC_PROTO)
-            .ok_or_else(|| BtfError::FunctionNotFound(function.into()))?;
-        let position = proto
-            .members
-            .iter()
-            .position(|p| self.string(p.name_off) == param)
+            .position(|n| n == param)
             .ok_or_else(|| BtfError::ParamNotFound { function: function.into(), param: param.into() })?;
-        Ok((position as u32, proto.members.len() as u32))
+        Ok((position as u32, names.len() as u32))
     }
 
     #[cfg(test)]
@@ -208,10 +229,14 @@ impl KernelBtf {
     }
 
     fn string(&self, offset: u32) -> &str {
-        let tail = self.strings.get(offset as usize..).unwrap_or_default();
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        std::str::from_utf8(&tail[..end]).unwrap_or_default()
+        string_at(&self.strings, offset)
     }
+}
+
+fn string_at(strings: &[u8], offset: u32) -> &str {
+    let tail = strings.get(offset as usize..).unwrap_or_default();
+    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+    std::str::from_utf8(&tail[..end]).unwrap_or_default()
 }
 
 fn malformed(what: &str) -> BtfError {
@@ -256,15 +281,7 @@ fn parse_type(r: &Reader, at: usize) -> Result<(Type, usize), BtfError> {
             }
             vlen * 12
         }
-        KIND_FUNC_PROTO => {
-            // Parameters, as members without offsets: what function_params reads.
-            for i in 0..vlen {
-                let p = at + 12 + i * 8;
-                members.push(Member { name_off: r.u32(p)?, type_id: r.u32(p + 4)?, bit_offset: 0, bitfield: false });
-            }
-            vlen * 8
-        }
-        KIND_ENUM => vlen * 8,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
         KIND_DATASEC | KIND_ENUM64 => vlen * 12,
         0..=19 => 0,
         other => return Err(BtfError::Malformed(format!("unknown BTF kind {other} at byte {at}"))),
@@ -307,9 +324,9 @@ mod tests {
     /// 1 int; 2 struct inner { int a@0; int b@32 }; 3 typedef inner_t = 2;
     /// 4 union (anonymous) { inner_t in@0; int c@0 }; 5 struct outer (size 24) { int x@0;
     /// <anon union 4>@64; int bits:3 @128 (bitfield) }; 6 int (int dentry, int length);
-    /// 7 func trunc = 6
+    /// 7 func do_truncate = 6
     fn synthetic() -> Vec<u8> {
-        let strings = b"\0int\0inner\0a\0b\0inner_t\0in\0c\0outer\0x\0bits\0dentry\0length\0trunc\0".to_vec();
+        let strings = b"\0int\0inner\0a\0b\0inner_t\0in\0c\0outer\0x\0bits\0dentry\0length\0do_truncate\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = [b"\0", name.as_bytes(), b"\0"].concat();
             strings.windows(needle.len()).position(|w| w == needle).unwrap() as u32 + 1
@@ -360,7 +377,7 @@ mod tests {
         push(1);
         push(s("length"));
         push(1);
-        push(s("trunc"));
+        push(s("do_truncate"));
         push(KIND_FUNC << 24);
         push(6); // 7
         let mut blob = Vec::new();
@@ -417,10 +434,10 @@ mod tests {
     #[test]
     fn parameters_are_found_by_name() {
         let btf = KernelBtf::from_raw_bytes(synthetic()).unwrap();
-        assert_eq!(btf.param_position("trunc", "dentry").unwrap(), (0, 2));
-        assert_eq!(btf.param_position("trunc", "length").unwrap(), (1, 2));
-        let err = btf.param_position("trunc", "filp").unwrap_err().to_string();
-        assert_eq!(err, "kernel BTF: function trunc has no parameter filp");
+        assert_eq!(btf.param_position("do_truncate", "dentry").unwrap(), (0, 2));
+        assert_eq!(btf.param_position("do_truncate", "length").unwrap(), (1, 2));
+        let err = btf.param_position("do_truncate", "filp").unwrap_err().to_string();
+        assert_eq!(err, "kernel BTF: function do_truncate has no parameter filp");
         assert_eq!(btf.param_position("outer", "x").unwrap_err().to_string(), "kernel BTF has no function outer");
     }
 
