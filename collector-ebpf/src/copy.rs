@@ -33,15 +33,14 @@ pub fn on_read(inode: InodeKey, pos: u64, len: u64) {
 /// One hook body for every attach mode: `len` bytes went from `source` at `pos` to
 /// `destination` at `destination_pos` without passing through userspace.
 #[inline(always)]
-pub fn on_copy(source: Option<InodeKey>, pos: u64, destination: Option<InodeKey>, destination_pos: u64, len: u64) {
-    match (source, destination) {
-        (Some(source), dest) => {
-            let dest = dest.unwrap_or_default();
-            emit::set_known_end(&dest, destination_pos + len, true);
-            emit::range(EventKind::Copy, source, pos, len, dest, destination_pos);
-        }
-        (None, Some(dest)) => on_write(dest, 0, destination_pos, len, 0),
-        (None, None) => {}
+/// `source` and `destination` are zero keys when unknown (plain keys, not Options: the
+/// payload of a None is uninitialised stack, which verifiers before 6.x refuse to read).
+pub fn on_copy(source: InodeKey, pos: u64, destination: InodeKey, destination_pos: u64, len: u64) {
+    if source.ino != 0 {
+        emit::set_known_end(&destination, destination_pos + len, true);
+        emit::range(EventKind::Copy, source, pos, len, destination, destination_pos);
+    } else if destination.ino != 0 {
+        on_write(destination, 0, destination_pos, len, 0);
     }
 }
 
@@ -113,8 +112,8 @@ fn end_copy(ctx: &TracePointContext) {
     let len = n as u64;
     let pos = start_of_transfer(call.file, call.pos, false, len);
     let destination_pos = start_of_transfer(call.peer_file, call.peer_pos, call.flags != 0, len);
-    let destination = watched_inode(call.peer_file).or_else(|| peer_key(call.peer_file));
-    on_copy(watched_inode(call.file), pos, destination, destination_pos, len);
+    let destination = watched_inode(call.peer_file).or_else(|| peer_key(call.peer_file)).unwrap_or_default();
+    on_copy(watched_inode(call.file).unwrap_or_default(), pos, destination, destination_pos, len);
 }
 
 /// Identity of a copy's unwatched destination, so the daemon can tell what was copied where.
@@ -272,8 +271,9 @@ fn vfs_copy_end(n: i64) {
     if n <= 0 {
         return;
     }
-    let destination = watched_inode(call.peer_file).or_else(|| peer_key(call.peer_file));
-    on_copy(watched_inode(call.file), call.pos as u64, destination, call.peer_pos as u64, n as u64);
+    let destination = watched_inode(call.peer_file).or_else(|| peer_key(call.peer_file)).unwrap_or_default();
+    let source = watched_inode(call.file).unwrap_or_default();
+    on_copy(source, call.pos as u64, destination, call.peer_pos as u64, n as u64);
 }
 
 /// vfs_copy_file_range(file_in, pos_in, file_out, pos_out, len, flags)

@@ -40,6 +40,9 @@ pub struct PendingCall {
     /// descriptor it came from.
     pub base_dir: InodeKey,
     pub dfd: i32,
+    /// Padding spelled out: the struct goes to bpf_map_update_elem from the stack, and
+    /// verifiers before 6.x (5.15 here) refuse to let a helper read uninitialised bytes.
+    pub _pad0: u32,
     /// rename: the old parent directory (exact once the VFS hook saw it, else the
     /// directory the old name resolves against) and the new one (VFS hook only).
     pub old_parent: InodeKey,
@@ -51,6 +54,7 @@ pub struct PendingCall {
     /// rename: a watched directory is involved (ctime changed during the call, or the
     /// VFS hook saw it as the new parent).
     pub touched_watched_dir: bool,
+    pub _pad1: [u8; 7],
     pub size_before: u64,
 }
 
@@ -67,11 +71,13 @@ impl PendingCall {
             user_name: 0,
             base_dir: InodeKey::new(0, 0),
             dfd: 0,
+            _pad0: 0,
             old_parent: InodeKey::new(0, 0),
             new_parent: InodeKey::new(0, 0),
             captured_inode: 0,
             buf: 0,
             touched_watched_dir: false,
+            _pad1: [0; 7],
             size_before: 0,
         }
     }

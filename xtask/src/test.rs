@@ -45,14 +45,21 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     let only = std::env::var("XTASK_GUEST_ONLY").ok();
     // XTASK_GUEST_ONLY may also name a mode outside the matrix (5.10/tracepoint).
     let extra = only.as_deref().and_then(|o| o.split_once('/')).map(|(_, m)| m).filter(|m| !GUEST_MODES.contains(m));
-    // XTASK_GUEST_ONLY=5.10/kprobe fetches and runs a kernel outside the matrix.
-    let on_demand = guest::ON_DEMAND
-        .iter()
-        .filter(|(series, _)| only.as_deref().is_some_and(|o| o.starts_with(&format!("{series}/"))));
-    for (series, meta) in on_demand.clone() {
-        guest::prepare_kernel(series, meta)?;
+    // XTASK_GUEST_ONLY=5.10/kprobe fetches and runs a kernel outside the matrix; any other
+    // series runs if its image was put in target/xtask/guest/kernels/<series>/vmlinuz by hand.
+    let mut series_list: Vec<&str> = guest::KERNELS.iter().map(|(s, _)| *s).collect();
+    if let Some((series, _)) = only.as_deref().and_then(|o| o.split_once('/'))
+        && !series_list.contains(&series)
+    {
+        if let Some((_, meta)) = guest::ON_DEMAND.iter().find(|(s, _)| *s == series) {
+            guest::prepare_kernel(series, meta)?;
+        }
+        if !guest::kernel_image(series).exists() {
+            bail!("no kernel image for {series}: {}", guest::kernel_image(series).display());
+        }
+        series_list.push(series);
     }
-    for (series, _) in guest::KERNELS.iter().chain(on_demand) {
+    for series in series_list {
         for mode in GUEST_MODES.iter().copied().chain(extra) {
             if only.as_deref().is_some_and(|o| o != format!("{series}/{mode}")) {
                 continue;
