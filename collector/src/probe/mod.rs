@@ -89,8 +89,11 @@ impl Probe {
 
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         for mode in candidates {
-            let unusable = offsets::unusable_reason(&kernel_offsets).filter(|_| mode != AttachMode::Tracepoint);
+            let unverified = attach::unverified_release(release.trim()).filter(|_| options.mode.is_none());
+            let unusable =
+                offsets::unusable_reason(&kernel_offsets).or(unverified).filter(|_| mode != AttachMode::Tracepoint);
             let attached = match unusable {
                 Some(why) => Err(why),
                 None => attach_mode(&mut ebpf, mode),
