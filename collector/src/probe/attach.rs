@@ -42,7 +42,8 @@ pub fn unverified_release(release: &str) -> Option<String> {
     let (want_major, want_minor) = VFS_MODES_VERIFIED_FROM;
     ((major, minor) < VFS_MODES_VERIFIED_FROM).then(|| {
         format!(
-            "not verified on Linux {major}.{minor} (tested from {want_major}.{want_minor}; kprobe mode misses reads              that copytruncate depends on on 5.10 and 5.15); --attach-mode forces it"
+            "not verified on Linux {major}.{minor} (tested from {want_major}.{want_minor}; on 5.10 and 5.15 kprobe mode \
+             misses the reads copytruncate depends on); --attach-mode forces it"
         )
     })
 }
@@ -132,6 +133,11 @@ mod tests {
     fn vfs_modes_are_chosen_only_on_verified_kernels() {
         assert!(unverified_release("5.15.0-204-generic").is_some());
         assert!(unverified_release("5.10.0-46-cloud-amd64").is_some());
+        assert_eq!(
+            unverified_release("5.15.0-204-generic").unwrap(),
+            "not verified on Linux 5.15 (tested from 6.1; on 5.10 and 5.15 kprobe mode misses the reads copytruncate \
+             depends on); --attach-mode forces it"
+        );
         assert!(unverified_release("4.19.0").is_some());
         assert!(unverified_release("6.1.0-41-cloud-amd64").is_none());
         assert!(unverified_release("6.12.117+deb12-cloud-amd64").is_none());
