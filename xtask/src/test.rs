@@ -43,12 +43,13 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     // XTASK_GUEST_ONLY=6.1/fentry runs one combination (debugging a guest failure).
     let only = std::env::var("XTASK_GUEST_ONLY").ok();
-    // XTASK_GUEST_ONLY may also name a mode outside the matrix (5.10/tracepoint).
-    let extra = only.as_deref().and_then(|o| o.split_once('/')).map(|(_, m)| m).filter(|m| !GUEST_MODES.contains(m));
+    let only_pair = only.as_deref().and_then(|o| o.split_once('/'));
+    // It may also name a mode outside the matrix (5.10/tracepoint).
+    let extra = only_pair.map(|(_, m)| m).filter(|m| !GUEST_MODES.contains(m));
     // XTASK_GUEST_ONLY=5.10/kprobe fetches and runs a kernel outside the matrix; any other
     // series runs if its image was put in target/xtask/guest/kernels/<series>/vmlinuz by hand.
     let mut series_list: Vec<&str> = guest::KERNELS.iter().map(|(s, _)| *s).collect();
-    if let Some((series, _)) = only.as_deref().and_then(|o| o.split_once('/'))
+    if let Some((series, _)) = only_pair
         && !series_list.contains(&series)
     {
         if let Some((_, meta)) = guest::ON_DEMAND.iter().find(|(s, _)| *s == series) {

@@ -89,12 +89,12 @@ impl Probe {
 
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
+        // Why fentry/kprobe are not tried on this kernel, if they are not.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let vfs_unusable = offsets::unusable_reason(&kernel_offsets)
+            .or_else(|| attach::unverified_release(release.trim()).filter(|_| options.mode.is_none()));
         for mode in candidates {
-            let unverified = attach::unverified_release(release.trim()).filter(|_| options.mode.is_none());
-            let unusable =
-                offsets::unusable_reason(&kernel_offsets).or(unverified).filter(|_| mode != AttachMode::Tracepoint);
-            let attached = match unusable {
+            let attached = match vfs_unusable.clone().filter(|_| mode != AttachMode::Tracepoint) {
                 Some(why) => Err(why),
                 None => attach_mode(&mut ebpf, mode),
             };

@@ -12,6 +12,8 @@ use super::btf::{BtfError, KernelBtf};
 /// Reads every offset the programs use; the error names the struct and member missing.
 pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let at = |s: &str, m: &str| btf.member_offset(s, m);
+    let (do_truncate_dentry, do_truncate_params) = param(btf, "do_truncate", "dentry");
+    let (vfs_unlink_dentry, vfs_unlink_params) = param(btf, "vfs_unlink", "dentry");
     Ok(KernelOffsets {
         task_files: at("task_struct", "files")?,
         task_fs: at("task_struct", "fs")?,
@@ -34,12 +36,12 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         dentry_inode: at("dentry", "d_inode")?,
         renamedata_old_dentry: at("renamedata", "old_dentry").unwrap_or(KernelOffsets::ABSENT),
         renamedata_new_dentry: at("renamedata", "new_dentry").unwrap_or(KernelOffsets::ABSENT),
-        do_truncate_dentry: param(btf, "do_truncate", "dentry").0,
+        do_truncate_dentry,
         do_truncate_length: param(btf, "do_truncate", "length").0,
-        do_truncate_params: param(btf, "do_truncate", "dentry").1,
+        do_truncate_params,
         vfs_unlink_dir: param(btf, "vfs_unlink", "dir").0,
-        vfs_unlink_dentry: param(btf, "vfs_unlink", "dentry").0,
-        vfs_unlink_params: param(btf, "vfs_unlink", "dentry").1,
+        vfs_unlink_dentry,
+        vfs_unlink_params,
         notify_change_dentry: param(btf, "notify_change", "dentry").0,
     })
 }
