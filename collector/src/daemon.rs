@@ -20,18 +20,17 @@ use std::{
 use collector_common::InodeKey;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 
 use crate::{
     cgroup::CgroupNames,
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
     event_queue::EventQueue,
-    framer::{Framer, FramerConfig, Record},
+    framer::{Framed, Framer, FramerConfig},
     inode_map::{InodeMap, InodeSet},
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
-    sink::{Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
+    sink::{Batch, Origin, Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
     tracker::{self, Action, Tracker},
     transform,
     watch::{WatchSet, key_of},
@@ -52,7 +51,7 @@ const LAST_METRICS_SEND: Duration = Duration::from_secs(5);
 struct Chunk {
     inode: InodeKey,
     at: u64,
-    bytes: Bytes,
+    bytes: Vec<u8>,
     read_end_ns: u64,
 }
 
@@ -133,6 +132,8 @@ pub struct Daemon {
     cgroups: CgroupNames,
     /// The instance's identity, for flows that add it (read at start-up).
     ec2: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The records of the read being shipped; kept to reuse its buffers.
+    framed: Framed,
 }
 
 impl Daemon {
@@ -177,6 +178,7 @@ impl Daemon {
             dirty: InodeSet::default(),
             store,
             sinks,
+            framed: Framed::default(),
             patterns,
             dirs: InodeMap::default(),
             started: Instant::now(),
@@ -404,7 +406,7 @@ impl Daemon {
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, "truncated");
-        let mut records = Vec::new();
+        let mut records = Framed::default();
         let mut recovered_to = read_to;
         if read_to < size_before
             && let Some((copy, copied)) = recover_from
@@ -416,7 +418,7 @@ impl Daemon {
                 if let Ok(n) = c.file.read_at(&mut buf, read_to) {
                     let f = self.open.get_mut(&inode).expect("checked");
                     buf.truncate(n);
-                    f.framer.push(read_to, &Bytes::from(buf), &mut records);
+                    f.framer.push(read_to, buf, &mut records);
                     recovered_to = read_to + n as u64;
                     tracing::info!(bytes = n, "recovered the unread tail of a copytruncated file from its copy");
                 }
@@ -436,7 +438,7 @@ impl Daemon {
                 break;
             }
             let piece = &bytes[(recovered_to - at) as usize..];
-            f.framer.push(recovered_to, &Bytes::copy_from_slice(piece), &mut records);
+            f.framer.push(recovered_to, piece.to_vec(), &mut records);
             recovered_to += piece.len() as u64;
             from_writes += piece.len();
         }
@@ -461,7 +463,7 @@ impl Daemon {
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
-        if !self.deliver(inode, records) && recovered_to > read_to {
+        if !self.deliver(inode, &records) && recovered_to > read_to {
             // Known gap: these bytes exist only in memory now (the copy may be compressed
             // or deleted by the time the sink is back).
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
@@ -605,7 +607,7 @@ impl Daemon {
                     }
                     f.last_input = Instant::now();
                     self.counters[f.flow].bytes_read += n as u64;
-                    chunks.push(Chunk { inode, at, bytes: Bytes::from(buf), read_end_ns: boot_ns() });
+                    chunks.push(Chunk { inode, at, bytes: buf, read_end_ns: boot_ns() });
                 }
                 Err(e) => tracing::warn!(inode = inode.ino, "read failed: {e}"),
             }
@@ -630,11 +632,14 @@ impl Daemon {
                 self.waiting.insert(c.inode);
                 continue;
             }
-            let mut records = Vec::new();
-            f.framer.push(c.at, &c.bytes, &mut records);
+            // Reused: its buffers keep their capacity from one batch to the next.
+            let mut framed = std::mem::take(&mut self.framed);
+            framed.clear();
+            f.framer.push(c.at, c.bytes, &mut framed);
             let read_to = f.framer.next_offset();
             f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
-            let _ = self.deliver(c.inode, records);
+            let _ = self.deliver(c.inode, &framed);
+            self.framed = framed;
             self.checkpoint(c.inode, false);
         }
     }
@@ -648,11 +653,11 @@ impl Daemon {
             .map(|(k, _)| *k)
             .collect();
         for inode in due {
-            let mut records = Vec::new();
+            let mut records = Framed::default();
             if let Some(f) = self.open.get_mut(&inode) {
                 f.framer.flush(&mut records);
             }
-            let _ = self.deliver(inode, records);
+            let _ = self.deliver(inode, &records);
             self.checkpoint(inode, false);
         }
     }
@@ -660,12 +665,13 @@ impl Daemon {
     /// Sends records of one file to its flow's sink; on success they count as acknowledged.
     /// On failure they are kept on disk: the file is re-read from its acknowledged offset.
     /// Returns whether the sink took them.
-    fn deliver(&mut self, inode: InodeKey, records: Vec<Record>) -> bool {
+    fn deliver(&mut self, inode: InodeKey, framed: &Framed) -> bool {
         let Some(f) = self.open.get_mut(&inode) else { return false };
-        if records.is_empty() {
+        if framed.is_empty() {
             f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
             return true;
         }
+        let records = framed.records();
         let flow = &self.config.flows[f.flow];
         let path = self.tracker.get(&inode).map(|t| t.path.clone()).unwrap_or_default();
         // Per record: what the transforms made of it (None: shipped as read).
@@ -673,8 +679,8 @@ impl Daemon {
         if !flow.transforms.is_empty() {
             let cx = transform::Context { path: &path, writer: f.writer.as_ref(), ec2: self.ec2.as_ref() };
             let counters = &mut self.counters[f.flow];
-            for r in &records {
-                transformed.push(match flow.transforms.apply(&r.data, &cx) {
+            for r in records {
+                transformed.push(match flow.transforms.apply(framed.data(r), &cx) {
                     transform::Output::Text(text) => Some((text, false)),
                     transform::Output::Json(object) => Some((object, true)),
                     transform::Output::Unparsed => {
@@ -685,40 +691,28 @@ impl Daemon {
                 });
             }
         }
-        // Records to send, with the index of the record each came from.
-        let mut sources = Vec::with_capacity(records.len());
-        let batch: Vec<Outgoing> = records
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let (data, json) = match transformed.get(i) {
-                    Some(Some((data, json))) => (data.as_slice(), *json),
-                    Some(None) if flow.transforms.drop_unparsed => return None,
-                    _ => (&r.data[..], false),
-                };
-                sources.push(i);
-                Some(Outgoing {
-                    flow: &flow.name,
-                    path: &path,
-                    inode,
-                    offset: r.offset,
-                    data,
-                    writer: f.writer.as_ref(),
-                    json,
-                })
-            })
-            .collect();
-        // What each record sends (after transforms), for the counters.
-        let sizes: Vec<u64> = batch.iter().map(|o| o.data.len() as u64).collect();
+        // Records to send.
+        let mut outgoing = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let (data, json) = match transformed.get(i) {
+                Some(Some((data, json))) => (data.as_slice(), *json),
+                Some(None) if flow.transforms.drop_unparsed => continue,
+                _ => (framed.data(r), false),
+            };
+            outgoing.push(Outgoing { offset: r.offset, data, json });
+        }
+        let origin = Origin { flow: &flow.name, path: &path, inode, writer: f.writer.as_ref() };
+        let batch = Batch { origin, records: &outgoing };
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
-        let result = if batch.is_empty() {
+        let result = if outgoing.is_empty() {
             Ok(())
         } else if sink.may_block() {
             self.events.while_waiting(|| sink.deliver(&batch))
         } else {
             sink.deliver(&batch)
         };
+        let bytes_of = |records: &[Outgoing]| records.iter().map(|o| o.data.len() as u64).sum::<u64>();
         match result {
             Ok(()) => {
                 if self.sink_error[f.flow].take().is_some() {
@@ -726,11 +720,11 @@ impl Daemon {
                 }
                 self.failing_since[f.flow] = None;
                 let counters = &mut self.counters[f.flow];
-                counters.records_sent += sizes.len() as u64;
-                counters.bytes_sent += sizes.iter().sum::<u64>();
-                counters.records_cut += records.iter().filter(|r| r.truncated).count() as u64;
-                f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
+                counters.records_sent += outgoing.len() as u64;
+                counters.bytes_sent += bytes_of(&outgoing);
                 let cut = records.iter().filter(|r| r.truncated).count();
+                counters.records_cut += cut as u64;
+                f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
                 if cut > 0 {
                     tracing::warn!(flow = %flow.name, path = %path.display(), records = cut, limit = flow.max_record_bytes, dropped_bytes_total = f.framer.dropped_bytes, "records longer than max_record_bytes were cut");
                 }
@@ -740,10 +734,10 @@ impl Daemon {
                 let counters = &mut self.counters[f.flow];
                 counters.batches_failed += 1;
                 counters.records_sent += accepted as u64;
-                counters.bytes_sent += sizes.iter().take(accepted).sum::<u64>();
+                counters.bytes_sent += bytes_of(&outgoing[..accepted.min(outgoing.len())]);
                 self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
-                if let Some(first_refused) = sources.get(accepted).map(|&i| &records[i])
+                if let Some(first_refused) = outgoing.get(accepted)
                     && accepted > 0
                 {
                     f.acknowledged = f.acknowledged.max(first_refused.offset);

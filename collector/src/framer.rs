@@ -5,19 +5,64 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One record: the file range it came from, and where its bytes are in the [`Framed`] that
+/// holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     /// File offset of the record's first byte.
     pub offset: u64,
     /// File offset just past the record, its newline included.
     pub end: u64,
-    /// A slice of the chunk that was read when the line lies whole in it (no copy), else
-    /// the bytes gathered across reads.
-    pub data: Bytes,
     /// Cut at `max_record_bytes` (the rest up to the newline was dropped and counted).
     pub truncated: bool,
+    bytes: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Span {
+    /// In the bytes read, where the line lay whole.
+    Read { start: usize, len: usize },
+    /// In the bytes gathered across reads (and multiline records, and cut lines).
+    Gathered { start: usize, len: usize },
+}
+
+/// Records cut from the bytes pushed, each kept as a range: most lines lie whole in one
+/// read and are neither copied nor reference-counted; the rest are gathered in one buffer.
+/// Cleared and filled again for each batch, so its buffers are reused.
+#[derive(Default)]
+pub struct Framed {
+    read: Vec<u8>,
+    gathered: Vec<u8>,
+    records: Vec<Record>,
+}
+
+impl Framed {
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn data(&self, r: &Record) -> &[u8] {
+        match r.bytes {
+            Span::Read { start, len } => &self.read[start..start + len],
+            Span::Gathered { start, len } => &self.gathered[start..start + len],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.read.clear();
+        self.gathered.clear();
+        self.records.clear();
+    }
+
+    fn gather(&mut self, bytes: &[u8]) -> Span {
+        let start = self.gathered.len();
+        self.gathered.extend_from_slice(bytes);
+        Span::Gathered { start, len: bytes.len() }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -72,28 +117,32 @@ impl Framer {
         }
     }
 
-    /// Bytes read from the file at `offset` (which must be `next_offset()`); returns the
-    /// records they complete.
-    pub fn push(&mut self, offset: u64, chunk: &Bytes, out: &mut Vec<Record>) {
+    /// Bytes read from the file at `offset` (which must be `next_offset()`); the records they
+    /// complete are added to `out`, which keeps the bytes (moved in when `out` holds none yet).
+    pub fn push(&mut self, offset: u64, bytes: Vec<u8>, out: &mut Framed) {
         debug_assert_eq!(offset, self.next_offset());
-        let mut start = 0;
-        while start < chunk.len() {
-            match memchr::memchr(b'\n', &chunk[start..]) {
+        let base = out.read.len();
+        if base == 0 {
+            out.read = bytes;
+        } else {
+            out.read.extend_from_slice(&bytes);
+        }
+        let mut start = base;
+        while start < out.read.len() {
+            match memchr::memchr(b'\n', &out.read[start..]) {
                 Some(i) => {
                     let end = start + i;
                     let whole = self.line.is_empty() && self.line_dropped == 0 && i <= self.config.max_record_bytes;
-                    let data = if whole {
-                        Some(chunk.slice(start..end))
-                    } else {
-                        self.extend_line(&chunk[start..end]);
-                        None
-                    };
-                    self.finish_line(offset + end as u64 + 1, data, out);
+                    if !whole {
+                        self.extend_line(&out.read[start..end]);
+                    }
+                    let span = whole.then_some(Span::Read { start, len: i });
+                    self.finish_line(offset + (end - base) as u64 + 1, span, out);
                     start = end + 1;
                 }
                 None => {
-                    self.extend_line(&chunk[start..]);
-                    start = chunk.len();
+                    self.extend_line(&out.read[start..]);
+                    start = out.read.len();
                 }
             }
         }
@@ -108,58 +157,64 @@ impl Framer {
         self.dropped_bytes += dropped;
     }
 
-    /// A newline ended the current line at `end` (just past the newline).
-    /// A line ended at `end`: `whole` is its bytes when they lay in one chunk, else they
-    /// are in `self.line`.
-    fn finish_line(&mut self, end: u64, whole: Option<Bytes>, out: &mut Vec<Record>) {
+    /// A line ended at `end` (just past its newline): `whole` is where it lies in the bytes
+    /// read when it lay whole in them, else its bytes are in `self.line`.
+    fn finish_line(&mut self, end: u64, whole: Option<Span>, out: &mut Framed) {
         let truncated = std::mem::take(&mut self.line_dropped) > 0;
-        let data = match whole {
-            Some(data) => data,
-            None => {
-                let mut data = std::mem::take(&mut self.line);
-                if truncated {
-                    let keep = self.config.max_record_bytes.saturating_sub(self.config.truncated_terminator.len());
-                    data.truncate(keep);
-                    data.extend_from_slice(&self.config.truncated_terminator);
-                }
-                Bytes::from(data)
-            }
-        };
-        let line = Record { offset: self.line_start, end, data, truncated };
-        self.line_start = end;
+        if truncated {
+            let keep = self.config.max_record_bytes.saturating_sub(self.config.truncated_terminator.len());
+            self.line.truncate(keep);
+            self.line.extend_from_slice(&self.config.truncated_terminator);
+        }
+        let offset = std::mem::replace(&mut self.line_start, end);
         self.lines_seen += 1;
         if self.lines_seen <= u64::from(self.config.skip_header_lines) {
+            self.line.clear();
             return;
         }
-        let Some(start) = &self.config.multiline_start else {
-            out.push(line);
+        let Some(starts) = &self.config.multiline_start else {
+            let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
+            self.line.clear();
+            out.records.push(Record { offset, end, truncated, bytes });
             return;
         };
-        if start.is_match(&String::from_utf8_lossy(&line.data)) {
-            out.extend(self.held.replace(Held::from(line)).map(Held::into_record));
+        let data = match whole {
+            Some(Span::Read { start, len }) => &out.read[start..start + len],
+            _ => &self.line[..],
+        };
+        if starts.is_match(&String::from_utf8_lossy(data)) {
+            let next = Held { offset, end, data: data.to_vec(), truncated };
+            if let Some(held) = self.held.replace(next) {
+                held.emit(out);
+            }
         } else if let Some(held) = &mut self.held {
-            if held.data.len() + 1 + line.data.len() <= self.config.max_record_bytes {
+            if held.data.len() + 1 + data.len() <= self.config.max_record_bytes {
                 held.data.push(b'\n');
-                held.data.extend_from_slice(&line.data);
+                held.data.extend_from_slice(data);
             } else {
                 held.truncated = true;
-                self.dropped_bytes += line.data.len() as u64 + 1;
+                self.dropped_bytes += data.len() as u64 + 1;
             }
-            held.end = line.end;
+            held.end = end;
         } else {
-            out.push(line);
+            let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
+            out.records.push(Record { offset, end, truncated, bytes });
         }
+        self.line.clear();
     }
 
     /// Everything held back, once nothing new has come for the flush timeout: the multiline
     /// record being gathered, then the final line that has no newline yet.
-    pub fn flush(&mut self, out: &mut Vec<Record>) {
-        out.extend(self.held.take().map(Held::into_record));
+    pub fn flush(&mut self, out: &mut Framed) {
+        if let Some(held) = self.held.take() {
+            held.emit(out);
+        }
         if !self.line.is_empty() || self.line_dropped > 0 {
             let end = self.next_offset();
-            let data = Bytes::from(std::mem::take(&mut self.line));
+            let bytes = out.gather(&self.line);
+            self.line.clear();
             let truncated = std::mem::take(&mut self.line_dropped) > 0;
-            out.push(Record { offset: self.line_start, end, data, truncated });
+            out.records.push(Record { offset: self.line_start, end, truncated, bytes });
             self.line_start = end;
         }
     }
@@ -187,15 +242,10 @@ struct Held {
     truncated: bool,
 }
 
-impl From<Record> for Held {
-    fn from(r: Record) -> Held {
-        Held { offset: r.offset, end: r.end, data: r.data.into(), truncated: r.truncated }
-    }
-}
-
 impl Held {
-    fn into_record(self) -> Record {
-        Record { offset: self.offset, end: self.end, data: self.data.into(), truncated: self.truncated }
+    fn emit(self, out: &mut Framed) {
+        let bytes = out.gather(&self.data);
+        out.records.push(Record { offset: self.offset, end: self.end, truncated: self.truncated, bytes });
     }
 }
 
@@ -216,17 +266,22 @@ mod tests {
         )
     }
 
-    fn feed(f: &mut Framer, chunks: &[&[u8]]) -> Vec<Record> {
-        let mut out = Vec::new();
+    /// Every chunk pushed into one `Framed` (as a recovery after a truncation does).
+    fn feed(f: &mut Framer, chunks: &[&[u8]]) -> Framed {
+        let mut out = Framed::default();
         for c in chunks {
             let at = f.next_offset();
-            f.push(at, &Bytes::copy_from_slice(c), &mut out);
+            f.push(at, c.to_vec(), &mut out);
         }
         out
     }
 
-    fn datas(records: &[Record]) -> Vec<String> {
-        records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect()
+    fn datas(framed: &Framed) -> Vec<String> {
+        framed.records().iter().map(|r| String::from_utf8_lossy(framed.data(r)).into_owned()).collect()
+    }
+
+    fn ranges(framed: &Framed) -> Vec<(u64, u64)> {
+        framed.records().iter().map(|r| (r.offset, r.end)).collect()
     }
 
     #[test]
@@ -234,14 +289,36 @@ mod tests {
         let mut f = framer(None, 0, 1024);
         let out = feed(&mut f, &[b"one\ntw", b"o\n\xff\x00bin\nthree"]);
         assert_eq!(datas(&out), ["one", "two", "\u{fffd}\u{0}bin"]);
-        assert_eq!(&out[2].data[..], b"\xff\x00bin", "bytes stay bytes");
-        assert_eq!(out.iter().map(|r| (r.offset, r.end)).collect::<Vec<_>>(), [(0, 4), (4, 8), (8, 14)]);
+        assert_eq!(out.data(&out.records()[2]), b"\xff\x00bin", "bytes stay bytes");
+        assert_eq!(ranges(&out), [(0, 4), (4, 8), (8, 14)]);
         assert_eq!(f.settled_offset(), 14, "the unfinished line waits for its newline");
         assert_eq!(f.next_offset(), 19);
-        let mut flushed = Vec::new();
+        let mut flushed = Framed::default();
         f.flush(&mut flushed);
-        assert_eq!((datas(&flushed), flushed[0].offset, flushed[0].end), (vec!["three".to_owned()], 14, 19));
+        assert_eq!((datas(&flushed), ranges(&flushed)), (vec!["three".to_owned()], vec![(14, 19)]));
         assert_eq!(f.settled_offset(), 19);
+    }
+
+    #[test]
+    fn a_framed_cleared_per_read_holds_only_that_reads_records() {
+        let mut f = framer(None, 0, 1024);
+        let mut out = Framed::default();
+        let mut seen = Vec::new();
+        for chunk in [&b"a\nbb\ncc"[..], b"c\n", b"\nd", b"ddd\ne\n"] {
+            out.clear();
+            let at = f.next_offset();
+            f.push(at, chunk.to_vec(), &mut out);
+            seen.push((datas(&out), ranges(&out)));
+        }
+        assert_eq!(
+            seen,
+            [
+                (vec!["a".to_owned(), "bb".to_owned()], vec![(0, 2), (2, 5)]),
+                (vec!["ccc".to_owned()], vec![(5, 9)]),
+                (vec!["".to_owned()], vec![(9, 10)]),
+                (vec!["dddd".to_owned(), "e".to_owned()], vec![(10, 15), (15, 17)]),
+            ]
+        );
     }
 
     #[test]
@@ -249,9 +326,9 @@ mod tests {
         let mut f = framer(Some(r"^\d{4}-"), 0, 1024);
         let out = feed(&mut f, &[b"2026-01 boom\n  at a\n  at b\n2026-02 ok\n"]);
         assert_eq!(datas(&out), ["2026-01 boom\n  at a\n  at b"]);
-        assert_eq!((out[0].offset, out[0].end), (0, 27));
+        assert_eq!(ranges(&out), [(0, 27)]);
         assert_eq!(f.settled_offset(), 27);
-        let mut flushed = Vec::new();
+        let mut flushed = Framed::default();
         f.flush(&mut flushed);
         assert_eq!(datas(&flushed), ["2026-02 ok"]);
     }
@@ -261,8 +338,8 @@ mod tests {
         let mut f = framer(None, 0, 16);
         let out = feed(&mut f, &[b"0123456789abcdefghij", b"klmn\nshort\n"]);
         assert_eq!(datas(&out), ["0123456789abc...", "short"]);
-        assert!(out[0].truncated);
-        assert_eq!((out[0].end, out[1].offset), (25, 25));
+        assert!(out.records()[0].truncated && !out.records()[1].truncated);
+        assert_eq!(ranges(&out), [(0, 25), (25, 31)]);
         assert_eq!(f.dropped_bytes, 8);
     }
 
@@ -271,6 +348,6 @@ mod tests {
         let mut f = framer(None, 2, 1024);
         let out = feed(&mut f, &[b"h1\nh2\nrow\n"]);
         assert_eq!(datas(&out), ["row"]);
-        assert_eq!(out[0].offset, 6);
+        assert_eq!(ranges(&out), [(6, 10)]);
     }
 }

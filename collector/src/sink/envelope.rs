@@ -7,50 +7,38 @@
 
 use std::io::Write as _;
 
-use super::Outgoing;
+use super::{Origin, Outgoing};
 use crate::watch::user_dev;
 
-/// Appends the record as one JSON object to `out`. `data` is the record's bytes (possibly
-/// cut shorter than `r.data` to fit a limit). Written field by field: building a
-/// `serde_json::Value` per record cost more than reading the file.
-pub fn write_json(out: &mut Vec<u8>, host: &str, r: &Outgoing<'_>, data: &[u8]) {
-    Head::new(host, r).write(out, r, data);
-}
-
 /// The fields a batch's records share (they come from one file, read at once): escaped
-/// once per batch instead of once per record.
+/// once per batch instead of once per record. Writing the rest field by field: building a
+/// `serde_json::Value` per record cost more than reading the file.
 pub struct Head {
     /// `{"host":..,"flow":..,"path":..,"dev":..,"ino":..,"offset":`
     origin: Vec<u8>,
     /// `,"pid":..,"comm":..` or nothing.
     writer: Vec<u8>,
-    inode: collector_common::InodeKey,
-    writer_of: Option<(u32, String)>,
 }
 
 impl Head {
-    pub fn new(host: &str, r: &Outgoing<'_>) -> Head {
+    pub fn new(host: &str, o: &Origin<'_>) -> Head {
         let mut origin = b"{\"host\":".to_vec();
         string(&mut origin, host);
         origin.extend_from_slice(b",\"flow\":");
-        string(&mut origin, r.flow);
+        string(&mut origin, o.flow);
         origin.extend_from_slice(b",\"path\":");
-        string(&mut origin, &r.path.to_string_lossy());
-        let _ = write!(origin, ",\"dev\":{},\"ino\":{},\"offset\":", user_dev(r.inode.dev), r.inode.ino);
+        string(&mut origin, &o.path.to_string_lossy());
+        let _ = write!(origin, ",\"dev\":{},\"ino\":{},\"offset\":", user_dev(o.inode.dev), o.inode.ino);
         let mut writer = Vec::new();
-        if let Some(w) = r.writer {
+        if let Some(w) = o.writer {
             let _ = write!(writer, ",\"pid\":{},\"comm\":", w.pid);
             string(&mut writer, &w.comm);
         }
-        Head { origin, writer, inode: r.inode, writer_of: r.writer.map(|w| (w.pid, w.comm.clone())) }
+        Head { origin, writer }
     }
 
-    /// Whether `r` shares these fields (same file and writer; the flow and host go with the file).
-    pub fn fits(&self, r: &Outgoing<'_>) -> bool {
-        self.inode == r.inode
-            && self.writer_of.as_ref().map(|(p, c)| (*p, c.as_str())) == r.writer.map(|w| (w.pid, w.comm.as_str()))
-    }
-
+    /// Appends the record as one JSON object to `out`. `data` is the record's bytes
+    /// (possibly cut shorter than `r.data` to fit a limit).
     pub fn write(&self, out: &mut Vec<u8>, r: &Outgoing<'_>, data: &[u8]) {
         out.extend_from_slice(&self.origin);
         number(out, r.offset);
@@ -75,19 +63,25 @@ impl Head {
     }
 }
 
-/// The record as an AWS sink sends it, raw or wrapped, in at most `limit` bytes. Only an
-/// envelope can grow a record past the limit (max_record_bytes keeps raw records under it):
-/// then the record's bytes are cut until the envelope fits, counted in `cut`, and logged.
+/// The record as an AWS sink sends it, raw or wrapped in `head`'s envelope, in at most
+/// `limit` bytes. Only an envelope can grow a record past the limit (max_record_bytes keeps
+/// raw records under it): then the record's bytes are cut until the envelope fits, counted
+/// in `cut`, and logged.
 #[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
-pub fn encode_within(r: &Outgoing<'_>, host: &str, wrap: bool, limit: usize, cut: &mut u64) -> Vec<u8> {
-    let encode = |keep: usize| {
-        if wrap {
+pub fn encode_within(
+    origin: &Origin<'_>,
+    head: Option<&Head>,
+    r: &Outgoing<'_>,
+    limit: usize,
+    cut: &mut u64,
+) -> Vec<u8> {
+    let encode = |keep: usize| match head {
+        Some(head) => {
             let mut out = Vec::with_capacity(keep + 160);
-            write_json(&mut out, host, r, &r.data[..keep]);
+            head.write(&mut out, r, &r.data[..keep]);
             out
-        } else {
-            r.data[..keep].to_vec()
         }
+        None => r.data[..keep].to_vec(),
     };
     let mut data = encode(r.data.len());
     if data.len() > limit {
@@ -97,7 +91,7 @@ pub fn encode_within(r: &Outgoing<'_>, host: &str, wrap: bool, limit: usize, cut
             data = encode(keep);
         }
         *cut += 1;
-        tracing::warn!(path = %r.path.display(), offset = r.offset, limit, "record cut to fit the destination's record limit with its envelope");
+        tracing::warn!(path = %origin.path.display(), offset = r.offset, limit, "record cut to fit the destination's record limit with its envelope");
     }
     data
 }
@@ -201,20 +195,14 @@ mod tests {
     fn records_are_json_with_their_origin() {
         let path = std::path::Path::new("/var/log/a \"b\".log");
         let writer = crate::sink::Writer { pid: 1234, comm: "nginx \"w\"".into(), ..Default::default() };
-        let r = Outgoing {
-            flow: "app",
-            path,
-            inode: collector_common::InodeKey::new(0xfe00001, 42),
-            offset: 7,
-            data: b"",
-            writer: Some(&writer),
-            json: false,
-        };
+        let origin =
+            Origin { flow: "app", path, inode: collector_common::InodeKey::new(0xfe00001, 42), writer: Some(&writer) };
+        let r = Outgoing { offset: 7, data: b"", json: false };
         let mut out = Vec::new();
-        write_json(&mut out, "h", &r, b"line \"quoted\"\t\x01");
-        write_json(&mut out, "h", &Outgoing { writer: None, ..r }, b"caf\xe9");
+        Head::new("h", &origin).write(&mut out, &r, b"line \"quoted\"\t\x01");
+        Head::new("h", &Origin { writer: None, ..origin }).write(&mut out, &r, b"caf\xe9");
         let object = br#"{"status":"200"}"#;
-        write_json(&mut out, "h", &Outgoing { json: true, data: object, ..r }, object);
+        Head::new("h", &origin).write(&mut out, &Outgoing { json: true, data: object, ..r }, object);
         let text = String::from_utf8(out).unwrap();
         let mut objects = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
         let (a, b, c) =

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Outgoing, Refused, Sink, envelope};
+use super::{Batch, Refused, Sink, envelope};
 use crate::config::FileFormat;
 
 pub struct FileSink {
@@ -36,22 +36,22 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
         self.buffer.clear();
-        let mut head: Option<envelope::Head> = None;
-        for r in batch {
-            match self.format {
-                FileFormat::Raw => self.buffer.extend_from_slice(r.data),
-                FileFormat::Json => {
-                    let h = match head.take() {
-                        Some(h) if h.fits(r) => h,
-                        _ => envelope::Head::new(&self.host, r),
-                    };
-                    h.write(&mut self.buffer, r, r.data);
-                    head = Some(h);
+        match self.format {
+            FileFormat::Raw => {
+                for r in batch.records {
+                    self.buffer.extend_from_slice(r.data);
+                    self.buffer.push(b'\n');
                 }
             }
-            self.buffer.push(b'\n');
+            FileFormat::Json => {
+                let head = envelope::Head::new(&self.host, &batch.origin);
+                for r in batch.records {
+                    head.write(&mut self.buffer, r, r.data);
+                    self.buffer.push(b'\n');
+                }
+            }
         }
         self.file.write_all(&self.buffer).context("writing to the file sink")?;
         self.file.sync_data().context("fsync of the file sink")?;

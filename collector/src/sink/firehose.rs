@@ -9,7 +9,7 @@
 use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
 
 use super::{
-    Outgoing, Refused, Sink,
+    Batch, Refused, Sink,
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
@@ -63,7 +63,7 @@ impl FirehoseSink {
 }
 
 impl Sink for FirehoseSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
         let entries = pack(batch, &self.host, self.config.envelope, self.config.aggregate, &mut self.stats.records_cut);
         let FirehoseSink { runtime, client, config, stats, .. } = &mut *self;
         let mut notes = Vec::new();
@@ -101,10 +101,11 @@ impl Sink for FirehoseSink {
 
 /// The batch as Firehose records, each of the daemon's records newline-terminated;
 /// aggregated, packed whole into Firehose records of at most FIREHOSE_RECORD_LIMIT.
-fn pack(batch: &[Outgoing<'_>], host: &str, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
+fn pack(batch: &Batch<'_>, host: &str, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
+    let head = wrap.then(|| envelope::Head::new(host, &batch.origin));
     let mut entries: Vec<Entry> = Vec::new();
-    for (index, r) in batch.iter().enumerate() {
-        let mut data = envelope::encode_within(r, host, wrap, FIREHOSE_RECORD_LIMIT - 1, cut);
+    for (index, r) in batch.records.iter().enumerate() {
+        let mut data = envelope::encode_within(&batch.origin, head.as_ref(), r, FIREHOSE_RECORD_LIMIT - 1, cut);
         data.push(b'\n');
         match entries.last_mut() {
             Some(last) if aggregate && last.data.len() + data.len() <= FIREHOSE_RECORD_LIMIT => {
@@ -123,31 +124,28 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
+    use crate::sink::{Origin, Outgoing};
 
-    fn batch(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
+    fn records(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
         let mut offset = 0;
         lines
             .iter()
             .map(|data| {
-                let r = Outgoing {
-                    flow: "f",
-                    path: Path::new("/x"),
-                    inode: InodeKey::new(1, 2),
-                    offset,
-                    data,
-                    writer: None,
-                    json: false,
-                };
+                let r = Outgoing { offset, data, json: false };
                 offset += data.len() as u64 + 1;
                 r
             })
             .collect()
     }
 
+    fn batch<'a>(records: &'a [Outgoing<'a>]) -> Batch<'a> {
+        Batch { origin: Origin { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records }
+    }
+
     #[test]
     fn each_record_ends_with_a_newline() {
         let lines = vec![b"a".to_vec(), b"bb".to_vec()];
-        let entries = pack(&batch(&lines), "h", false, false, &mut 0);
+        let entries = pack(&batch(&records(&lines)), "h", false, false, &mut 0);
         let data: Vec<&[u8]> = entries.iter().map(|e| e.data.as_slice()).collect();
         assert_eq!(data, vec![&b"a\n"[..], &b"bb\n"[..]]);
         assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1]);
@@ -157,7 +155,7 @@ mod tests {
     fn aggregation_packs_whole_records_up_to_the_limit() {
         // Three records of 400 KiB: two fit in 1,000 KiB, the third starts a new one.
         let lines = vec![vec![b'x'; 400 * 1024]; 3];
-        let entries = pack(&batch(&lines), "h", false, true, &mut 0);
+        let entries = pack(&batch(&records(&lines)), "h", false, true, &mut 0);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].data.len(), 2 * (400 * 1024 + 1));
         assert_eq!((entries[0].index, entries[1].index), (0, 2));
@@ -168,7 +166,7 @@ mod tests {
     fn an_envelope_too_large_is_cut_to_fit_and_counted() {
         let lines = vec![vec![b'y'; FIREHOSE_RECORD_LIMIT - 1]];
         let mut cut = 0;
-        let entries = pack(&batch(&lines), "h", true, true, &mut cut);
+        let entries = pack(&batch(&records(&lines)), "h", true, true, &mut cut);
         assert_eq!(cut, 1);
         assert!(entries[0].data.len() <= FIREHOSE_RECORD_LIMIT);
         let v: serde_json::Value = serde_json::from_slice(&entries[0].data).unwrap();

@@ -18,9 +18,9 @@
 use aws_sdk_kinesis::{Client, primitives::Blob, types::PutRecordsRequestEntry};
 
 use super::{
-    Outgoing, Refused, Sink,
+    Batch, Origin, Outgoing, Refused, Sink,
     batch::{CallFailed, Entry, Limits, Stats, send_all},
-    envelope,
+    envelope::{self, Head},
 };
 use crate::aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config};
 use crate::{
@@ -78,9 +78,17 @@ impl KinesisSink {
         report_destination("kinesis stream", stream, checked);
     }
 
-    fn entry(&mut self, index: usize, r: &Outgoing<'_>) -> Entry {
+    /// `file_key`: the batch's file as a partition key (all its records share it).
+    fn entry(
+        &mut self,
+        index: usize,
+        origin: &Origin<'_>,
+        head: Option<&Head>,
+        file_key: &str,
+        r: &Outgoing<'_>,
+    ) -> Entry {
         let key = match self.config.partition_key {
-            PartitionKey::File => format!("{}-{}", user_dev(r.inode.dev), r.inode.ino),
+            PartitionKey::File => file_key.to_owned(),
             PartitionKey::Deterministic => format!("{:016x}", fnv1a(r.data)),
             PartitionKey::Random => {
                 // xorshift64: spread, not secrecy.
@@ -90,20 +98,19 @@ impl KinesisSink {
                 format!("{:016x}", self.random)
             }
         };
-        let data = envelope::encode_within(
-            r,
-            &self.host,
-            self.config.envelope,
-            KINESIS_RECORD_LIMIT - key.len(),
-            &mut self.stats.records_cut,
-        );
+        let data =
+            envelope::encode_within(origin, head, r, KINESIS_RECORD_LIMIT - key.len(), &mut self.stats.records_cut);
         Entry { index, key, data }
     }
 }
 
 impl Sink for KinesisSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
-        let entries: Vec<Entry> = batch.iter().enumerate().map(|(i, r)| self.entry(i, r)).collect();
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
+        let origin = &batch.origin;
+        let head = self.config.envelope.then(|| Head::new(&self.host, origin));
+        let file_key = format!("{}-{}", user_dev(origin.inode.dev), origin.inode.ino);
+        let entries: Vec<Entry> =
+            batch.records.iter().enumerate().map(|(i, r)| self.entry(i, origin, head.as_ref(), &file_key, r)).collect();
         let KinesisSink { runtime, client, config, stats, .. } = &mut *self;
         let mut notes = Vec::new();
         let call = |request: &[Entry]| {

@@ -15,16 +15,28 @@ use std::path::Path;
 
 use collector_common::InodeKey;
 
-/// One record on its way out, with where it came from.
-pub struct Outgoing<'a> {
+/// Records on their way out, all from one file (read at once).
+pub struct Batch<'a> {
+    pub origin: Origin<'a>,
+    pub records: &'a [Outgoing<'a>],
+}
+
+/// Where a batch's records come from.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
     pub flow: &'a str,
     pub path: &'a Path,
     pub inode: InodeKey,
+    /// The process that last wrote the file before the records were read, when the kernel
+    /// reported one: the writer of the records for a file with one writer.
+    pub writer: Option<&'a Writer>,
+}
+
+/// One record on its way out.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
     pub offset: u64,
     pub data: &'a [u8],
-    /// The process that last wrote the file before the record was read, when the kernel
-    /// reported one: the writer of the record for a file with one writer.
-    pub writer: Option<&'a Writer>,
     /// `data` is a JSON object made by a transform (an envelope embeds it as one).
     pub json: bool,
 }
@@ -55,7 +67,7 @@ impl From<anyhow::Error> for Refused {
 }
 
 pub trait Sink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused>;
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused>;
 
     /// Whether `deliver` can wait on I/O (the daemon then drains the kernel's events
     /// beside it); a sink that returns at once says no and saves a thread hand-off.

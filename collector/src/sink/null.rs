@@ -1,7 +1,7 @@
 //! `kind = "null"`: accepts every record and keeps nothing. For measuring the collector
 //! without a destination's cost, and for trying a config without shipping anything.
 
-use super::{Outgoing, Refused, Sink};
+use super::{Batch, Refused, Sink};
 
 #[derive(Default)]
 pub struct NullSink {
@@ -9,8 +9,8 @@ pub struct NullSink {
 }
 
 impl Sink for NullSink {
-    fn deliver(&mut self, batch: &[Outgoing<'_>]) -> Result<(), Refused> {
-        self.records += batch.len() as u64;
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
+        self.records += batch.records.len() as u64;
         Ok(())
     }
 
