@@ -691,28 +691,29 @@ impl Daemon {
                 });
             }
         }
-        // Records to send.
-        let mut outgoing = Vec::with_capacity(records.len());
+        // Records to send: as framed, unless transforms changed them.
+        let mut outgoing = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let (data, json) = match transformed.get(i) {
                 Some(Some((data, json))) => (data.as_slice(), *json),
                 Some(None) if flow.transforms.drop_unparsed => continue,
-                _ => (framed.data(r), false),
+                Some(None) => (framed.data(r), false),
+                None => break,
             };
             outgoing.push(Outgoing { offset: r.offset, data, json });
         }
         let origin = Origin { flow: &flow.name, path: &path, inode, writer: f.writer.as_ref() };
-        let batch = Batch { origin, records: &outgoing };
+        let batch =
+            if transformed.is_empty() { Batch::framed(origin, framed) } else { Batch::listed(origin, &outgoing) };
         let sink = &mut self.sinks[f.flow];
         // Sink calls can take seconds: the ring buffer is drained meanwhile.
-        let result = if outgoing.is_empty() {
+        let result = if batch.is_empty() {
             Ok(())
         } else if sink.may_block() {
             self.events.while_waiting(|| sink.deliver(&batch))
         } else {
             sink.deliver(&batch)
         };
-        let bytes_of = |records: &[Outgoing]| records.iter().map(|o| o.data.len() as u64).sum::<u64>();
         match result {
             Ok(()) => {
                 if self.sink_error[f.flow].take().is_some() {
@@ -720,9 +721,9 @@ impl Daemon {
                 }
                 self.failing_since[f.flow] = None;
                 let counters = &mut self.counters[f.flow];
-                counters.records_sent += outgoing.len() as u64;
-                counters.bytes_sent += bytes_of(&outgoing);
-                let cut = records.iter().filter(|r| r.truncated).count();
+                counters.records_sent += batch.len() as u64;
+                counters.bytes_sent += batch.data_bytes(batch.len());
+                let cut = framed.cut();
                 counters.records_cut += cut as u64;
                 f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
                 if cut > 0 {
@@ -734,10 +735,10 @@ impl Daemon {
                 let counters = &mut self.counters[f.flow];
                 counters.batches_failed += 1;
                 counters.records_sent += accepted as u64;
-                counters.bytes_sent += bytes_of(&outgoing[..accepted.min(outgoing.len())]);
+                counters.bytes_sent += batch.data_bytes(accepted);
                 self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
-                if let Some(first_refused) = outgoing.get(accepted)
+                if let Some(first_refused) = batch.get(accepted)
                     && accepted > 0
                 {
                     f.acknowledged = f.acknowledged.max(first_refused.offset);

@@ -34,6 +34,10 @@ pub struct Framed {
     read: Vec<u8>,
     gathered: Vec<u8>,
     records: Vec<Record>,
+    /// Sum of the records' lengths, and how many were cut: kept as they are added, for
+    /// the counters, instead of another pass over the records.
+    data_bytes: u64,
+    cut: usize,
 }
 
 impl Framed {
@@ -52,10 +56,29 @@ impl Framed {
         self.records.is_empty()
     }
 
+    /// Bytes of all records (newlines not included).
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Records cut at `max_record_bytes`.
+    pub fn cut(&self) -> usize {
+        self.cut
+    }
+
     pub fn clear(&mut self) {
         self.read.clear();
         self.gathered.clear();
         self.records.clear();
+        self.data_bytes = 0;
+        self.cut = 0;
+    }
+
+    fn add(&mut self, r: Record) {
+        let (Span::Read { len, .. } | Span::Gathered { len, .. }) = r.bytes;
+        self.data_bytes += len as u64;
+        self.cut += usize::from(r.truncated);
+        self.records.push(r);
     }
 
     fn gather(&mut self, bytes: &[u8]) -> Span {
@@ -86,6 +109,8 @@ pub struct Framer {
     lines_seen: u64,
     /// Bytes dropped by the size limit.
     pub dropped_bytes: u64,
+    /// Where the newlines of the bytes being pushed are (kept for its capacity).
+    newlines: Vec<usize>,
 }
 
 impl Framer {
@@ -98,6 +123,7 @@ impl Framer {
             held: None,
             lines_seen: 0,
             dropped_bytes: 0,
+            newlines: Vec::new(),
         }
     }
 
@@ -127,25 +153,22 @@ impl Framer {
         } else {
             out.read.extend_from_slice(&bytes);
         }
+        let mut newlines = std::mem::take(&mut self.newlines);
+        newlines.clear();
+        crate::newlines::find_all(&out.read[base..], &mut newlines);
         let mut start = base;
-        while start < out.read.len() {
-            match memchr::memchr(b'\n', &out.read[start..]) {
-                Some(i) => {
-                    let end = start + i;
-                    let whole = self.line.is_empty() && self.line_dropped == 0 && i <= self.config.max_record_bytes;
-                    if !whole {
-                        self.extend_line(&out.read[start..end]);
-                    }
-                    let span = whole.then_some(Span::Read { start, len: i });
-                    self.finish_line(offset + (end - base) as u64 + 1, span, out);
-                    start = end + 1;
-                }
-                None => {
-                    self.extend_line(&out.read[start..]);
-                    start = out.read.len();
-                }
+        for &i in &newlines {
+            let end = base + i;
+            let len = end - start;
+            let whole = self.line.is_empty() && self.line_dropped == 0 && len <= self.config.max_record_bytes;
+            if !whole {
+                self.extend_line(&out.read[start..end]);
             }
+            self.finish_line(offset + i as u64 + 1, whole.then_some(Span::Read { start, len }), out);
+            start = end + 1;
         }
+        self.extend_line(&out.read[start..]);
+        self.newlines = newlines;
     }
 
     fn extend_line(&mut self, bytes: &[u8]) {
@@ -175,7 +198,7 @@ impl Framer {
         let Some(starts) = &self.config.multiline_start else {
             let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
             self.line.clear();
-            out.records.push(Record { offset, end, truncated, bytes });
+            out.add(Record { offset, end, truncated, bytes });
             return;
         };
         let data = match whole {
@@ -198,7 +221,7 @@ impl Framer {
             held.end = end;
         } else {
             let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
-            out.records.push(Record { offset, end, truncated, bytes });
+            out.add(Record { offset, end, truncated, bytes });
         }
         self.line.clear();
     }
@@ -214,7 +237,7 @@ impl Framer {
             let bytes = out.gather(&self.line);
             self.line.clear();
             let truncated = std::mem::take(&mut self.line_dropped) > 0;
-            out.records.push(Record { offset: self.line_start, end, truncated, bytes });
+            out.add(Record { offset: self.line_start, end, truncated, bytes });
             self.line_start = end;
         }
     }
@@ -245,7 +268,7 @@ struct Held {
 impl Held {
     fn emit(self, out: &mut Framed) {
         let bytes = out.gather(&self.data);
-        out.records.push(Record { offset: self.offset, end: self.end, truncated: self.truncated, bytes });
+        out.add(Record { offset: self.offset, end: self.end, truncated: self.truncated, bytes });
     }
 }
 

@@ -15,6 +15,7 @@ mod events;
 mod framer;
 mod inode_map;
 mod metrics;
+mod newlines;
 mod probe;
 mod sink;
 mod status;

@@ -40,15 +40,15 @@ impl Sink for FileSink {
         self.buffer.clear();
         match self.format {
             FileFormat::Raw => {
-                for r in batch.records {
+                for r in batch.records() {
                     self.buffer.extend_from_slice(r.data);
                     self.buffer.push(b'\n');
                 }
             }
             FileFormat::Json => {
                 let head = envelope::Head::new(&self.host, &batch.origin);
-                for r in batch.records {
-                    head.write(&mut self.buffer, r, r.data);
+                for r in batch.records() {
+                    head.write(&mut self.buffer, &r, r.data);
                     self.buffer.push(b'\n');
                 }
             }

@@ -104,8 +104,8 @@ impl Sink for FirehoseSink {
 fn pack(batch: &Batch<'_>, host: &str, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
     let head = wrap.then(|| envelope::Head::new(host, &batch.origin));
     let mut entries: Vec<Entry> = Vec::new();
-    for (index, r) in batch.records.iter().enumerate() {
-        let mut data = envelope::encode_within(&batch.origin, head.as_ref(), r, FIREHOSE_RECORD_LIMIT - 1, cut);
+    for (index, r) in batch.records().enumerate() {
+        let mut data = envelope::encode_within(&batch.origin, head.as_ref(), &r, FIREHOSE_RECORD_LIMIT - 1, cut);
         data.push(b'\n');
         match entries.last_mut() {
             Some(last) if aggregate && last.data.len() + data.len() <= FIREHOSE_RECORD_LIMIT => {
@@ -139,7 +139,7 @@ mod tests {
     }
 
     fn batch<'a>(records: &'a [Outgoing<'a>]) -> Batch<'a> {
-        Batch { origin: Origin { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records }
+        Batch::listed(Origin { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records)
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl Sink for KinesisSink {
         let head = self.config.envelope.then(|| Head::new(&self.host, origin));
         let file_key = format!("{}-{}", user_dev(origin.inode.dev), origin.inode.ino);
         let entries: Vec<Entry> =
-            batch.records.iter().enumerate().map(|(i, r)| self.entry(i, origin, head.as_ref(), &file_key, r)).collect();
+            batch.records().enumerate().map(|(i, r)| self.entry(i, origin, head.as_ref(), &file_key, &r)).collect();
         let KinesisSink { runtime, client, config, stats, .. } = &mut *self;
         let mut notes = Vec::new();
         let call = |request: &[Entry]| {

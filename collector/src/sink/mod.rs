@@ -15,10 +15,65 @@ use std::path::Path;
 
 use collector_common::InodeKey;
 
+use crate::framer::Framed;
+
 /// Records on their way out, all from one file (read at once).
+#[derive(Clone, Copy)]
 pub struct Batch<'a> {
     pub origin: Origin<'a>,
-    pub records: &'a [Outgoing<'a>],
+    records: Records<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Records<'a> {
+    /// As the framer cut them: the usual case, passed on without building a list.
+    Framed(&'a Framed),
+    /// As transforms made them.
+    Listed(&'a [Outgoing<'a>]),
+}
+
+impl<'a> Batch<'a> {
+    pub fn framed(origin: Origin<'a>, framed: &'a Framed) -> Batch<'a> {
+        Batch { origin, records: Records::Framed(framed) }
+    }
+
+    pub fn listed(origin: Origin<'a>, records: &'a [Outgoing<'a>]) -> Batch<'a> {
+        Batch { origin, records: Records::Listed(records) }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.records {
+            Records::Framed(f) => f.records().len(),
+            Records::Listed(l) => l.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `index`th record.
+    pub fn get(&self, index: usize) -> Option<Outgoing<'a>> {
+        match self.records {
+            Records::Framed(f) => {
+                f.records().get(index).map(|r| Outgoing { offset: r.offset, data: f.data(r), json: false })
+            }
+            Records::Listed(l) => l.get(index).copied(),
+        }
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = Outgoing<'a>> + use<'a> {
+        let batch = *self;
+        (0..self.len()).map_while(move |i| batch.get(i))
+    }
+
+    /// Bytes of the first `count` records.
+    pub fn data_bytes(&self, count: usize) -> u64 {
+        match self.records {
+            Records::Framed(f) if count >= f.records().len() => f.data_bytes(),
+            _ => self.records().take(count).map(|r| r.data.len() as u64).sum(),
+        }
+    }
 }
 
 /// Where a batch's records come from.

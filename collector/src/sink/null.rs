@@ -10,7 +10,7 @@ pub struct NullSink {
 
 impl Sink for NullSink {
     fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
-        self.records += batch.records.len() as u64;
+        self.records += batch.len() as u64;
         Ok(())
     }
 
