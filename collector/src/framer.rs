@@ -6,24 +6,37 @@
 use std::time::Duration;
 
 /// One record: the file range it came from, and where its bytes are in the [`Framed`] that
-/// holds it.
+/// holds it. 32 bytes: a megabyte read holds ten thousand of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     /// File offset of the record's first byte.
     pub offset: u64,
     /// File offset just past the record, its newline included.
     pub end: u64,
+    /// Where the bytes are: in the bytes read (where the line lay whole), or, when
+    /// `gathered`, in the bytes gathered across reads (and multiline records, and cut lines).
+    start: usize,
+    /// At most max_record_bytes, which is at most 1 GiB.
+    len: u32,
+    gathered: bool,
     /// Cut at `max_record_bytes` (the rest up to the newline was dropped and counted).
     pub truncated: bool,
-    bytes: Span,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Span {
-    /// In the bytes read, where the line lay whole.
-    Read { start: usize, len: usize },
-    /// In the bytes gathered across reads (and multiline records, and cut lines).
-    Gathered { start: usize, len: usize },
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+
+/// Where a record's bytes are (see [`Record`]).
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    len: u32,
+    gathered: bool,
+}
+
+impl Record {
+    fn new(offset: u64, end: u64, truncated: bool, bytes: Span) -> Record {
+        Record { offset, end, start: bytes.start, len: bytes.len, gathered: bytes.gathered, truncated }
+    }
 }
 
 /// Records cut from the bytes pushed, each kept as a range: most lines lie whole in one
@@ -46,10 +59,8 @@ impl Framed {
     }
 
     pub fn data(&self, r: &Record) -> &[u8] {
-        match r.bytes {
-            Span::Read { start, len } => &self.read[start..start + len],
-            Span::Gathered { start, len } => &self.gathered[start..start + len],
-        }
+        let bytes = if r.gathered { &self.gathered } else { &self.read };
+        &bytes[r.start..r.start + r.len as usize]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,8 +86,7 @@ impl Framed {
     }
 
     fn add(&mut self, r: Record) {
-        let (Span::Read { len, .. } | Span::Gathered { len, .. }) = r.bytes;
-        self.data_bytes += len as u64;
+        self.data_bytes += u64::from(r.len);
         self.cut += usize::from(r.truncated);
         self.records.push(r);
     }
@@ -84,7 +94,7 @@ impl Framed {
     fn gather(&mut self, bytes: &[u8]) -> Span {
         let start = self.gathered.len();
         self.gathered.extend_from_slice(bytes);
-        Span::Gathered { start, len: bytes.len() }
+        Span { start, len: bytes.len() as u32, gathered: true }
     }
 }
 
@@ -164,7 +174,7 @@ impl Framer {
             if !whole {
                 self.extend_line(&out.read[start..end]);
             }
-            self.finish_line(offset + i as u64 + 1, whole.then_some(Span::Read { start, len }), out);
+            self.finish_line(offset + i as u64 + 1, whole.then_some(Span { start, len: len as u32, gathered: false }), out);
             start = end + 1;
         }
         self.extend_line(&out.read[start..]);
@@ -198,12 +208,12 @@ impl Framer {
         let Some(starts) = &self.config.multiline_start else {
             let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
             self.line.clear();
-            out.add(Record { offset, end, truncated, bytes });
+            out.add(Record::new(offset, end, truncated, bytes));
             return;
         };
         let data = match whole {
-            Some(Span::Read { start, len }) => &out.read[start..start + len],
-            _ => &self.line[..],
+            Some(Span { start, len, .. }) => &out.read[start..start + len as usize],
+            None => &self.line[..],
         };
         if starts.is_match(&String::from_utf8_lossy(data)) {
             let next = Held { offset, end, data: data.to_vec(), truncated };
@@ -221,7 +231,7 @@ impl Framer {
             held.end = end;
         } else {
             let bytes = whole.unwrap_or_else(|| out.gather(&self.line));
-            out.add(Record { offset, end, truncated, bytes });
+            out.add(Record::new(offset, end, truncated, bytes));
         }
         self.line.clear();
     }
@@ -237,7 +247,7 @@ impl Framer {
             let bytes = out.gather(&self.line);
             self.line.clear();
             let truncated = std::mem::take(&mut self.line_dropped) > 0;
-            out.add(Record { offset: self.line_start, end, truncated, bytes });
+            out.add(Record::new(self.line_start, end, truncated, bytes));
             self.line_start = end;
         }
     }
@@ -268,7 +278,7 @@ struct Held {
 impl Held {
     fn emit(self, out: &mut Framed) {
         let bytes = out.gather(&self.data);
-        out.add(Record { offset: self.offset, end: self.end, truncated: self.truncated, bytes });
+        out.add(Record::new(self.offset, self.end, self.truncated, bytes));
     }
 }
 
