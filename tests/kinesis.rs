@@ -127,6 +127,50 @@ fn a_server_down_for_thirty_seconds_loses_nothing() {
     );
 }
 
+/// A copytruncate while the server is down: the bytes not yet shipped (more than one read's
+/// worth) are gone from the original and only in the copy. They are read from the copy once
+/// the server is back, not held in memory and dropped when the sink refuses them.
+#[test]
+fn a_copytruncate_while_the_server_is_down_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Lines of ~107 bytes: 10,500 make 1.1 MB, more than the collector reads at once (1 MiB).
+    const BEFORE: u64 = 10_500;
+    const AFTER: u64 = 500;
+    let before_tag = "b".repeat(100);
+    let port = collector_tests::kinesis_server::free_port();
+    let scratch = Scratch::new("kinesis-down-copytruncate");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let collector = start_collector(&scratch, &kinesis_config(&scratch, "app.log", &endpoint, "logs"));
+    assert!(writer(&log, &before_tag, BEFORE, 100_000, false).wait().unwrap().success());
+    collector.wait_for_log("sink refused a batch");
+    let conf = scratch.path("logrotate.conf");
+    std::fs::write(&conf, format!("{} {{\ncopytruncate\nrotate 5\n}}\n", log.display())).unwrap();
+    let status = std::process::Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(scratch.path("logrotate.state"))
+        .arg(&conf)
+        .status()
+        .expect("logrotate");
+    assert!(status.success());
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "copytruncate emptied the original");
+    assert!(writer(&log, "a", AFTER, 1_000, false).wait().unwrap().success());
+    // Down for longer than one sink call retries (20 s): a call made at the truncation fails.
+    std::thread::sleep(Duration::from_secs(25));
+    let server = KinesisServer::start_on(port, "logs");
+    let records = server.wait_for_records((BEFORE + AFTER) as usize);
+    assert_every_line_once_in_order(&records, &before_tag, BEFORE);
+    assert_every_line_once_in_order(&records, "a", AFTER);
+    let lines = collector.log_lines(Duration::ZERO);
+    assert!(
+        !lines.iter().any(|l| l.contains("gone from disk")),
+        "nothing is reported lost: {:?}",
+        lines.iter().find(|l| l.contains("gone from disk"))
+    );
+}
+
 #[test]
 fn a_missing_stream_is_reported_once_and_the_data_waits_until_it_exists() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,7 +11,7 @@ use std::{
     fs::File,
     os::{
         fd::AsRawFd as _,
-        unix::fs::{DirEntryExt as _, FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+        unix::fs::{DirEntryExt as _, MetadataExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -99,6 +99,29 @@ struct OpenFile {
     captured: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The process that last wrote the file, as the kernel reported it.
     writer: Option<Writer>,
+    /// After a copytruncate: the unread tail, read from the copy before the file itself.
+    copied_tail: Option<CopiedTail>,
+}
+
+/// The bytes a copytruncate cut from an original before they were read, up to `end`, are in
+/// the copy: they are read from there like any file (in pieces, and again after a sink
+/// refused them), so a long tail takes no memory and a sink that is down loses none of it.
+/// Then the rest of the truncation is done (`Truncation`).
+struct CopiedTail {
+    /// The copy's own handle: the copy may be released, renamed or deleted meanwhile.
+    copy: File,
+    end: u64,
+    truncation: Truncation,
+}
+
+/// A truncation of a tracked file, as the kernel reported it.
+struct Truncation {
+    /// Where reading had got to when it was reported.
+    read_to: u64,
+    size_before: u64,
+    size_after: u64,
+    /// The bytes the kernel captured with writes just before it (see `OpenFile::captured`).
+    captured: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 pub struct Daemon {
@@ -335,6 +358,7 @@ impl Daemon {
                     last_input: Instant::now(),
                     checkpointed: None,
                     captured: Default::default(),
+                    copied_tail: None,
                     writer: None,
                 };
                 // A file created while running is read on its first write: that write's
@@ -366,6 +390,7 @@ impl Daemon {
                             last_input: Instant::now(),
                             checkpointed: None,
                             captured: Default::default(),
+                            copied_tail: None,
                             writer: None,
                         },
                     );
@@ -396,35 +421,84 @@ impl Daemon {
     }
 
     /// An original shrank from `size_before` to `size_after`. What it held beyond what was
-    /// read (`read_to`) is shipped from the copy, when a copytruncate made one, then from
-    /// the bytes the kernel captured with the writes after the copy; reading resumes where
-    /// the file still holds unread bytes, or at its new end.
+    /// read (`read_to`) is read from the copy, when a copytruncate made one (see
+    /// `CopiedTail`), then taken from the bytes the kernel captured with the writes after the
+    /// copy; reading resumes where the file still holds unread bytes, or at its new end.
     ///
     /// `read_to` may be 0 with a whole generation unread: when the sink is slow, several
     /// rotations can pass between two reads.
     fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
+        // One copied tail at a time: what is left of an earlier one is read and sent now.
+        self.finish_copied_tail_now(inode);
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, "truncated");
-        let mut records = Framed::default();
-        let mut recovered_to = read_to;
+        let truncation = Truncation { read_to, size_before, size_after, captured: std::mem::take(&mut f.captured) };
         if read_to < size_before
             && let Some((copy, copied)) = recover_from
             && let Some(c) = self.open.get(&copy)
+            && copied.min(size_before) > read_to
         {
             let end = copied.min(size_before);
-            if end > read_to {
-                let mut buf = vec![0u8; (end - read_to) as usize];
-                if let Ok(n) = c.file.read_at(&mut buf, read_to) {
+            match c.file.try_clone() {
+                Ok(copy) => {
+                    tracing::info!(
+                        bytes = end - read_to,
+                        "the unread tail of a copytruncated file is read from its copy"
+                    );
                     let f = self.open.get_mut(&inode).expect("checked");
-                    buf.truncate(n);
-                    f.framer.push(read_to, buf, &mut records);
-                    recovered_to = read_to + n as u64;
-                    tracing::info!(bytes = n, "recovered the unread tail of a copytruncated file from its copy");
+                    f.copied_tail = Some(CopiedTail { copy, end, truncation });
+                    self.dirty.insert(inode);
+                    return;
                 }
+                Err(e) => tracing::warn!("cannot read the copy of a copytruncated file: {e}"),
             }
         }
-        let f = self.open.get_mut(&inode).expect("checked");
+        self.finish_truncation(inode, truncation);
+    }
+
+    /// A copied tail read to its end (or to where the copy ends) is done: the truncation's
+    /// remaining steps follow.
+    fn finish_copied_tail_if_read(&mut self, inode: InodeKey) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        if f.copied_tail.as_ref().is_some_and(|t| f.framer.next_offset() >= t.end) {
+            let tail = f.copied_tail.take().expect("checked");
+            self.finish_truncation(inode, tail.truncation);
+        }
+    }
+
+    /// Reads and sends what is left of a copied tail at once, then finishes its truncation:
+    /// for a second truncation that comes before the first one's tail was read. What the sink
+    /// refuses then is counted as lost.
+    fn finish_copied_tail_now(&mut self, inode: InodeKey) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        let Some(tail) = f.copied_tail.take() else { return };
+        loop {
+            let Some(f) = self.open.get_mut(&inode) else { return };
+            let at = f.framer.next_offset();
+            let want = (tail.end.saturating_sub(at) as usize).min(READ_PER_TURN);
+            let buf = match read_new(&tail.copy, at, want) {
+                Ok(buf) if !buf.is_empty() => buf,
+                _ => break,
+            };
+            let mut records = Framed::default();
+            f.framer.push(at, buf, &mut records);
+            if !self.deliver(inode, &records) {
+                break;
+            }
+        }
+        self.finish_truncation(inode, tail.truncation);
+    }
+
+    /// The steps of a truncation after the copy's bytes (if any) were read: the bytes the
+    /// kernel captured, loss accounting, and where reading resumes.
+    fn finish_truncation(&mut self, inode: InodeKey, t: Truncation) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        let Truncation { read_to, size_before, size_after, captured } = t;
+        let mut records = Framed::default();
+        // Only these bytes are in memory alone if the sink refuses them below.
+        let in_memory_from = f.framer.settled_offset();
+        let mut recovered_to = f.framer.next_offset();
         // What was written after the copy was made, from the bytes the kernel carried. They
         // may go on past `size_before`: in tracepoint mode it is read at the syscall's entry,
         // and a write can land before the truncation itself takes the inode lock. Such writes
@@ -432,7 +506,7 @@ impl Daemon {
         // what lies beyond it is taken.
         let mut from_writes = 0;
         while recovered_to < size_before || recovered_to > size_after {
-            let Some((at, bytes)) = f.captured.range(..=recovered_to).next_back() else { break };
+            let Some((at, bytes)) = captured.range(..=recovered_to).next_back() else { break };
             let end = at + bytes.len() as u64;
             if end <= recovered_to {
                 break;
@@ -448,8 +522,8 @@ impl Daemon {
                 "recovered bytes written just before a truncation from the kernel's capture"
             );
         }
-        // Captured bytes belong to the contents that were just cut: never to a later gap.
-        f.captured.clear();
+        // Captured bytes belong to the contents that were just cut: never to a later gap
+        // (`captured` was taken from the file and ends here).
         // Unread bytes below the new size are still on disk: read them from there.
         let resume = recovered_to.min(size_after);
         // Unless reading simply goes on where it was, what the framer holds ends here.
@@ -463,11 +537,12 @@ impl Daemon {
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
-        if !self.deliver(inode, &records) && recovered_to > read_to {
-            // Known gap: these bytes exist only in memory now (the copy may be compressed
-            // or deleted by the time the sink is back).
+        if !self.deliver(inode, &records) && recovered_to > in_memory_from.max(read_to) {
+            // Known gap: these bytes (captured by the kernel, or the last line of the copy
+            // without its newline) exist only in memory.
+            let lost = recovered_to - in_memory_from.max(read_to);
             let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
-            tracing::error!(%path, lost = recovered_to - read_to, "the sink refused bytes recovered from a truncation; they are gone from disk");
+            tracing::error!(%path, lost, "the sink refused bytes recovered from a truncation; they are gone from disk");
         }
         if restart && let Some(f) = self.open.get_mut(&inode) {
             f.framer.reset(resume);
@@ -566,6 +641,7 @@ impl Daemon {
     /// Reads what is new in every dirty file.
     fn read_dirty(&mut self) -> Vec<Chunk> {
         let mut chunks = Vec::new();
+        let mut copies_short = Vec::new();
         for inode in std::mem::take(&mut self.dirty) {
             // Deferred again below if it still waits; gone otherwise.
             let due = self.deferred.remove(&inode);
@@ -575,7 +651,11 @@ impl Daemon {
                 continue;
             }
             let at = f.framer.next_offset();
-            let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+            // A copied tail is read first, from the copy, at once.
+            let (file, size) = match &f.copied_tail {
+                Some(tail) => (&tail.copy, tail.end),
+                None => (&f.file, f.file.metadata().map(|m| m.len()).unwrap_or(0)),
+            };
             if size < at {
                 // Truncated: its event is on its way and says what to recover.
                 continue;
@@ -586,14 +666,22 @@ impl Daemon {
             }
             // A small amount of new bytes waits on disk for more, up to max_batch_age.
             let age = self.config.flows[f.flow].max_batch_age;
-            if !age.is_zero() && !f.framer.holds() && (want as u64) < self.sinks[f.flow].full_batch_bytes() {
+            if f.copied_tail.is_none()
+                && !age.is_zero()
+                && !f.framer.holds()
+                && (want as u64) < self.sinks[f.flow].full_batch_bytes()
+            {
                 let due = due.unwrap_or_else(|| Instant::now() + age);
                 if Instant::now() < due {
                     self.deferred.insert(inode, due);
                     continue;
                 }
             }
-            match read_new(&f.file, at, want) {
+            match read_new(file, at, want) {
+                Ok(buf) if buf.is_empty() && f.copied_tail.is_some() => {
+                    // The copy is shorter than it was: what it lacks is counted as lost.
+                    copies_short.push(inode);
+                }
                 Ok(buf) => {
                     let n = buf.len();
                     if n == want && (size - at) as usize > want {
@@ -609,7 +697,17 @@ impl Daemon {
                     self.counters[f.flow].bytes_read += n as u64;
                     chunks.push(Chunk { inode, at, bytes: buf, read_end_ns: boot_ns() });
                 }
-                Err(e) => tracing::warn!(inode = inode.ino, "read failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(inode = inode.ino, "read failed: {e}");
+                    if f.copied_tail.is_some() {
+                        copies_short.push(inode);
+                    }
+                }
+            }
+        }
+        for inode in copies_short {
+            if let Some(tail) = self.open.get_mut(&inode).and_then(|f| f.copied_tail.take()) {
+                self.finish_truncation(inode, tail.truncation);
             }
         }
         chunks
@@ -640,6 +738,7 @@ impl Daemon {
             f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
             let _ = self.deliver(c.inode, &framed);
             self.framed = framed;
+            self.finish_copied_tail_if_read(c.inode);
             self.checkpoint(c.inode, false);
         }
     }
@@ -809,7 +908,9 @@ impl Daemon {
         let open = &self.open;
         let drained = |inode: &InodeKey| {
             open.get(inode).is_none_or(|f| {
-                f.derived || f.file.metadata().is_ok_and(|m| m.len() <= f.framer.next_offset() && !f.framer.holds())
+                f.derived
+                    || f.copied_tail.is_none()
+                        && f.file.metadata().is_ok_and(|m| m.len() <= f.framer.next_offset() && !f.framer.holds())
             })
         };
         let actions = self.tracker.expired(now, &|flow| idle[flow], &drained);
@@ -832,7 +933,7 @@ impl Daemon {
             let shrunk: Vec<(InodeKey, u64, u64)> = self
                 .open
                 .iter()
-                .filter(|(_, f)| !f.derived)
+                .filter(|(_, f)| !f.derived && f.copied_tail.is_none())
                 .filter_map(|(k, f)| {
                     let size = f.file.metadata().ok()?.len();
                     (size < f.framer.next_offset()).then_some((*k, f.framer.next_offset(), size))

@@ -174,7 +174,11 @@ impl Framer {
             if !whole {
                 self.extend_line(&out.read[start..end]);
             }
-            self.finish_line(offset + i as u64 + 1, whole.then_some(Span { start, len: len as u32, gathered: false }), out);
+            self.finish_line(
+                offset + i as u64 + 1,
+                whole.then_some(Span { start, len: len as u32, gathered: false }),
+                out,
+            );
             start = end + 1;
         }
         self.extend_line(&out.read[start..]);
