@@ -428,8 +428,12 @@ impl Daemon {
     /// `read_to` may be 0 with a whole generation unread: when the sink is slow, several
     /// rotations can pass between two reads.
     fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
-        // One copied tail at a time: what is left of an earlier one is read and sent now.
-        self.finish_copied_tail_now(inode);
+        // One copied tail at a time: what is left of an earlier one is sent now (what the
+        // sink refuses of it then is counted as lost).
+        if self.open.get(&inode).is_some_and(|f| f.copied_tail.is_some()) {
+            self.send_copied_tail(inode);
+            self.finish_copied_tail(inode);
+        }
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, "truncated");
@@ -442,13 +446,22 @@ impl Daemon {
             let end = copied.min(size_before);
             match c.file.try_clone() {
                 Ok(copy) => {
-                    tracing::info!(
-                        bytes = end - read_to,
-                        "the unread tail of a copytruncated file is read from its copy"
-                    );
                     let f = self.open.get_mut(&inode).expect("checked");
                     f.copied_tail = Some(CopiedTail { copy, end, truncation });
-                    self.dirty.insert(inode);
+                    // Sent at once while the sink takes it (the usual case); if it refuses,
+                    // the rest waits in the copy and is read like any file after the pause.
+                    if self.send_copied_tail(inode) {
+                        tracing::info!(
+                            bytes = end - read_to,
+                            "recovered the unread tail of a copytruncated file from its copy"
+                        );
+                        self.finish_copied_tail(inode);
+                    } else {
+                        tracing::info!(
+                            bytes = end - read_to,
+                            "the unread tail of a copytruncated file waits in its copy for the sink"
+                        );
+                    }
                     return;
                 }
                 Err(e) => tracing::warn!("cannot read the copy of a copytruncated file: {e}"),
@@ -457,37 +470,39 @@ impl Daemon {
         self.finish_truncation(inode, truncation);
     }
 
-    /// A copied tail read to its end (or to where the copy ends) is done: the truncation's
-    /// remaining steps follow.
+    /// A copied tail read to its end is done: the truncation's remaining steps follow.
     fn finish_copied_tail_if_read(&mut self, inode: InodeKey) {
-        let Some(f) = self.open.get_mut(&inode) else { return };
+        let Some(f) = self.open.get(&inode) else { return };
         if f.copied_tail.as_ref().is_some_and(|t| f.framer.next_offset() >= t.end) {
-            let tail = f.copied_tail.take().expect("checked");
+            self.finish_copied_tail(inode);
+        }
+    }
+
+    fn finish_copied_tail(&mut self, inode: InodeKey) {
+        if let Some(tail) = self.open.get_mut(&inode).and_then(|f| f.copied_tail.take()) {
             self.finish_truncation(inode, tail.truncation);
         }
     }
 
-    /// Reads and sends what is left of a copied tail at once, then finishes its truncation:
-    /// for a second truncation that comes before the first one's tail was read. What the sink
-    /// refuses then is counted as lost.
-    fn finish_copied_tail_now(&mut self, inode: InodeKey) {
-        let Some(f) = self.open.get_mut(&inode) else { return };
-        let Some(tail) = f.copied_tail.take() else { return };
+    /// Reads what is left of a copied tail and sends it, piece by piece. False when the sink
+    /// refused a piece: the rest (from the acknowledged offset) is still in the copy. True
+    /// when the tail was read to its end, or to where the copy ends.
+    fn send_copied_tail(&mut self, inode: InodeKey) -> bool {
         loop {
-            let Some(f) = self.open.get_mut(&inode) else { return };
+            let Some(f) = self.open.get_mut(&inode) else { return true };
+            let Some(tail) = &f.copied_tail else { return true };
             let at = f.framer.next_offset();
             let want = (tail.end.saturating_sub(at) as usize).min(READ_PER_TURN);
             let buf = match read_new(&tail.copy, at, want) {
                 Ok(buf) if !buf.is_empty() => buf,
-                _ => break,
+                _ => return true,
             };
             let mut records = Framed::default();
             f.framer.push(at, buf, &mut records);
             if !self.deliver(inode, &records) {
-                break;
+                return false;
             }
         }
-        self.finish_truncation(inode, tail.truncation);
     }
 
     /// The steps of a truncation after the copy's bytes (if any) were read: the bytes the
@@ -603,7 +618,11 @@ impl Daemon {
                             cgroup,
                         });
                     }
-                    if !captured.is_empty() && pos + captured.len() as u64 > f.framer.next_offset() {
+                    // While a copied tail is read, reading is at offsets of the old contents;
+                    // the bytes captured now belong to the new ones, for the next truncation.
+                    if !captured.is_empty()
+                        && (f.copied_tail.is_some() || pos + captured.len() as u64 > f.framer.next_offset())
+                    {
                         f.captured.insert(pos, captured);
                     }
                 }
@@ -706,9 +725,7 @@ impl Daemon {
             }
         }
         for inode in copies_short {
-            if let Some(tail) = self.open.get_mut(&inode).and_then(|f| f.copied_tail.take()) {
-                self.finish_truncation(inode, tail.truncation);
-            }
+            self.finish_copied_tail(inode);
         }
         chunks
     }
@@ -735,7 +752,9 @@ impl Daemon {
             framed.clear();
             f.framer.push(c.at, c.bytes, &mut framed);
             let read_to = f.framer.next_offset();
-            f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
+            if f.copied_tail.is_none() {
+                f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
+            }
             let _ = self.deliver(c.inode, &framed);
             self.framed = framed;
             self.finish_copied_tail_if_read(c.inode);

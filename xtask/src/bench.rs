@@ -5,7 +5,7 @@ use std::{
     ffi::CString,
     fs,
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,11 +23,14 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         bail!("unknown benchmark {name}; known: {}", BENCHES.join(", "));
     }
     setup::run(false)?;
-    // The peer the ingest benchmark runs beside.
     // The peer the ingest benchmark runs beside; perf enables the syscall tracepoints alone
     // for writer-overhead's floor.
     setup::apt_install(&["rsyslog", "linux-perf"])?;
-    let collector = build::collector()?;
+    // XTASK_BENCH_COLLECTOR: measure that binary (an earlier build, to compare) instead.
+    let collector = match std::env::var_os("XTASK_BENCH_COLLECTOR") {
+        Some(path) => PathBuf::from(path),
+        None => build::collector()?,
+    };
     let header = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
          ratios compare with a baseline measured in the same run.\n",
