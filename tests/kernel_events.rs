@@ -219,26 +219,13 @@ fn in_kernel_copies_of_a_watched_file_are_reported_as_copies() {
     assert_eq!(sf[0]["dest_ino"], ino(&by_sendfile));
 }
 
-fn logrotate(scratch: &Scratch, directives: &str) {
-    let conf = scratch.path("logrotate.conf");
-    std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", scratch.path("app.log").display())).unwrap();
-    let status = Command::new("logrotate")
-        .arg("-f")
-        .arg("-s")
-        .arg(scratch.path("logrotate.state"))
-        .arg(&conf)
-        .status()
-        .expect("logrotate (cargo xtask setup installs it)");
-    assert!(status.success());
-}
-
 #[test]
 fn logrotate_create_renames_the_old_inode_and_creates_a_new_one() {
     let (scratch, events, sentinel) = setup("logrotate-create", "app.log*");
     let log = scratch.path("app.log");
     let old = ino(&log);
     let writer = OpenOptions::new().append(true).open(&log).unwrap();
-    logrotate(&scratch, "create 0644\nrotate 3");
+    collector_tests::logrotate_once(&scratch, "create 0644\nrotate 3");
     (&writer).write_all(b"late\n").unwrap(); // the app has not reopened yet
     let seen = events.drain(&sentinel);
     let renames = of(&seen, "rename", old);
@@ -257,7 +244,7 @@ fn logrotate_copytruncate_and_compress_show_copy_truncate_and_derivative() {
     let log = scratch.path("app.log");
     let inode = ino(&log);
     std::fs::write(&log, b"line 1\nline 2\nline 3\n").unwrap(); // 21 bytes
-    logrotate(&scratch, "copytruncate\ncompress\nrotate 3");
+    collector_tests::logrotate_once(&scratch, "copytruncate\ncompress\nrotate 3");
     let seen = events.drain(&sentinel);
 
     let by = |comm: &str, kind: &str, ino: u64| -> Vec<Value> {

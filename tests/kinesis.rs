@@ -145,16 +145,7 @@ fn a_copytruncate_while_the_server_is_down_loses_nothing() {
     let collector = start_collector(&scratch, &kinesis_config(&scratch, "app.log", &endpoint, "logs"));
     assert!(writer(&log, &before_tag, BEFORE, 100_000, false).wait().unwrap().success());
     collector.wait_for_log("sink refused a batch");
-    let conf = scratch.path("logrotate.conf");
-    std::fs::write(&conf, format!("{} {{\ncopytruncate\nrotate 5\n}}\n", log.display())).unwrap();
-    let status = std::process::Command::new("logrotate")
-        .arg("-f")
-        .arg("-s")
-        .arg(scratch.path("logrotate.state"))
-        .arg(&conf)
-        .status()
-        .expect("logrotate");
-    assert!(status.success());
+    collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 5");
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "copytruncate emptied the original");
     assert!(writer(&log, "a", AFTER, 1_000, false).wait().unwrap().success());
     // Down for longer than one sink call retries (20 s): a call made at the truncation fails.

@@ -1,5 +1,5 @@
 //! Where the newlines of a buffer are. Log lines are short (about 100 bytes), and finding
-//! each with its own `memchr` call paid that call's set-up once per line, a fifth of the
+//! each with its own `memchr` call paid that call's set-up once per line, a quarter of the
 //! collector's CPU when reading a cached file. On x86-64 the buffer is compared 32 (AVX2) or
 //! 16 (SSE2) bytes at a time into a bit mask, and each set bit is a newline.
 

@@ -400,6 +400,20 @@ pub fn rotate_repeatedly(
     })
 }
 
+/// Runs logrotate once, forced, on the scratch directory's `app.log` with `directives`.
+pub fn logrotate_once(scratch: &Scratch, directives: &str) {
+    let conf = scratch.path("logrotate.conf");
+    std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", scratch.path("app.log").display())).unwrap();
+    let status = Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(scratch.path("logrotate.state"))
+        .arg(&conf)
+        .status()
+        .expect("logrotate (cargo xtask setup installs it)");
+    assert!(status.success(), "logrotate failed");
+}
+
 /// GET with curl (a real HTTP client): (status, body).
 pub fn curl(url: &str) -> (u32, String) {
     let out = Command::new("curl")
