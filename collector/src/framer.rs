@@ -167,10 +167,22 @@ impl Framer {
         newlines.clear();
         crate::newlines::find_all(&out.read[base..], &mut newlines);
         let mut start = base;
+        // Lines that need nothing but a record (the usual case): no multiline joining, no
+        // header left to skip.
+        let plain = self.config.multiline_start.is_none();
+        let headers = u64::from(self.config.skip_header_lines);
         for &i in &newlines {
             let end = base + i;
             let len = end - start;
             let whole = self.line.is_empty() && self.line_dropped == 0 && len <= self.config.max_record_bytes;
+            if whole && plain && self.lines_seen >= headers {
+                let line_end = offset + i as u64 + 1;
+                let span = Span { start, len: len as u32, gathered: false };
+                out.add(Record::new(std::mem::replace(&mut self.line_start, line_end), line_end, false, span));
+                self.lines_seen += 1;
+                start = end + 1;
+                continue;
+            }
             if !whole {
                 self.extend_line(&out.read[start..end]);
             }
