@@ -380,20 +380,11 @@ pub fn rotate_repeatedly(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
-        let dir = log.parent().expect("dir").to_owned();
-        let conf = dir.join("logrotate.conf");
-        std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", log.display())).expect("logrotate.conf");
+        let conf = logrotate_conf(&log, &directives);
         let mut rotations = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(every);
-            let status = Command::new("logrotate")
-                .arg("-f")
-                .arg("-s")
-                .arg(dir.join("logrotate.state"))
-                .arg(&conf)
-                .status()
-                .expect("logrotate");
-            assert!(status.success(), "logrotate failed");
+            logrotate(&conf);
             rotations += 1;
         }
         rotations
@@ -402,13 +393,23 @@ pub fn rotate_repeatedly(
 
 /// Runs logrotate once, forced, on the scratch directory's `app.log` with `directives`.
 pub fn logrotate_once(scratch: &Scratch, directives: &str) {
-    let conf = scratch.path("logrotate.conf");
-    std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", scratch.path("app.log").display())).unwrap();
+    logrotate(&logrotate_conf(&scratch.path("app.log"), directives));
+}
+
+/// A logrotate.conf beside `log` that rotates it with `directives`.
+fn logrotate_conf(log: &Path, directives: &str) -> PathBuf {
+    let conf = log.parent().expect("dir").join("logrotate.conf");
+    std::fs::write(&conf, format!("{} {{\n{directives}\n}}\n", log.display())).expect("logrotate.conf");
+    conf
+}
+
+/// One forced rotation with `conf`, its state file beside it.
+fn logrotate(conf: &Path) {
     let status = Command::new("logrotate")
         .arg("-f")
         .arg("-s")
-        .arg(scratch.path("logrotate.state"))
-        .arg(&conf)
+        .arg(conf.with_file_name("logrotate.state"))
+        .arg(conf)
         .status()
         .expect("logrotate (cargo xtask setup installs it)");
     assert!(status.success(), "logrotate failed");
