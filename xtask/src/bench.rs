@@ -22,7 +22,8 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     {
         bail!("unknown benchmark {name}; known: {}", BENCHES.join(", "));
     }
-    setup::run(false)?;
+    // The guest kernel is for writer-overhead's fentry and kprobe rows.
+    setup::run(true)?;
     // The peer the ingest benchmark runs beside; perf enables the syscall tracepoints alone
     // for writer-overhead's floor.
     setup::apt_install(&["rsyslog", "linux-perf"])?;
@@ -494,11 +495,17 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
              file or not; the last row is that path alone, the part no program can avoid. A watched \
              write also keeps its call in a hash map from entry to exit, resolves its inode and puts \
              an event in the ring buffer, and the collector's reading and framing shares the 2 cores \
-             with the writer. fentry mode runs one fexit program on vfs_write instead. This host \
-             refuses fentry, and timings under QEMU's TCG are not comparable, so the fentry figure \
-             is still to be measured on a kernel that allows it. Absolute times on this shared VM \
+             with the writer. fentry mode runs one fexit program on vfs_write instead; this host \
+             refuses it, so it is measured in a guest kernel below. Absolute times on this shared VM \
              drift by up to 2x within minutes; compare the ratios.\n",
         );
+    }
+    // XTASK_BENCH_NO_GUEST=1: the host rows only.
+    if std::env::var_os("XTASK_BENCH_NO_GUEST").is_none() {
+        let guest = crate::bench_guest::writer_overhead()?;
+        s.push_str("\n");
+        s.push_str(&crate::bench_guest::describe(&guest.release));
+        s.push_str(&guest.table);
     }
     Ok(s)
 }

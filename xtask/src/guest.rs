@@ -195,8 +195,45 @@ pub struct GuestRun {
     pub output: String,
 }
 
+/// A static build for the guests (`cargo <args>`, release, crt-static, a target dir of its
+/// own); returns cargo's JSON messages.
+pub fn static_build(args: &[&str]) -> anyhow::Result<String> {
+    shell::output(
+        Command::new("cargo")
+            .args(args)
+            .args(["--release", "--target", "x86_64-unknown-linux-gnu", "--message-format=json"])
+            .env("CARGO_TARGET_DIR", shell::work_dir().join("static-target"))
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(shell::root()),
+    )
+}
+
+/// The collector built static for the guests. Without the AWS SDK: the guests have no
+/// network, and it would double the build time.
+pub fn static_collector() -> anyhow::Result<PathBuf> {
+    static_build(&["build", "-p", "collector", "--no-default-features"])?;
+    Ok(shell::work_dir().join("static-target/x86_64-unknown-linux-gnu/release/collector"))
+}
+
+/// A C program of xtask/guest/ built static into `root`'s /t.
+pub fn add_c_program(root: &Path, name: &str) -> anyhow::Result<()> {
+    let source = shell::root().join("xtask/guest").join(format!("{name}.c"));
+    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(root.join("t").join(name)).arg(source))
+}
+
 /// Boots `series` with `root` laid over the guest's / and runs `command` (sh) in /t.
 pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
+    run_with(series, root, command, timeout, &[])
+}
+
+/// `run` with more QEMU arguments (`-icount` for the benchmarks).
+pub fn run_with(
+    series: &str,
+    root: &Path,
+    command: &str,
+    timeout: Duration,
+    qemu_args: &[&str],
+) -> anyhow::Result<GuestRun> {
     let run_dir = dir().join(format!("run-{series}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     let stage = run_dir.join("stage");
@@ -237,6 +274,7 @@ pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyho
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(qemu_args)
         .status()
         .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
     let output = fs::read_to_string(&results).unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Project procedures, in Rust, one subcommand each: `cargo xtask <command> --help`.
 
 mod bench;
+mod bench_guest;
 mod bench_kinesis;
 mod bench_ops;
 mod build;

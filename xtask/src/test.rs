@@ -103,26 +103,14 @@ fn guest_script(mode: &str) -> String {
 /// A root tree for the guests: static builds of the collector and the guest tests in /t,
 /// and logrotate with its libraries.
 fn guest_payload() -> anyhow::Result<PathBuf> {
-    let target_dir = shell::work_dir().join("static-target");
-    let static_build = |args: &[&str]| -> anyhow::Result<String> {
-        shell::output(
-            Command::new("cargo")
-                .args(args)
-                .args(["--release", "--target", "x86_64-unknown-linux-gnu", "--message-format=json"])
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .current_dir(shell::root()),
-        )
-    };
     eprintln!("+ building static collector and guest tests");
-    // Without the AWS SDK: the guests have no network, and it would double the build time.
-    static_build(&["build", "-p", "collector", "--no-default-features"])?;
-    let messages = static_build(&["test", "-p", "collector-tests", "--no-default-features", "--no-run"])?;
+    let collector = guest::static_collector()?;
+    let messages = guest::static_build(&["test", "-p", "collector-tests", "--no-default-features", "--no-run"])?;
     let root = guest::dir().join("payload");
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("t"))?;
-    let release = target_dir.join("x86_64-unknown-linux-gnu/release");
-    fs::copy(release.join("collector"), root.join("t/collector"))?;
+    let release = collector.parent().expect("release dir");
+    fs::copy(&collector, root.join("t/collector"))?;
     fs::copy(release.join("log_writer"), root.join("t/log_writer"))?;
     for test in GUEST_TESTS {
         let exe = test_executable(&messages, test).with_context(|| format!("no test executable for {test}"))?;
