@@ -44,8 +44,9 @@ pub fn on_copy(source: InodeKey, pos: u64, destination: InodeKey, destination_po
     }
 }
 
+/// `explicit_pos` reads the offset argument (a helper call), only for a watched file.
 #[inline(always)]
-fn begin_read(fd: i64, explicit_pos: i64) {
+fn begin_read(fd: i64, explicit_pos: impl FnOnce() -> i64) {
     if is_self() {
         return;
     }
@@ -55,7 +56,7 @@ fn begin_read(fd: i64, explicit_pos: i64) {
     }
     let mut call = PendingCall::new(Op::Read);
     call.file = file;
-    call.pos = explicit_pos;
+    call.pos = explicit_pos();
     pending::begin(&call);
 }
 
@@ -124,23 +125,23 @@ fn peer_key(file: KPtr) -> Option<InodeKey> {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn tp_sys_enter_read(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), -1);
+    begin_read(arg(&ctx, 0), || -1);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_readv")]
 pub fn tp_sys_enter_readv(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), -1);
+    begin_read(arg(&ctx, 0), || -1);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pread64")]
 pub fn tp_sys_enter_pread64(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_preadv")]
 pub fn tp_sys_enter_preadv(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_preadv2")]
 pub fn tp_sys_enter_preadv2(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
 }
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn tp_sys_exit_read(ctx: TracePointContext) {
@@ -194,10 +195,14 @@ pub fn tp_sys_exit_sendfile64(ctx: TracePointContext) {
 /// vfs_read family: `n` bytes read through `file`, `*pos` now just past them.
 #[inline(always)]
 fn vfs_read_done(file: KPtr, pos_ptr: KPtr, n: i64) {
-    if n <= 0 || is_self() || pending::copy_in_progress() {
+    if n <= 0 || is_self() {
         return;
     }
+    // Watched first, as for writes: it rules out most reads of the host.
     let Some(inode) = watched_inode(file) else { return };
+    if pending::copy_in_progress() {
+        return;
+    }
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
     on_read(inode, (end as u64).saturating_sub(n as u64), n as u64);
 }
@@ -225,7 +230,7 @@ fn kretprobe_read(ctx: &RetProbeContext) {
 #[kprobe(function = "vfs_read")]
 pub fn kprobe_vfs_read(ctx: ProbeContext) -> u32 {
     if !is_self() {
-        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3), 0);
+        kprobe_begin(Op::Read, ctx.arg(0), || (ctx.arg(3), 0));
     }
     0
 }
@@ -237,7 +242,7 @@ pub fn kretprobe_vfs_read(ctx: RetProbeContext) -> u32 {
 #[kprobe(function = "vfs_readv")]
 pub fn kprobe_vfs_readv(ctx: ProbeContext) -> u32 {
     if !is_self() {
-        kprobe_begin(Op::Read, ctx.arg(0), ctx.arg(3), 0);
+        kprobe_begin(Op::Read, ctx.arg(0), || (ctx.arg(3), 0));
     }
     0
 }

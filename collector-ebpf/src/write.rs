@@ -74,10 +74,13 @@ fn file_reaches(file: KPtr, end: u64) -> bool {
     kernel::inode_size(inode).is_some_and(|size| size >= end)
 }
 
+/// `rest` reads the other arguments (explicit offset, RWF flags, buffer): each is a helper
+/// call, so only for a watched file (most writes on a host are not).
 #[inline(always)]
-fn begin(fd: i64, explicit_pos: i64, rwf_flags: u32, buf: u64) {
+fn begin(fd: i64, rest: impl FnOnce() -> (i64, u32, u64)) {
     let Some(file) = kernel::file_of_fd(fd) else { return };
     let Some(inode) = watched_inode(file) else { return };
+    let (explicit_pos, rwf_flags, buf) = rest();
     let append = (kernel::file_flags(file).unwrap_or(0) & O_APPEND) != 0 || (rwf_flags & RWF_APPEND) != 0;
     let mut call = PendingCall::new(Op::Write);
     call.file = file;
@@ -104,24 +107,24 @@ fn end(ctx: &TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn tp_sys_enter_write(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), -1, 0, arg(&ctx, 1) as u64);
+    begin(arg(&ctx, 0), || (-1, 0, arg(&ctx, 1) as u64));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_writev")]
 pub fn tp_sys_enter_writev(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), -1, 0, 0);
+    begin(arg(&ctx, 0), || (-1, 0, 0));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
 pub fn tp_sys_enter_pwrite64(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), 0, arg(&ctx, 1) as u64);
+    begin(arg(&ctx, 0), || (arg(&ctx, 3), 0, arg(&ctx, 1) as u64));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pwritev")]
 pub fn tp_sys_enter_pwritev(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), 0, 0);
+    begin(arg(&ctx, 0), || (arg(&ctx, 3), 0, 0));
 }
 /// pwritev2 with offset -1 writes at the file position.
 #[tracepoint(category = "syscalls", name = "sys_enter_pwritev2")]
 pub fn tp_sys_enter_pwritev2(ctx: TracePointContext) {
-    begin(arg(&ctx, 0), arg(&ctx, 3), arg(&ctx, 5) as u32, 0);
+    begin(arg(&ctx, 0), || (arg(&ctx, 3), arg(&ctx, 5) as u32, 0));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
@@ -149,11 +152,16 @@ pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
 /// iterator, not captured), `*pos` now just past them.
 #[inline(always)]
 fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, known: Option<InodeKey>) {
-    if written <= 0 || pending::copy_in_progress() {
+    if written <= 0 {
+        return;
+    }
+    // The watched check first: this runs on every write of the host, and the pending-call
+    // lookup costs as much as the watched one, which rules out most writes.
+    let Some(inode) = known.or_else(|| watched_inode(file)) else { return };
+    if pending::copy_in_progress() {
         // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
         return;
     }
-    let Some(inode) = known.or_else(|| watched_inode(file)) else { return };
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
     on_write(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
@@ -177,14 +185,16 @@ pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
     0
 }
 
-/// kprobe mode keeps (file, pos pointer) from entry to return.
+/// kprobe mode keeps (file, pos pointer) from entry to return. `rest` reads the pos pointer
+/// and the buffer (helper calls), only for a watched file.
 #[inline(always)]
-pub fn kprobe_begin(op: Op, file: Option<KPtr>, pos_ptr: Option<KPtr>, buf: u64) {
+pub fn kprobe_begin(op: Op, file: Option<KPtr>, rest: impl FnOnce() -> (Option<KPtr>, u64)) {
     let Some(file) = file else { return };
+    let Some(inode) = watched_inode(file) else { return };
     if pending::copy_in_progress() {
         return;
     }
-    let Some(inode) = watched_inode(file) else { return };
+    let (pos_ptr, buf) = rest();
     let mut call = PendingCall::new(op);
     call.file = file;
     call.inode = inode;
@@ -202,7 +212,7 @@ fn kretprobe_written(ctx: &RetProbeContext) {
 
 #[kprobe(function = "vfs_write")]
 pub fn kprobe_vfs_write(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3), ctx.arg(1).unwrap_or(0));
+    kprobe_begin(Op::Write, ctx.arg(0), || (ctx.arg(3), ctx.arg(1).unwrap_or(0)));
     0
 }
 #[kretprobe(function = "vfs_write")]
@@ -212,7 +222,7 @@ pub fn kretprobe_vfs_write(ctx: RetProbeContext) -> u32 {
 }
 #[kprobe(function = "vfs_writev")]
 pub fn kprobe_vfs_writev(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(3), 0);
+    kprobe_begin(Op::Write, ctx.arg(0), || (ctx.arg(3), 0));
     0
 }
 #[kretprobe(function = "vfs_writev")]
@@ -222,7 +232,7 @@ pub fn kretprobe_vfs_writev(ctx: RetProbeContext) -> u32 {
 }
 #[kprobe(function = "vfs_iter_write")]
 pub fn kprobe_vfs_iter_write(ctx: ProbeContext) -> u32 {
-    kprobe_begin(Op::Write, ctx.arg(0), ctx.arg(2), 0);
+    kprobe_begin(Op::Write, ctx.arg(0), || (ctx.arg(2), 0));
     0
 }
 #[kretprobe(function = "vfs_iter_write")]
