@@ -223,6 +223,15 @@ pub struct KernelOffsets {
     pub vfs_unlink_dentry: u32,
     pub vfs_unlink_params: u32,
     pub notify_change_dentry: u32,
+    /// do_renameat2(olddfd, from, newdfd, to, flags), the body of every rename (and of
+    /// io_uring's) since 5.11, when its names became `struct filename`: it brackets
+    /// vfs_rename in fentry/kprobe modes, and `filename.uptr` is the new name as the caller
+    /// passed it.
+    pub do_renameat2_olddfd: u32,
+    pub do_renameat2_newdfd: u32,
+    pub do_renameat2_to: u32,
+    pub do_renameat2_params: u32,
+    pub filename_uptr: u32,
 }
 
 impl KernelOffsets {

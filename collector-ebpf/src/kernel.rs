@@ -136,3 +136,9 @@ pub fn dentry_key(dentry: KPtr) -> Option<InodeKey> {
 pub fn renamedata_old_dentry(rd: KPtr) -> Option<KPtr> {
     read(rd, offsets().renamedata_old_dentry)
 }
+
+/// `name->uptr` of a `struct filename *`: the user string it was copied from.
+#[inline(always)]
+pub fn filename_uptr(name: KPtr) -> Option<u64> {
+    read(name, offsets().filename_uptr)
+}

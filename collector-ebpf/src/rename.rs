@@ -2,9 +2,14 @@
 //! the caller passed it with the directory it resolves against, and the directories, so the
 //! daemon knows the new path without looking at the filesystem again.
 //!
-//! In every mode the syscall tracepoints bracket the call (they carry the name); inside it,
-//! vfs_rename's fentry/fexit or kprobe/kretprobe fill in the exact inode and parents, and in
-//! tracepoint mode capture.rs fills in the inode from the ctime it sets.
+//! Something brackets the call and carries the name as the caller passed it: the syscall
+//! tracepoints in tracepoint mode, do_renameat2 (the body of every rename syscall and of
+//! io_uring's) in fentry/kprobe modes. Inside it, vfs_rename's fentry/fexit or
+//! kprobe/kretprobe fill in the exact inode and parents, and in tracepoint mode capture.rs
+//! fills in the inode from the ctime it sets.
+//!
+//! fentry/kprobe modes attach no syscall tracepoint: one attached puts every syscall of every
+//! task on the tracing path (BENCHMARKS.md, writer-overhead: the floor rows).
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
@@ -13,8 +18,10 @@ use aya_ebpf::{
 use collector_common::{EventKind, InodeKey};
 
 use crate::{
+    args::{fentry_arg, fexit_slot, kprobe_arg},
     emit::{self, Dirs, Name},
     kernel::{self, KPtr},
+    maps::offsets,
     pending::{self, Op, PendingCall},
     write::{arg, ret},
 };
@@ -40,10 +47,11 @@ fn begin(old_dfd: i64, new_dfd: i64, new_name: i64) {
     pending::begin(&call);
 }
 
+/// The call returned `result`.
 #[inline(always)]
-fn end(ctx: &TracePointContext) {
+fn end(result: i64) {
     let Some(call) = pending::finish(Op::Rename) else { return };
-    if ret(ctx) != 0 {
+    if result != 0 {
         return;
     }
     let inode = kernel::inode_key(call.captured_inode).unwrap_or_default();
@@ -73,18 +81,58 @@ pub fn tp_sys_enter_renameat2(ctx: TracePointContext) {
 }
 #[tracepoint(category = "syscalls", name = "sys_exit_rename")]
 pub fn tp_sys_exit_rename(ctx: TracePointContext) {
-    end(&ctx);
+    end(ret(&ctx));
 }
 #[tracepoint(category = "syscalls", name = "sys_exit_renameat")]
 pub fn tp_sys_exit_renameat(ctx: TracePointContext) {
-    end(&ctx);
+    end(ret(&ctx));
 }
 #[tracepoint(category = "syscalls", name = "sys_exit_renameat2")]
 pub fn tp_sys_exit_renameat2(ctx: TracePointContext) {
-    end(&ctx);
+    end(ret(&ctx));
 }
 
-/// vfs_rename(struct renamedata *rd), inside a rename syscall: the moving dentry, its inode
+/// do_renameat2(olddfd, from, newdfd, to, flags): `to` is a `struct filename *`, freed
+/// before the call returns, so the user pointer it was copied from is kept, as the syscall
+/// tracepoints keep theirs.
+#[inline(always)]
+fn renameat2_begin(olddfd: u64, newdfd: u64, to: KPtr) {
+    let name = kernel::filename_uptr(to).unwrap_or(0);
+    begin(olddfd as i64, newdfd as i64, name as i64);
+}
+
+#[fentry(function = "do_renameat2")]
+pub fn fentry_do_renameat2(ctx: FEntryContext) -> i32 {
+    let o = offsets();
+    renameat2_begin(
+        fentry_arg(&ctx, o.do_renameat2_olddfd),
+        fentry_arg(&ctx, o.do_renameat2_newdfd),
+        fentry_arg(&ctx, o.do_renameat2_to),
+    );
+    0
+}
+#[fexit(function = "do_renameat2")]
+pub fn fexit_do_renameat2(ctx: FExitContext) -> i32 {
+    end(fexit_slot(&ctx, offsets().do_renameat2_params) as i32 as i64);
+    0
+}
+#[kprobe(function = "do_renameat2")]
+pub fn kprobe_do_renameat2(ctx: ProbeContext) -> u32 {
+    let o = offsets();
+    renameat2_begin(
+        kprobe_arg(&ctx, o.do_renameat2_olddfd),
+        kprobe_arg(&ctx, o.do_renameat2_newdfd),
+        kprobe_arg(&ctx, o.do_renameat2_to),
+    );
+    0
+}
+#[kretprobe(function = "do_renameat2")]
+pub fn kretprobe_do_renameat2(ctx: RetProbeContext) -> u32 {
+    end(ctx.ret::<i32>() as i64);
+    0
+}
+
+/// vfs_rename(struct renamedata *rd), inside a rename call: the moving dentry, its inode
 /// and old directory.
 #[inline(always)]
 fn vfs_rename_begin(rd: KPtr) {

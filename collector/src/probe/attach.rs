@@ -80,7 +80,7 @@ pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a st
     let mut planned: Vec<Planned> = program_names
         .into_iter()
         .filter_map(|name| {
-            let (program_mode, target, optional) = target_of(name, mode)?;
+            let (program_mode, target, optional) = target_of(name)?;
             (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
         })
         .collect();
@@ -88,22 +88,11 @@ pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a st
     planned
 }
 
-/// Syscall tracepoints every mode attaches: they carry the rename's name as the caller
-/// passed it, which no VFS function sees (see rename.rs).
-const EVERY_MODE: [&str; 6] = [
-    "tp_sys_enter_rename",
-    "tp_sys_exit_rename",
-    "tp_sys_enter_renameat",
-    "tp_sys_exit_renameat",
-    "tp_sys_enter_renameat2",
-    "tp_sys_exit_renameat2",
-];
-
-fn target_of(program: &str, mode: AttachMode) -> Option<(AttachMode, Target, bool)> {
+/// Syscall tracepoints are tracepoint mode's alone: one attached puts every syscall of
+/// every task on the tracing path, so fentry/kprobe modes bracket renames with
+/// do_renameat2 instead (see rename.rs).
+fn target_of(program: &str) -> Option<(AttachMode, Target, bool)> {
     let split = |prefix: &str| program.strip_prefix(prefix).map(str::to_owned);
-    if EVERY_MODE.contains(&program) {
-        return Some((mode, Target::SyscallTracepoint(split("tp_")?), false));
-    }
     if let Some(tp) = split("tp_") {
         return Some((AttachMode::Tracepoint, Target::SyscallTracepoint(tp), false));
     }
@@ -147,7 +136,7 @@ mod tests {
         assert!(unverified_release("weird").is_none());
     }
 
-    const NAMES: [&str; 7] = [
+    const NAMES: [&str; 9] = [
         "tp_sys_enter_rename",
         "tp_sys_exit_write",
         "tp_sys_enter_write",
@@ -155,6 +144,8 @@ mod tests {
         "fexit_vfs_write",
         "kretprobe_vfs_write",
         "kprobe_vfs_write",
+        "fentry_do_renameat2",
+        "kprobe_do_renameat2",
     ];
 
     #[test]
@@ -167,15 +158,18 @@ mod tests {
         assert_eq!(tp[2].target, Target::SyscallTracepoint("sys_enter_write".into()));
         assert!(tp[0].optional && !tp[1].optional);
         let kp = plan(AttachMode::Kprobe, NAMES);
-        assert_eq!(kp[0].target, Target::Kprobe("vfs_write".into()));
-        assert_eq!(kp[1].target, Target::Kretprobe("vfs_write".into()));
         assert_eq!(
-            kp[2].target,
-            Target::SyscallTracepoint("sys_enter_rename".into()),
-            "renames' names come from the syscall"
+            kp.iter().map(|p| &p.target).collect::<Vec<_>>(),
+            [
+                &Target::Kprobe("do_renameat2".into()),
+                &Target::Kprobe("vfs_write".into()),
+                &Target::Kretprobe("vfs_write".into())
+            ]
         );
         let fentry = plan(AttachMode::Fentry, NAMES);
-        assert_eq!(fentry[0].target, Target::Fexit("vfs_write".into()));
-        assert_eq!(fentry[1].program, "tp_sys_enter_rename");
+        assert_eq!(
+            fentry.iter().map(|p| &p.target).collect::<Vec<_>>(),
+            [&Target::Fentry("do_renameat2".into()), &Target::Fexit("vfs_write".into())]
+        );
     }
 }

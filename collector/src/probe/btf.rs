@@ -78,7 +78,7 @@ pub struct KernelBtf {
 }
 
 /// Functions whose parameter positions the programs need (offsets.rs).
-const PARAMS_OF: &[&str] = &["do_truncate", "vfs_unlink", "notify_change"];
+const PARAMS_OF: &[&str] = &["do_truncate", "vfs_unlink", "notify_change", "do_renameat2"];
 
 impl KernelBtf {
     #[cfg(test)]
@@ -469,5 +469,8 @@ mod tests {
         // Since 6.3: do_truncate(idmap, dentry, length, time_attrs, filp).
         assert_eq!(btf.param_position("do_truncate", "dentry").unwrap(), (1, 5));
         assert_eq!(btf.param_position("do_truncate", "length").unwrap(), (2, 5));
+        // Since 5.11: do_renameat2(olddfd, from, newdfd, to, flags).
+        assert_eq!(btf.param_position("do_renameat2", "to").unwrap(), (3, 5));
+        assert!(btf.member_offset("filename", "uptr").is_ok());
     }
 }

@@ -14,6 +14,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let at = |s: &str, m: &str| btf.member_offset(s, m);
     let (do_truncate_dentry, do_truncate_params) = param(btf, "do_truncate", "dentry");
     let (vfs_unlink_dentry, vfs_unlink_params) = param(btf, "vfs_unlink", "dentry");
+    // Before 5.11 its parameters were user pointers named oldname/newname: no `to`.
+    let (do_renameat2_to, do_renameat2_params) = param(btf, "do_renameat2", "to");
     Ok(KernelOffsets {
         task_files: at("task_struct", "files")?,
         task_fs: at("task_struct", "fs")?,
@@ -43,6 +45,11 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         vfs_unlink_dentry,
         vfs_unlink_params,
         notify_change_dentry: param(btf, "notify_change", "dentry").0,
+        do_renameat2_olddfd: param(btf, "do_renameat2", "olddfd").0,
+        do_renameat2_newdfd: param(btf, "do_renameat2", "newdfd").0,
+        do_renameat2_to,
+        do_renameat2_params,
+        filename_uptr: at("filename", "uptr").unwrap_or(KernelOffsets::ABSENT),
     })
 }
 
@@ -58,12 +65,18 @@ pub fn unusable_reason(o: &KernelOffsets) -> Option<String> {
     if o.renamedata_old_dentry == KernelOffsets::ABSENT {
         return Some("this kernel's vfs_rename takes no struct renamedata (Linux < 5.12)".to_owned());
     }
+    if o.filename_uptr == KernelOffsets::ABSENT {
+        return Some("the kernel's BTF has no member uptr of struct filename".to_owned());
+    }
     let positions = [
         ("do_truncate", "dentry", o.do_truncate_dentry),
         ("do_truncate", "length", o.do_truncate_length),
         ("vfs_unlink", "dir", o.vfs_unlink_dir),
         ("vfs_unlink", "dentry", o.vfs_unlink_dentry),
         ("notify_change", "dentry", o.notify_change_dentry),
+        ("do_renameat2", "olddfd", o.do_renameat2_olddfd),
+        ("do_renameat2", "newdfd", o.do_renameat2_newdfd),
+        ("do_renameat2", "to", o.do_renameat2_to),
     ];
     for (function, param, at) in positions {
         if at == KernelOffsets::ABSENT {
@@ -74,7 +87,11 @@ pub fn unusable_reason(o: &KernelOffsets) -> Option<String> {
         }
     }
     // fexit reads the return value in the slot after the parameters.
-    for (function, count) in [("do_truncate", o.do_truncate_params), ("vfs_unlink", o.vfs_unlink_params)] {
+    for (function, count) in [
+        ("do_truncate", o.do_truncate_params),
+        ("vfs_unlink", o.vfs_unlink_params),
+        ("do_renameat2", o.do_renameat2_params),
+    ] {
         if count >= MAX_ARGS {
             return Some(format!("{function} has {count} parameters, beyond the {MAX_ARGS} read"));
         }
@@ -147,6 +164,8 @@ mod tests {
         // f_path is a struct path {mnt, dentry}: dentry sits one pointer after f_path.
         assert_eq!(o.file_dentry, btf.member_offset("file", "f_path").unwrap() + 8);
         assert_ne!(o.file_inode, o.file_pos);
+        // Everything fentry/kprobe modes read is there (this host refuses them for other reasons).
+        assert_eq!(unusable_reason(&o), None);
     }
 
     #[test]
@@ -156,6 +175,7 @@ mod tests {
             return;
         };
         let btf = KernelBtf::from_elf_file(Path::new(&vmlinux)).expect("guest vmlinux BTF");
-        kernel_offsets(&btf).expect("all members present in the guest kernel");
+        let o = kernel_offsets(&btf).expect("all members present in the guest kernel");
+        assert_eq!(unusable_reason(&o), None);
     }
 }
