@@ -12,10 +12,10 @@ use collector_common::{EventKind, InodeKey, O_APPEND};
 
 use crate::{
     emit,
-    kernel::{self, KPtr},
+    kernel::{self, Access, KPtr, Probe, Typed},
     maps::self_tgid,
     pending::{self, Op, PendingCall},
-    write::{arg, kprobe_begin, on_write, ret, start_of_transfer, watched_inode},
+    write::{arg, kprobe_begin, on_write, ret, start_of_transfer, watched_inode, watched_inode_via},
 };
 
 #[inline(always)]
@@ -40,7 +40,7 @@ pub fn on_copy(source: InodeKey, pos: u64, destination: InodeKey, destination_po
         emit::set_known_end(&destination, destination_pos + len, true);
         emit::range(EventKind::Copy, source, pos, len, destination, destination_pos);
     } else if destination.ino != 0 {
-        on_write(destination, 0, destination_pos, len, 0);
+        on_write::<Probe>(destination, 0, destination_pos, len, 0);
     }
 }
 
@@ -194,12 +194,12 @@ pub fn tp_sys_exit_sendfile64(ctx: TracePointContext) {
 
 /// vfs_read family: `n` bytes read through `file`, `*pos` now just past them.
 #[inline(always)]
-fn vfs_read_done(file: KPtr, pos_ptr: KPtr, n: i64) {
+fn vfs_read_done<A: Access>(file: KPtr, pos_ptr: KPtr, n: i64) {
     if n <= 0 || is_self() {
         return;
     }
     // Watched first, as for writes: it rules out most reads of the host.
-    let Some(inode) = watched_inode(file) else { return };
+    let Some(inode) = watched_inode_via::<A>(file) else { return };
     if pending::copy_in_progress() {
         return;
     }
@@ -210,20 +210,20 @@ fn vfs_read_done(file: KPtr, pos_ptr: KPtr, n: i64) {
 /// vfs_read(file, buf, count, pos)
 #[fexit(function = "vfs_read")]
 pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
-    vfs_read_done(ctx.arg(0), ctx.arg(3), ctx.arg(4));
+    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4));
     0
 }
 /// vfs_readv(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_readv")]
 pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
-    vfs_read_done(ctx.arg(0), ctx.arg(3), ctx.arg(5));
+    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5));
     0
 }
 
 #[inline(always)]
 fn kretprobe_read(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Read) {
-        vfs_read_done(call.file, call.user_name, ctx.ret());
+        vfs_read_done::<Probe>(call.file, call.user_name, ctx.ret());
     }
 }
 

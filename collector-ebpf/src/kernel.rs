@@ -11,10 +11,63 @@ pub type KPtr = u64;
 
 #[inline(always)]
 fn read<T>(base: KPtr, offset: u32) -> Option<T> {
-    if base == 0 {
-        return None;
+    Probe::read(base, offset)
+}
+
+/// How a program loads through a kernel pointer. The reads of the hot paths (is this file
+/// watched, how long is it) are generic over it.
+pub trait Access {
+    fn read<T>(base: KPtr, offset: u32) -> Option<T>;
+
+    #[inline(always)]
+    fn file_inode(file: KPtr) -> Option<KPtr> {
+        Self::read(file, offsets().file_inode)
     }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+
+    #[inline(always)]
+    fn inode_key(inode: KPtr) -> Option<InodeKey> {
+        let o = offsets();
+        let ino: u64 = Self::read(inode, o.inode_ino)?;
+        let sb: KPtr = Self::read(inode, o.inode_sb)?;
+        let dev: u32 = Self::read(sb, o.sb_dev)?;
+        Some(InodeKey::new(dev, ino))
+    }
+
+    #[inline(always)]
+    fn inode_size(inode: KPtr) -> Option<u64> {
+        Self::read(inode, offsets().inode_size)
+    }
+}
+
+/// A copy through bpf_probe_read_kernel: works on any address, and is a helper call (about
+/// a hundred instructions: BENCHMARKS.md, writer-overhead).
+pub enum Probe {}
+
+impl Access for Probe {
+    #[inline(always)]
+    fn read<T>(base: KPtr, offset: u32) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+    }
+}
+
+/// A plain load through a pointer the verifier knows the BTF type of: the struct arguments
+/// of fentry/fexit programs, and the struct pointers loaded through those. It checks each
+/// load against the type (the offset is a constant to it: OFFSETS is a frozen read-only
+/// global) and the JIT makes it a load that reads 0 on a fault. Only for such pointers:
+/// the verifier refuses a load through a plain number.
+pub enum Typed {}
+
+impl Access for Typed {
+    #[inline(always)]
+    fn read<T>(base: KPtr, offset: u32) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        Some(unsafe { core::ptr::read((base + offset as u64) as *const T) })
+    }
 }
 
 /// `current->files->fdt->fd[fd]`, or None for a closed or out-of-range descriptor.
@@ -39,7 +92,7 @@ pub fn file_of_fd(fd: i64) -> Option<KPtr> {
 
 #[inline(always)]
 pub fn file_inode(file: KPtr) -> Option<KPtr> {
-    read(file, offsets().file_inode)
+    Probe::file_inode(file)
 }
 
 #[inline(always)]
@@ -64,16 +117,12 @@ pub fn file_dentry(file: KPtr) -> Option<KPtr> {
 
 #[inline(always)]
 pub fn inode_key(inode: KPtr) -> Option<InodeKey> {
-    let o = offsets();
-    let ino: u64 = read(inode, o.inode_ino)?;
-    let sb: KPtr = read(inode, o.inode_sb)?;
-    let dev: u32 = read(sb, o.sb_dev)?;
-    Some(InodeKey::new(dev, ino))
+    Probe::inode_key(inode)
 }
 
 #[inline(always)]
 pub fn inode_size(inode: KPtr) -> Option<u64> {
-    read(inode, offsets().inode_size)
+    Probe::inode_size(inode)
 }
 
 #[inline(always)]

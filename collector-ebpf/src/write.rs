@@ -14,7 +14,7 @@ use collector_common::{EventKind, InodeKey, O_APPEND, RWF_APPEND};
 
 use crate::{
     emit,
-    kernel::{self, KPtr},
+    kernel::{self, Access, KPtr, Probe, Typed},
     maps::{tp_enter_args, tp_exit_ret},
     pending::{self, Op, PendingCall},
 };
@@ -32,7 +32,13 @@ pub fn ret(ctx: &TracePointContext) -> i64 {
 /// The watched inode behind `file`, if it is watched.
 #[inline(always)]
 pub fn watched_inode(file: KPtr) -> Option<InodeKey> {
-    let key = kernel::inode_key(kernel::file_inode(file)?)?;
+    watched_inode_via::<Probe>(file)
+}
+
+/// `watched_inode`, loading through `file` as `A` does (`Typed` for fentry's arguments).
+#[inline(always)]
+pub fn watched_inode_via<A: Access>(file: KPtr) -> Option<InodeKey> {
+    let key = A::inode_key(A::file_inode(file)?)?;
     emit::is_watched(&key).then_some(key)
 }
 
@@ -58,8 +64,8 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 /// already shorter than their end: a truncation came between the write and this hook, so
 /// the bytes belong to contents that are gone and must not fill a later gap.
 #[inline(always)]
-pub fn on_write(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
-    if emit::written_up_to(&inode, pos + len) && buf != 0 && file_reaches(file, pos + len) {
+pub fn on_write<A: Access>(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
+    if emit::written_up_to(&inode, pos + len) && buf != 0 && file_reaches::<A>(file, pos + len) {
         emit::captured_write(inode, pos, len, buf);
     } else {
         emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
@@ -69,9 +75,9 @@ pub fn on_write(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
 /// The file behind `file` is at least `end` bytes long. Inlined: a trusted kernel pointer
 /// (fentry's arguments) cannot be passed to a BPF subprogram.
 #[inline(always)]
-fn file_reaches(file: KPtr, end: u64) -> bool {
-    let Some(inode) = kernel::file_inode(file) else { return false };
-    kernel::inode_size(inode).is_some_and(|size| size >= end)
+fn file_reaches<A: Access>(file: KPtr, end: u64) -> bool {
+    let Some(inode) = A::file_inode(file) else { return false };
+    A::inode_size(inode).is_some_and(|size| size >= end)
 }
 
 /// `rest` reads the other arguments (explicit offset, RWF flags, buffer): each is a helper
@@ -102,7 +108,7 @@ fn end(ctx: &TracePointContext) {
     // lookup on every write, and an unwatch in between only makes one event the daemon
     // ignores.
     let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
-    on_write(call.inode, call.file, pos, written as u64, call.buf);
+    on_write::<Probe>(call.inode, call.file, pos, written as u64, call.buf);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
@@ -151,37 +157,37 @@ pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
 /// vfs_* write functions: `len` bytes written through `file` from `buf` (0: an iovec or
 /// iterator, not captured), `*pos` now just past them.
 #[inline(always)]
-fn vfs_written(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, known: Option<InodeKey>) {
+fn vfs_written<A: Access>(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, known: Option<InodeKey>) {
     if written <= 0 {
         return;
     }
     // The watched check first: this runs on every write of the host, and the pending-call
     // lookup costs as much as the watched one, which rules out most writes.
-    let Some(inode) = known.or_else(|| watched_inode(file)) else { return };
+    let Some(inode) = known.or_else(|| watched_inode_via::<A>(file)) else { return };
     if pending::copy_in_progress() {
         // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
         return;
     }
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
-    on_write(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
+    on_write::<A>(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
 
 /// vfs_write(file, buf, count, pos)
 #[fexit(function = "vfs_write")]
 pub fn fexit_vfs_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1), None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1), None);
     0
 }
 /// vfs_writev(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_writev")]
 pub fn fexit_vfs_writev(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0, None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0, None);
     0
 }
 /// vfs_iter_write(file, iter, pos, flags): splice(2) from a pipe into a file.
 #[fexit(function = "vfs_iter_write")]
 pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
-    vfs_written(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0, None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0, None);
     0
 }
 
@@ -206,7 +212,7 @@ pub fn kprobe_begin(op: Op, file: Option<KPtr>, rest: impl FnOnce() -> (Option<K
 #[inline(always)]
 fn kretprobe_written(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Write) {
-        vfs_written(call.file, call.user_name, ctx.ret(), call.buf, Some(call.inode));
+        vfs_written::<Probe>(call.file, call.user_name, ctx.ret(), call.buf, Some(call.inode));
     }
 }
 
