@@ -154,18 +154,33 @@ pub fn tp_sys_exit_pwritev2(ctx: TracePointContext) {
     end(&ctx);
 }
 
+/// Whether a write function runs inside sendfile/copy_file_range, which copy.rs reports
+/// whole: only vfs_iter_write does (do_splice_direct writes through it). The others skip
+/// the pending-call lookup, a hash lookup on every watched write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InCopies {
+    Never,
+    Maybe,
+}
+
 /// vfs_* write functions: `len` bytes written through `file` from `buf` (0: an iovec or
 /// iterator, not captured), `*pos` now just past them.
 #[inline(always)]
-fn vfs_written<A: Access>(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, known: Option<InodeKey>) {
+fn vfs_written<A: Access>(
+    file: KPtr,
+    pos_ptr: KPtr,
+    written: i64,
+    buf: u64,
+    known: Option<InodeKey>,
+    in_copies: InCopies,
+) {
     if written <= 0 {
         return;
     }
     // The watched check first: this runs on every write of the host, and the pending-call
     // lookup costs as much as the watched one, which rules out most writes.
     let Some(inode) = known.or_else(|| watched_inode_via::<A>(file)) else { return };
-    if pending::copy_in_progress() {
-        // Inside sendfile/copy_file_range: copy.rs reports the whole transfer once.
+    if in_copies == InCopies::Maybe && pending::copy_in_progress() {
         return;
     }
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
@@ -175,19 +190,19 @@ fn vfs_written<A: Access>(file: KPtr, pos_ptr: KPtr, written: i64, buf: u64, kno
 /// vfs_write(file, buf, count, pos)
 #[fexit(function = "vfs_write")]
 pub fn fexit_vfs_write(ctx: FExitContext) -> i32 {
-    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1), None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1), None, InCopies::Never);
     0
 }
 /// vfs_writev(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_writev")]
 pub fn fexit_vfs_writev(ctx: FExitContext) -> i32 {
-    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0, None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0, None, InCopies::Never);
     0
 }
 /// vfs_iter_write(file, iter, pos, flags): splice(2) from a pipe into a file.
 #[fexit(function = "vfs_iter_write")]
 pub fn fexit_vfs_iter_write(ctx: FExitContext) -> i32 {
-    vfs_written::<Typed>(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0, None);
+    vfs_written::<Typed>(ctx.arg(0), ctx.arg(2), ctx.arg(4), 0, None, InCopies::Maybe);
     0
 }
 
@@ -212,7 +227,8 @@ pub fn kprobe_begin(op: Op, file: Option<KPtr>, rest: impl FnOnce() -> (Option<K
 #[inline(always)]
 fn kretprobe_written(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Write) {
-        vfs_written::<Probe>(call.file, call.user_name, ctx.ret(), call.buf, Some(call.inode));
+        // kprobe_begin already left copies out.
+        vfs_written::<Probe>(call.file, call.user_name, ctx.ret(), call.buf, Some(call.inode), InCopies::Never);
     }
 }
 
