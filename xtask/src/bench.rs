@@ -507,7 +507,7 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     // XTASK_BENCH_NO_GUEST=1: the host rows only.
     if std::env::var_os("XTASK_BENCH_NO_GUEST").is_none() {
         let guest = crate::bench_guest::writer_overhead()?;
-        s.push_str("\n");
+        s.push('\n');
         s.push_str(&crate::bench_guest::describe(&guest.release));
         s.push_str(&guest.table);
     }
