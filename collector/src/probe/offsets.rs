@@ -14,7 +14,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let at = |s: &str, m: &str| btf.member_offset(s, m);
     let (do_truncate_dentry, do_truncate_params) = param(btf, "do_truncate", "dentry");
     let (vfs_unlink_dentry, vfs_unlink_params) = param(btf, "vfs_unlink", "dentry");
-    // Before 5.11 its parameters were user pointers named oldname/newname: no `to`.
+    // Before 5.11 (unless backported, as in Debian 11's 5.10) its parameters were user pointers
+    // named oldname/newname: no `to`.
     let (do_renameat2_to, do_renameat2_params) = param(btf, "do_renameat2", "to");
     Ok(KernelOffsets {
         task_files: at("task_struct", "files")?,
