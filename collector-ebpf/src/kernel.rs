@@ -17,7 +17,15 @@ fn read<T>(base: KPtr, offset: u32) -> Option<T> {
 /// How a program loads through a kernel pointer. The reads of the hot paths (is this file
 /// watched, how long is it) are generic over it.
 pub trait Access {
+    /// Whether a load costs next to nothing (so a check that spares a lookup pays).
+    const CHEAP: bool;
+
     fn read<T>(base: KPtr, offset: u32) -> Option<T>;
+
+    #[inline(always)]
+    fn inode_is_regular(inode: KPtr) -> bool {
+        Self::read::<u16>(inode, offsets().inode_mode).is_some_and(|m| m & S_IFMT == S_IFREG)
+    }
 
     #[inline(always)]
     fn file_inode(file: KPtr) -> Option<KPtr> {
@@ -44,6 +52,8 @@ pub trait Access {
 pub enum Probe {}
 
 impl Access for Probe {
+    const CHEAP: bool = false;
+
     #[inline(always)]
     fn read<T>(base: KPtr, offset: u32) -> Option<T> {
         if base == 0 {
@@ -83,6 +93,8 @@ fn words<const N: usize>(base: KPtr, offset: u32) -> Option<[u64; N]> {
 pub enum Typed {}
 
 impl Access for Typed {
+    const CHEAP: bool = true;
+
     #[inline(always)]
     fn read<T>(base: KPtr, offset: u32) -> Option<T> {
         if base == 0 {
@@ -155,13 +167,8 @@ pub fn inode_size(inode: KPtr) -> Option<u64> {
 }
 
 #[inline(always)]
-fn inode_type(inode: KPtr) -> Option<u16> {
-    read::<u16>(inode, offsets().inode_mode).map(|m| m & S_IFMT)
-}
-
-#[inline(always)]
 pub fn inode_is_regular(inode: KPtr) -> bool {
-    inode_type(inode) == Some(S_IFREG)
+    Probe::inode_is_regular(inode)
 }
 
 #[inline(always)]

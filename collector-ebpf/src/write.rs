@@ -38,7 +38,13 @@ pub fn watched_inode(file: KPtr) -> Option<InodeKey> {
 /// `watched_inode`, loading through `file` as `A` does (`Typed` for fentry's arguments).
 #[inline(always)]
 pub fn watched_inode_via<A: Access>(file: KPtr) -> Option<InodeKey> {
-    let key = A::inode_key(A::file_inode(file)?)?;
+    let inode = A::file_inode(file)?;
+    // Only regular files are watched. Where loads are cheap, checking that first spares
+    // pipes, sockets and terminals (most writes of a host) the lookup.
+    if A::CHEAP && !A::inode_is_regular(inode) {
+        return None;
+    }
+    let key = A::inode_key(inode)?;
     emit::is_watched(&key).then_some(key)
 }
 
