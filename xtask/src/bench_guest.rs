@@ -24,7 +24,7 @@ const RUNS: usize = 3;
 const FILES: [(&str, &str); 3] =
     [("watched", "watched"), ("unwatched", "unwatched"), ("devnull", "unwatched, not a regular file (/dev/null)")];
 
-/// Instructions per write(2), median over runs, by (mode, phase, file).
+/// Instructions per write(2) of each run, by (mode, phase, file).
 type Figures = BTreeMap<(String, String, String), Vec<f64>>;
 
 pub struct GuestRows {
@@ -98,8 +98,8 @@ loops() {{
   done
 }}
 loops detached
-# The floor of the syscall tracepoints every mode attaches (the renames'): enabled with no
-# program, every syscall of every task takes the tracing path, write(2) included.
+# The floor of syscall tracepoints (tracepoint mode's; fentry/kprobe modes attach none):
+# with one enabled, even with no program, every syscall of every task takes the tracing path.
 T=/sys/kernel/tracing/events/syscalls
 echo 1 > $T/sys_enter_rename/enable
 echo 1 > $T/sys_exit_rename/enable
