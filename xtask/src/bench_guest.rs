@@ -77,7 +77,7 @@ fn payload() -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("t"))?;
     fs::copy(collector, root.join("t/collector"))?;
-    guest::add_c_program(&root, "write_loop")?;
+    guest::build_c_program("write_loop", &root.join("t/write_loop"))?;
     Ok(root)
 }
 

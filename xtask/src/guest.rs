@@ -172,11 +172,8 @@ fn base_initramfs() -> anyhow::Result<()> {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(applet))?;
     }
     std::os::unix::fs::symlink("bin", base.join("sbin"))?;
-    let here = shell::root().join("xtask/guest");
-    shell::run(
-        Command::new("gcc").args(["-O2", "-static", "-o"]).arg(base.join("bin/qexit")).arg(here.join("qexit.c")),
-    )?;
-    fs::copy(here.join("init"), base.join("init"))?;
+    build_c_program("qexit", &base.join("bin/qexit"))?;
+    fs::copy(shell::root().join("xtask/guest/init"), base.join("init"))?;
     shell::run(Command::new("chmod").arg("+x").arg(base.join("init")))?;
     make_cpio(&base, &cpio)
 }
@@ -215,10 +212,10 @@ pub fn static_collector() -> anyhow::Result<PathBuf> {
     Ok(shell::work_dir().join("static-target/x86_64-unknown-linux-gnu/release/collector"))
 }
 
-/// A C program of xtask/guest/ built static into `root`'s /t.
-pub fn add_c_program(root: &Path, name: &str) -> anyhow::Result<()> {
+/// The C program xtask/guest/`name`.c, built static (the guests have no libraries) to `out`.
+pub fn build_c_program(name: &str, out: &Path) -> anyhow::Result<()> {
     let source = shell::root().join("xtask/guest").join(format!("{name}.c"));
-    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(root.join("t").join(name)).arg(source))
+    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(source))
 }
 
 /// Boots `series` with `root` laid over the guest's / and runs `command` (sh) in /t.
