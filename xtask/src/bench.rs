@@ -442,6 +442,11 @@ const RUNS: usize = 5;
 /// A 64-byte write() loop to a watched and to an unwatched file, with the collector
 /// attached (`collector run` shipping the watched file to the null sink) and detached.
 fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
+    // XTASK_BENCH_NO_HOST=1: the guest rows only.
+    if std::env::var_os("XTASK_BENCH_NO_HOST").is_some() {
+        let guest = crate::bench_guest::writer_overhead()?;
+        return Ok(format!("\n## writer-overhead\n\n{}{}", crate::bench_guest::describe(&guest.release), guest.table));
+    }
     let dir = shell::work_dir().join("bench");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("logs"))?;

@@ -35,8 +35,12 @@ pub struct GuestRows {
 /// Needs `setup::run(true)` first (qemu, the guest kernels).
 pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     let root = payload()?;
+    // XTASK_BENCH_GUEST_MODES=fentry,kprobe: only those modes (to compare builds quickly).
+    let wanted = std::env::var("XTASK_BENCH_GUEST_MODES").ok();
+    let modes: Vec<&str> =
+        MODES.iter().copied().filter(|m| wanted.as_deref().is_none_or(|w| w.split(',').any(|x| x == *m))).collect();
     let mut figures = Figures::new();
-    for mode in MODES {
+    for mode in &modes {
         eprintln!("+ guest {SERIES} writer-overhead, {mode} mode");
         let run = guest::run_with(SERIES, &root, &script(mode), Duration::from_secs(1200), &["-icount", "shift=0"])?;
         if run.status != 0 {
@@ -47,7 +51,7 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     let release =
         fs::read_to_string(guest::kernel_image(SERIES).with_file_name("release")).unwrap_or_else(|_| SERIES.to_owned());
     let mut table = String::from("| mode | file | detached | attached | ratio |\n|---|---|---|---|---|\n");
-    for mode in MODES {
+    for mode in &modes {
         for (file, label) in FILES {
             let get = |phase: &str| {
                 figures.get(&(mode.to_string(), phase.to_owned(), file.to_owned())).map(|v| median(v.clone()))
