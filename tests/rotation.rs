@@ -51,6 +51,49 @@ fn under_rotation_every(
     (wait_for_records(&out, LINES as usize), rotations)
 }
 
+/// A writer as fast as it can go (one write(2) per line) under rename + create every 100 ms:
+/// on kernels 5.12+ its appends fold into the write event the daemon has not taken yet, so
+/// there are far fewer kernel events than writes (/metrics), and still every line arrives
+/// once and in order, the last ones too (the daemon reads a file to its end after taking
+/// an event), on the renamed files and on each new one (whose first write decides its role).
+#[test]
+fn a_writer_at_full_speed_folds_its_appends_into_few_events_and_loses_nothing() {
+    let lines: u64 = if std::env::var_os("COLLECTOR_TEST_SLOW").is_some() { 20_000 } else { 300_000 };
+    let scratch = Scratch::new("full-speed");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "")
+    );
+    let _collector = Running::start(&scratch.dir, &text);
+    let events = || {
+        let metrics = collector_tests::http_get(port, "/metrics");
+        collector_tests::sample(&metrics, "collector_kernel_events_total").expect("collector_kernel_events_total")
+    };
+    let before = events();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotate_repeatedly(log.clone(), "create\nrotate 3".into(), Duration::from_millis(100), stop.clone());
+    // No pacing: line n is due at n / u64::MAX seconds.
+    let mut w = writer(&log, "w", lines, u64::MAX, true);
+    assert!(w.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    let rotations = rotator.join().unwrap();
+    let records = wait_for_records(&out, lines as usize);
+    assert_every_line_once_in_order(&records, "w", lines);
+    assert!(rotations >= 2, "{rotations} rotations");
+    // The snapshot /metrics shows is refreshed every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel_events = events() - before;
+    if collector_tests::kernel_folds_appends() {
+        assert!(kernel_events < lines / 4, "{kernel_events} kernel events for {lines} writes: appends were not folded");
+    } else {
+        assert!(kernel_events >= lines, "{kernel_events} kernel events for {lines} writes without folding");
+    }
+}
+
 #[test]
 fn rename_and_create_rotation_ships_every_line_once() {
     let (records, rotations) = under_rotation("create", "app.log", "create\nrotate 100", true);

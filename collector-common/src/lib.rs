@@ -35,16 +35,29 @@ impl InodeKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WatchedInode {
     /// Highest `pos + len` written through a hook (seeded by the daemon with the size at the
-    /// time the watch was added); reported as the size before a path-based truncate.
+    /// time the watch was added); reported as the size before a path-based truncate, and
+    /// how far a copy got (its writes may be coalesced, see `notified_at`).
     pub known_end: u64,
     /// Always `WATCHED`: the programs test a loaded value, not the lookup's pointer (the
     /// verifier refuses arithmetic on pointers that the compiler may fold such tests into).
     pub flags: u32,
-    pub _pad: u32,
+    /// The process (tgid) of the last write event of this file.
+    pub notified_tgid: u32,
     /// Until this time (boot clock) writes carry their bytes: another task has just read the
     /// file, which is how a copytruncate starts, and what is written between its copy and
     /// its truncation exists nowhere else once the truncation is done.
     pub capture_until_ns: u64,
+    /// Where the ring's producer stood just before the last write event of this file was
+    /// put in it. While the daemon's consumer position has not passed it, that event is
+    /// unread, and the daemon reads the file to its end once it takes it: a write by the
+    /// same process right after (at `notified_end`) is then folded into that event instead
+    /// of making another one (when the daemon asked for it, see `COALESCE_APPENDS`).
+    pub notified_at: u64,
+    /// End of the last write reported or folded in; `u64::MAX` before the first.
+    pub notified_end: u64,
+    /// Writes folded into an earlier event. Incremented atomically, which is also the full
+    /// barrier between the write's new size and the test of the consumer position.
+    pub coalesced: u64,
 }
 
 impl WatchedInode {
@@ -52,7 +65,15 @@ impl WatchedInode {
     /// How long a read by another task opens the capture window.
     pub const CAPTURE_WINDOW_NS: u64 = 5_000_000_000;
     pub const fn new(known_end: u64) -> Self {
-        Self { known_end, flags: Self::WATCHED, _pad: 0, capture_until_ns: 0 }
+        Self {
+            known_end,
+            flags: Self::WATCHED,
+            notified_tgid: 0,
+            capture_until_ns: 0,
+            notified_at: 0,
+            notified_end: u64::MAX,
+            coalesced: 0,
+        }
     }
 }
 

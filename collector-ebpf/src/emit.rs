@@ -10,7 +10,9 @@ use collector_common::{
     WatchedInode,
 };
 
-use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES};
+use aya_ebpf::bindings::{BPF_RB_CONS_POS, BPF_RB_PROD_POS};
+
+use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends};
 
 #[inline(always)]
 pub fn is_watched(key: &InodeKey) -> bool {
@@ -60,17 +62,89 @@ pub fn close_capture_window(key: &InodeKey) {
     }
 }
 
-/// A write reached `end`: grows the known end and tells whether the write must carry its
-/// bytes (a capture window is open). One lookup: this runs on every watched write.
+/// What a write to a watched file makes.
+pub enum WriteNote {
+    /// A capture window is open: an event with the bytes.
+    Capture,
+    /// Folded into the writer's last event, still unread.
+    Folded,
+    /// An event; `Some` when it can take later appends (see `range_of_write`).
+    Event(Option<Foldable>),
+}
+
+/// A write event later appends of the same process may be folded into.
+pub struct Foldable {
+    entry: *mut WatchedInode,
+    tgid: u32,
+    /// The ring's producer position before the event is reserved: at most where it starts.
+    at: u64,
+    end: u64,
+}
+
+/// A write of `pos..end` landed: grows the known end and tells what the write must make.
+/// One lookup: this runs on every watched write.
+///
+/// Folding: the daemon takes an event off the ring (advancing the consumer position) before
+/// it reads the file to its end. So when the consumer has not passed the writer's last event
+/// yet, and the write continues it, the daemon's coming read gets these bytes too. That
+/// needs this write's new size to be visible before the consumer position is tested, and
+/// the daemon's position update before its read (a full barrier on each side: here the
+/// atomic increment, fully ordered with BPF_FETCH; in the daemon a fence). Otherwise one of
+/// the two sees the other: either the event is still unread when the daemon reads, or the
+/// test here sees it taken and a new event is made.
 #[inline(always)]
-pub fn written_up_to(key: &InodeKey, end: u64) -> bool {
-    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return false };
+pub fn note_write(key: &InodeKey, pos: u64, end: u64) -> WriteNote {
+    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return WriteNote::Event(None) };
     unsafe {
         if end > (*w).known_end {
             (*w).known_end = end;
         }
         let until = (*w).capture_until_ns;
-        until != 0 && until > bpf_ktime_get_boot_ns()
+        if until != 0 && until > bpf_ktime_get_boot_ns() {
+            return WriteNote::Capture;
+        }
+        if !coalesce_appends() {
+            return WriteNote::Event(None);
+        }
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if (*w).notified_end == pos && (*w).notified_tgid == tgid {
+            fully_ordered_increment(&raw mut (*w).coalesced);
+            if EVENTS.query(BPF_RB_CONS_POS as u64) <= (*w).notified_at {
+                (*w).notified_end = end;
+                return WriteNote::Folded;
+            }
+        }
+        WriteNote::Event(Some(Foldable { entry: w, tgid, at: EVENTS.query(BPF_RB_PROD_POS as u64), end }))
+    }
+}
+
+/// `*counter += 1` as BPF_ATOMIC | BPF_ADD | BPF_FETCH, the form every JIT makes a full
+/// barrier (x86 `lock xadd`, arm64 `ldaddal`). Written out: LLVM emits the fetch form only
+/// for BPF CPU v3 and only when the old value is used, and emits the plain add otherwise,
+/// which arm64 runs unordered.
+#[inline(always)]
+unsafe fn fully_ordered_increment(counter: *mut u64) {
+    unsafe {
+        core::arch::asm!(
+            "{old} = atomic_fetch_add((u64 *)({at} + 0), {old})",
+            at = in(reg) counter,
+            old = inout(reg) 1u64 => _,
+            options(nostack),
+        );
+    }
+}
+
+/// A write's event (no bytes); once it is in the ring, later appends may fold into it.
+#[inline(always)]
+pub fn range_of_write(inode: InodeKey, pos: u64, len: u64, foldable: Option<Foldable>) {
+    if range(EventKind::Write, inode, pos, len, InodeKey::default(), 0)
+        && let Some(f) = foldable
+    {
+        unsafe {
+            (*f.entry).notified_at = f.at;
+            (*f.entry).notified_end = f.end;
+            (*f.entry).notified_tgid = f.tgid;
+        }
     }
 }
 
@@ -145,11 +219,12 @@ unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, inode: InodeKey) {
     }
 }
 
+/// Puts a range event in the ring; false when it did not fit.
 #[inline(always)]
-pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKey, peer_pos: u64) {
+pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKey, peer_pos: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<RangeEvent>(0) else {
         bump(Counter::RingBufferLost);
-        return;
+        return false;
     };
     let p = entry.as_mut_ptr();
     unsafe {
@@ -161,6 +236,7 @@ pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKe
     }
     entry.submit(0);
     bump(Counter::Emitted);
+    true
 }
 
 /// Where an event's name comes from.

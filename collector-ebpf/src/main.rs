@@ -5,6 +5,8 @@
 //! Layout knowledge lives in `kernel.rs` alone; each hook family has its own file, with one
 //! body shared by every attach mode and thin entry points per mode.
 #![no_std]
+// The fully ordered increment of a folded write (emit.rs) is written as BPF assembly.
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod args;

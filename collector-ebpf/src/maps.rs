@@ -20,6 +20,12 @@ static SELF_TGID: u32 = 0;
 static TP_ENTER_ARGS: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_EXIT_RET: u32 = 0;
+/// Non-zero: a process's appends may be folded into its last unread write event (see
+/// `collector_common::WatchedInode::notified_at`). Set by the daemon on kernels whose
+/// verifier takes the fully ordered atomics this needs (5.12+); `collector events`, which
+/// shows every write, leaves it 0.
+#[unsafe(no_mangle)]
+static COALESCE_APPENDS: u8 = 0;
 
 #[inline(always)]
 pub fn offsets() -> &'static KernelOffsets {
@@ -33,6 +39,10 @@ pub fn offsets() -> &'static KernelOffsets {
 #[inline(always)]
 pub fn self_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+#[inline(always)]
+pub fn coalesce_appends() -> bool {
+    unsafe { core::ptr::read_volatile(&COALESCE_APPENDS) != 0 }
 }
 #[inline(always)]
 pub fn tp_enter_args() -> usize {

@@ -10,10 +10,10 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe, tracepoint},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use collector_common::{EventKind, InodeKey, O_APPEND, RWF_APPEND};
+use collector_common::{InodeKey, O_APPEND, RWF_APPEND};
 
 use crate::{
-    emit,
+    emit::{self, WriteNote},
     kernel::{self, Access, KPtr, Probe, Typed},
     maps::{tp_enter_args, tp_exit_ret},
     pending::{self, Op, PendingCall},
@@ -71,10 +71,13 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 /// the bytes belong to contents that are gone and must not fill a later gap.
 #[inline(always)]
 pub fn on_write<A: Access>(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
-    if emit::written_up_to(&inode, pos + len) && buf != 0 && file_reaches::<A>(file, pos + len) {
-        emit::captured_write(inode, pos, len, buf);
-    } else {
-        emit::range(EventKind::Write, inode, pos, len, InodeKey::default(), 0);
+    match emit::note_write(&inode, pos, pos + len) {
+        WriteNote::Folded => {}
+        WriteNote::Capture if buf != 0 && file_reaches::<A>(file, pos + len) => {
+            emit::captured_write(inode, pos, len, buf);
+        }
+        WriteNote::Capture => emit::range_of_write(inode, pos, len, None),
+        WriteNote::Event(foldable) => emit::range_of_write(inode, pos, len, foldable),
     }
 }
 

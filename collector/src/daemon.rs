@@ -633,6 +633,13 @@ impl Daemon {
                 tracker::Event::Copy { source, destination, destination_end: destination_pos + len }
             }
             KernelEvent::Truncate { inode, size_before, size_after, .. } => {
+                // A copy's writes after its first may have been folded into earlier events
+                // (see COALESCE_APPENDS): how far it got is the kernel's known end of it.
+                for copy in self.tracker.copies_of(&inode) {
+                    if let Some(end) = self.probe.known_end(copy) {
+                        self.tracker.copied_up_to(&copy, end);
+                    }
+                }
                 tracker::Event::Truncate { inode, size_before, size_after }
             }
             KernelEvent::Create { inode, parent, name, origin } => {
@@ -1018,9 +1025,11 @@ impl Daemon {
             });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
+        let counters = self.probe.counters()?;
         let snapshot = Snapshot {
             attach_mode: self.probe.mode().to_string(),
-            ring_buffer_lost: self.probe.counters()?.lost,
+            ring_buffer_lost: counters.lost,
+            kernel_events: counters.emitted,
             flows,
             files,
         };

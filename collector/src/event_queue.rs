@@ -54,6 +54,11 @@ impl EventQueue {
         let mut events: Vec<KernelEvent> = std::mem::take(&mut self.backlog).into();
         self.backlog_bytes = 0;
         drain(self.ring.get_mut(), &mut events, usize::MAX);
+        // The ring's consumer position (advanced as each record was taken) before any read
+        // of the files these events name: the kernel folds a process's appends into its
+        // last event only while that event is untaken, and then this side's coming read
+        // must see them (the other half of the barrier pair in the programs' emit.rs).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         events
     }
 

@@ -66,7 +66,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let probe = match Probe::start(&ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes: None }) {
+            let probe = match Probe::start(&ProbeOptions {
+                mode: cli.attach_mode,
+                ring_buffer_bytes: None,
+                coalesce_appends: true,
+            }) {
                 Ok(probe) => probe,
                 Err(e) => {
                     fatal(cli.log_format, &e.to_string());
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Events { paths, ring_buffer_bytes } => {
-            let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes };
+            let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes, coalesce_appends: false };
             let probe = match Probe::start(&options) {
                 Ok(probe) => probe,
                 Err(e) => {
@@ -174,7 +178,7 @@ fn fatal(format: cli::LogFormat, message: &str) {
 fn print_version() {
     println!("collector {}", env!("CARGO_PKG_VERSION"));
     for mode in AttachMode::BEST_FIRST {
-        match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None }) {
+        match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None, coalesce_appends: false }) {
             Ok(_) => println!("attach mode {mode}: supported"),
             Err(e) => println!("attach mode {mode}: not supported ({e})"),
         }

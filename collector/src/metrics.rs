@@ -59,6 +59,8 @@ pub struct FlowStatus {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub attach_mode: String,
+    /// Events the kernel programs put in the ring (a process's appends folded into one).
+    pub kernel_events: u64,
     pub ring_buffer_lost: u64,
     pub flows: Vec<FlowStatus>,
     pub files: Vec<FileStatus>,
@@ -160,6 +162,13 @@ fn render_metrics(s: &Snapshot) -> String {
     family("sink_failing", "gauge", "1 while the sink refuses batches.", &|f| u64::from(f.failing.is_some()));
     let _ = writeln!(
         out,
+        "# HELP collector_kernel_events_total Events the kernel programs reported (appends of one process to a file \
+         made while its last event was unread are folded into that event).\n\
+         # TYPE collector_kernel_events_total counter\ncollector_kernel_events_total {}",
+        s.kernel_events
+    );
+    let _ = writeln!(
+        out,
         "# HELP collector_ring_buffer_lost_events_total Kernel events dropped because the ring buffer was full.\n\
          # TYPE collector_ring_buffer_lost_events_total counter\ncollector_ring_buffer_lost_events_total {}",
         s.ring_buffer_lost
@@ -184,6 +193,7 @@ mod tests {
     fn snapshot() -> Snapshot {
         Snapshot {
             attach_mode: "tracepoint".into(),
+            kernel_events: 12,
             ring_buffer_lost: 3,
             flows: vec![FlowStatus {
                 name: "a\"b".into(),
@@ -203,6 +213,7 @@ mod tests {
         assert!(text.contains("collector_sent_records_total{flow=\"a\\\"b\",sink=\"kinesis\"} 2\n"), "{text}");
         assert!(text.contains("collector_lag_bytes{flow=\"a\\\"b\",sink=\"kinesis\"} 7\n"));
         assert!(text.contains("collector_ring_buffer_lost_events_total 3\n"));
+        assert!(text.contains("collector_kernel_events_total 12\n"));
         assert!(text.contains("collector_attach_mode{mode=\"tracepoint\"} 1\n"));
     }
 

@@ -426,6 +426,25 @@ pub fn curl(url: &str) -> (u32, String) {
     (code.parse().unwrap_or(0), body.to_owned())
 }
 
+/// GET `path` from 127.0.0.1:`port` with a plain socket (the guests have no curl): the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics address");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// Whether the running kernel's verifier takes BPF atomics with BPF_FETCH (5.12+), which
+/// the programs need to fold a process's appends into one event.
+pub fn kernel_folds_appends() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (5, 12)
+}
+
 /// The value of one sample line of the Prometheus text, by its exact name and labels.
 pub fn sample(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())

@@ -30,6 +30,10 @@ pub struct ProbeOptions {
     pub mode: Option<AttachMode>,
     /// Ring buffer size (bytes, a power of two multiple of the page size).
     pub ring_buffer_bytes: Option<u32>,
+    /// Let a process's appends fold into its last write event while the daemon has not
+    /// read that event yet (the daemon reads files to their end; `collector events` shows
+    /// every write and leaves this off). Only where the kernel takes the atomics it needs.
+    pub coalesce_appends: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +79,16 @@ impl Probe {
         drop(kernel_btf);
         let layout = offsets::syscall_record_layout(Path::new(preflight::TRACEFS)).map_err(StartError::Load)?;
         let self_tgid = std::process::id();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let coalesce_appends = u8::from(options.coalesce_appends && attach::takes_fetch_atomics(release.trim()));
 
         let mut loader = EbpfLoader::new();
         loader
             .override_global("OFFSETS", &kernel_offsets, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("TP_ENTER_ARGS", &layout.enter_args, true)
-            .override_global("TP_EXIT_RET", &layout.exit_ret, true);
+            .override_global("TP_EXIT_RET", &layout.exit_ret, true)
+            .override_global("COALESCE_APPENDS", &coalesce_appends, true);
         if let Some(bytes) = options.ring_buffer_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -90,7 +97,6 @@ impl Probe {
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
         // Why fentry/kprobe are not tried on this kernel, if they are not.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let vfs_unusable = offsets::unusable_reason(&kernel_offsets)
             .or_else(|| attach::unverified_release(release.trim()).filter(|_| options.mode.is_none()));
         for mode in candidates {
@@ -103,7 +109,7 @@ impl Probe {
                     for (worse, why) in &rejected {
                         tracing::info!(mode = %worse, reason = %why, "attach mode not usable");
                     }
-                    tracing::info!(%mode, "kernel programs attached");
+                    tracing::info!(%mode, coalesce_appends = coalesce_appends != 0, "kernel programs attached");
                     return Ok(Probe { ebpf, mode });
                 }
                 Err(why) => rejected.push((mode, why)),
@@ -121,6 +127,12 @@ impl Probe {
     pub fn watch_inode(&mut self, inode: InodeKey, known_end: u64) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
         map.insert(inode, WatchedInode::new(known_end), 0).context("adding a watched inode (map full?)")
+    }
+
+    /// The highest end the kernel saw written to a watched inode (`WatchedInode::known_end`).
+    pub fn known_end(&self, inode: InodeKey) -> Option<u64> {
+        let map: HashMap<_, InodeKey, WatchedInode> = HashMap::try_from(self.ebpf.map("WATCHED_INODES")?).ok()?;
+        map.get(&inode, 0).ok().map(|w| w.known_end)
     }
 
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {

@@ -328,6 +328,23 @@ impl Tracker {
         );
     }
 
+    /// The current copies of `source` (derived files that mirror it now).
+    pub fn copies_of(&self, source: &InodeKey) -> Vec<InodeKey> {
+        self.files
+            .iter()
+            .filter(|(_, t)| matches!(t.role, Role::Derived { source: s, current: true, .. } if s == *source))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// A copy holds at least `end` bytes of its source (its own writes, as the kernel counted
+    /// them).
+    pub fn copied_up_to(&mut self, copy: &InodeKey, end: u64) {
+        if let Some(Tracked { role: Role::Derived { copied, .. }, .. }) = self.files.get_mut(copy) {
+            *copied = (*copied).max(end);
+        }
+    }
+
     fn is_original(&self, inode: &InodeKey) -> bool {
         self.files.get(inode).is_some_and(|t| t.role == Role::Original)
     }
