@@ -159,7 +159,10 @@ fn extract_elf(image: &Path, elf: &Path) {
 fn base_initramfs() -> anyhow::Result<()> {
     let base = dir().join("base");
     let cpio = dir().join("base.cpio");
-    if cpio.exists() {
+    let init = shell::root().join("xtask/guest/init");
+    // Built once; again when init changed since.
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if cpio.exists() && modified(&cpio) >= modified(&init) {
         return Ok(());
     }
     let _ = fs::remove_dir_all(&base);
@@ -173,7 +176,7 @@ fn base_initramfs() -> anyhow::Result<()> {
     }
     std::os::unix::fs::symlink("bin", base.join("sbin"))?;
     build_c_program("qexit", &base.join("bin/qexit"))?;
-    fs::copy(shell::root().join("xtask/guest/init"), base.join("init"))?;
+    fs::copy(&init, base.join("init"))?;
     shell::run(Command::new("chmod").arg("+x").arg(base.join("init")))?;
     make_cpio(&base, &cpio)
 }
