@@ -40,7 +40,7 @@ pub fn on_copy(source: InodeKey, pos: u64, destination: InodeKey, destination_po
         emit::set_known_end(&destination, destination_pos + len, true);
         emit::range(EventKind::Copy, source, pos, len, destination, destination_pos);
     } else if destination.ino != 0 {
-        on_write::<Probe>(destination, 0, destination_pos, len, 0);
+        on_write::<Probe>(destination, None, 0, destination_pos, len, 0);
     }
 }
 

@@ -19,6 +19,14 @@ pub fn is_watched(key: &InodeKey) -> bool {
     unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.flags & WatchedInode::WATCHED != 0)
 }
 
+/// The watched-set entry of a watched file: one lookup for the check and the write's
+/// bookkeeping (`note_write`), where a hook has both at hand.
+#[inline(always)]
+pub fn watched_entry(key: &InodeKey) -> Option<*mut WatchedInode> {
+    let w = WATCHED_INODES.get_ptr_mut(key)?;
+    (unsafe { (*w).flags } & WatchedInode::WATCHED != 0).then_some(w)
+}
+
 #[inline(always)]
 pub fn is_watched_dir(key: &InodeKey) -> bool {
     unsafe { WATCHED_DIRS.get(key) }.is_some_and(|v| *v != 0)
@@ -82,7 +90,7 @@ pub struct Foldable {
 }
 
 /// A write of `pos..end` landed: grows the known end and tells what the write must make.
-/// One lookup: this runs on every watched write.
+/// `entry` is the file's entry when the caller looked it up already.
 ///
 /// Folding: the daemon takes an event off the ring (advancing the consumer position) before
 /// it reads the file to its end. So when the consumer has not passed the writer's last event
@@ -93,8 +101,8 @@ pub struct Foldable {
 /// the two sees the other: either the event is still unread when the daemon reads, or the
 /// test here sees it taken and a new event is made.
 #[inline(always)]
-pub fn note_write(key: &InodeKey, pos: u64, end: u64) -> WriteNote {
-    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return WriteNote::Event(None) };
+pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, end: u64) -> WriteNote {
+    let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(None) };
     unsafe {
         if end > (*w).known_end {
             (*w).known_end = end;

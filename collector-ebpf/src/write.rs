@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe, tracepoint},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use collector_common::{InodeKey, O_APPEND, RWF_APPEND};
+use collector_common::{InodeKey, O_APPEND, RWF_APPEND, WatchedInode};
 
 use crate::{
     emit::{self, WriteNote},
@@ -38,14 +38,26 @@ pub fn watched_inode(file: KPtr) -> Option<InodeKey> {
 /// `watched_inode`, loading through `file` as `A` does (`Typed` for fentry's arguments).
 #[inline(always)]
 pub fn watched_inode_via<A: Access>(file: KPtr) -> Option<InodeKey> {
+    let key = regular_inode_key::<A>(file)?;
+    emit::is_watched(&key).then_some(key)
+}
+
+/// `watched_inode_via`, with the file's watched-set entry.
+#[inline(always)]
+fn watched_entry_via<A: Access>(file: KPtr) -> Option<(InodeKey, *mut WatchedInode)> {
+    let key = regular_inode_key::<A>(file)?;
+    Some((key, emit::watched_entry(&key)?))
+}
+
+#[inline(always)]
+fn regular_inode_key<A: Access>(file: KPtr) -> Option<InodeKey> {
     let inode = A::file_inode(file)?;
     // Only regular files are watched. Where loads are cheap, checking that first spares
     // pipes, sockets and terminals (most writes of a host) the lookup.
     if A::CHEAP && !A::inode_is_regular(inode) {
         return None;
     }
-    let key = A::inode_key(inode)?;
-    emit::is_watched(&key).then_some(key)
+    A::inode_key(inode)
 }
 
 /// Where `len` bytes just transferred through `file` started: the caller's offset, or the
@@ -68,10 +80,18 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 /// the writer's buffer `buf` (user memory, 0 when not a plain buffer). In a capture window
 /// (see `WatchedInode::capture_until_ns`) the event carries the bytes — unless the file is
 /// already shorter than their end: a truncation came between the write and this hook, so
-/// the bytes belong to contents that are gone and must not fill a later gap.
+/// the bytes belong to contents that are gone and must not fill a later gap. `entry`: the
+/// inode's watched-set entry, if the caller has it.
 #[inline(always)]
-pub fn on_write<A: Access>(inode: InodeKey, file: KPtr, pos: u64, len: u64, buf: u64) {
-    match emit::note_write(&inode, pos, pos + len) {
+pub fn on_write<A: Access>(
+    inode: InodeKey,
+    entry: Option<*mut WatchedInode>,
+    file: KPtr,
+    pos: u64,
+    len: u64,
+    buf: u64,
+) {
+    match emit::note_write(&inode, entry, pos, pos + len) {
         WriteNote::Folded => {}
         WriteNote::Capture if buf != 0 && file_reaches::<A>(file, pos + len) => {
             emit::captured_write(inode, pos, len, buf);
@@ -117,7 +137,7 @@ fn end(ctx: &TracePointContext) {
     // lookup on every write, and an unwatch in between only makes one event the daemon
     // ignores.
     let pos = start_of_transfer(call.file, call.pos, call.flags != 0, written as u64);
-    on_write::<Probe>(call.inode, call.file, pos, written as u64, call.buf);
+    on_write::<Probe>(call.inode, None, call.file, pos, written as u64, call.buf);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
@@ -188,12 +208,16 @@ fn vfs_written<A: Access>(
     }
     // The watched check first: this runs on every write of the host, and the pending-call
     // lookup costs as much as the watched one, which rules out most writes.
-    let Some(inode) = known.or_else(|| watched_inode_via::<A>(file)) else { return };
+    let Some((inode, entry)) =
+        known.map(|k| (k, None)).or_else(|| watched_entry_via::<A>(file).map(|(k, e)| (k, Some(e))))
+    else {
+        return;
+    };
     if in_copies == InCopies::Maybe && pending::copy_in_progress() {
         return;
     }
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
-    on_write::<A>(inode, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
+    on_write::<A>(inode, entry, file, (end as u64).saturating_sub(written as u64), written as u64, buf);
 }
 
 /// vfs_write(file, buf, count, pos)
