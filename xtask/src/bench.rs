@@ -503,7 +503,8 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
              for all tasks once a program is attached) and runs the enter and exit programs, watched \
              file or not; the last row is that path alone, the part no program can avoid. A watched \
              write also keeps its call in a hash map from entry to exit, resolves its inode and puts \
-             an event in the ring buffer, and the collector's reading and framing shares the 2 cores \
+             an event in the ring buffer (unless it folds into the writer's last event, which the \
+             daemon has not taken yet), and the collector's reading and framing shares the 2 cores \
              with the writer. fentry mode runs one fexit program on vfs_write instead; this host \
              refuses it, so it is measured in a guest kernel below. Absolute times on this shared VM \
              drift by up to 2x within minutes; compare the ratios.\n",

@@ -160,7 +160,9 @@ pub fn describe(release: &str) -> String {
          one nanosecond per instruction, so the writer's CPU time is its instruction count, user and kernel); they \
          are exact and repeatable but are not cycles: cache misses and the other core's interrupts cost nothing \
          here. The last row is the tracing path every syscall of the host takes once any syscall tracepoint is \
-         enabled, measured with no program: fentry and kprobe modes attach none.\n\n"
+         enabled, measured with no program: fentry and kprobe modes attach none. A watched write that continues \
+         the writer's last write event while the daemon has not taken it yet is folded into it and puts nothing in \
+         the ring (kernels 5.12+).\n\n"
     )
 }
 
