@@ -52,7 +52,7 @@ fn under_rotation_every(
 }
 
 /// A writer as fast as it can go (one write(2) per line) under rename + create every 100 ms:
-/// on kernels 5.12+ its appends fold into the write event the daemon has not taken yet, so
+/// on x86-64 its appends fold into the write event the daemon has not taken yet, so
 /// there are far fewer kernel events than writes (/metrics), and still every line arrives
 /// once and in order, the last ones too (the daemon reads a file to its end after taking
 /// an event), on the renamed files and on each new one (whose first write decides its role).

@@ -97,7 +97,7 @@ pub struct Foldable {
 /// yet, and the write continues it, the daemon's coming read gets these bytes too. That
 /// needs this write's new size to be visible before the consumer position is tested, and
 /// the daemon's position update before its read (a full barrier on each side: here the
-/// atomic increment, fully ordered with BPF_FETCH; in the daemon a fence). Otherwise one of
+/// atomic increment; in the daemon a fence). Otherwise one of
 /// the two sees the other: either the event is still unread when the daemon reads, or the
 /// test here sees it taken and a new event is made.
 #[inline(always)]
@@ -126,17 +126,17 @@ pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, en
     }
 }
 
-/// `*counter += 1` as BPF_ATOMIC | BPF_ADD | BPF_FETCH, the form every JIT makes a full
-/// barrier (x86 `lock xadd`, arm64 `ldaddal`). Written out: LLVM emits the fetch form only
-/// for BPF CPU v3 and only when the old value is used, and emits the plain add otherwise,
-/// which arm64 runs unordered.
+/// `*counter += 1` as BPF_ATOMIC | BPF_ADD, which x86's JIT emits as `lock add`, a full
+/// barrier. (arm64's JIT emits an unordered add, so the daemon folds only on x86-64; the
+/// fully ordered BPF_FETCH form would do there, but 5.10's verifier refuses it even on a
+/// path it never takes.) Written out so the compiler keeps it as it is.
 #[inline(always)]
 unsafe fn fully_ordered_increment(counter: *mut u64) {
     unsafe {
         core::arch::asm!(
-            "{old} = atomic_fetch_add((u64 *)({at} + 0), {old})",
+            "lock *(u64 *)({at} + 0) += {one}",
             at = in(reg) counter,
-            old = inout(reg) 1u64 => _,
+            one = in(reg) 1u64,
             options(nostack),
         );
     }

@@ -21,9 +21,9 @@ static TP_ENTER_ARGS: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_EXIT_RET: u32 = 0;
 /// Non-zero: a process's appends may be folded into its last unread write event (see
-/// `collector_common::WatchedInode::notified_at`). Set by the daemon on kernels whose
-/// verifier takes the fully ordered atomics this needs (5.12+); `collector events`, which
-/// shows every write, leaves it 0.
+/// `collector_common::WatchedInode::notified_at`). Set by the daemon on x86-64, where the
+/// atomic add this needs is a full barrier; `collector events`, which shows every write,
+/// leaves it 0.
 #[unsafe(no_mangle)]
 static COALESCE_APPENDS: u8 = 0;
 

@@ -162,7 +162,7 @@ pub fn describe(release: &str) -> String {
          here. The last row is the tracing path every syscall of the host takes once any syscall tracepoint is \
          enabled, measured with no program: fentry and kprobe modes attach none. A watched write that continues \
          the writer's last write event while the daemon has not taken it yet is folded into it and puts nothing in \
-         the ring (kernels 5.12+).\n\n"
+         the ring (on x86-64).\n\n"
     )
 }
 

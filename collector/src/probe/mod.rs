@@ -32,7 +32,7 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: Option<u32>,
     /// Let a process's appends fold into its last write event while the daemon has not
     /// read that event yet (the daemon reads files to their end; `collector events` shows
-    /// every write and leaves this off). Only where the kernel takes the atomics it needs.
+    /// every write and leaves this off). Only where the programs' atomic add is a barrier.
     pub coalesce_appends: bool,
 }
 
@@ -80,7 +80,7 @@ impl Probe {
         let layout = offsets::syscall_record_layout(Path::new(preflight::TRACEFS)).map_err(StartError::Load)?;
         let self_tgid = std::process::id();
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let coalesce_appends = u8::from(options.coalesce_appends && attach::takes_fetch_atomics(release.trim()));
+        let coalesce_appends = u8::from(options.coalesce_appends && attach::FOLDING_IS_ORDERED);
 
         let mut loader = EbpfLoader::new();
         loader
