@@ -135,6 +135,10 @@ mod tests {
         assert!(unverified_release("4.19.0").is_some());
         assert!(unverified_release("6.1.0-41-cloud-amd64").is_none());
         assert!(unverified_release("6.12.117+deb12-cloud-amd64").is_none());
+        assert!(unverified_release("6.18.0").is_none());
+        assert!(unverified_release("7.0.1").is_none());
+        // Unparseable: nothing is ruled out (the loader and verifier still decide).
+        assert!(unverified_release("weird").is_none());
     }
 
     const NAMES: [&str; 9] = [

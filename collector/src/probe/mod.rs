@@ -79,7 +79,6 @@ impl Probe {
         drop(kernel_btf);
         let layout = offsets::syscall_record_layout(Path::new(preflight::TRACEFS)).map_err(StartError::Load)?;
         let self_tgid = std::process::id();
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let coalesce_appends = u8::from(options.coalesce_appends && attach::FOLDING_IS_ORDERED);
 
         let mut loader = EbpfLoader::new();
@@ -97,6 +96,7 @@ impl Probe {
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
         let mut rejected = Vec::new();
         // Why fentry/kprobe are not tried on this kernel, if they are not.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let vfs_unusable = offsets::unusable_reason(&kernel_offsets)
             .or_else(|| attach::unverified_release(release.trim()).filter(|_| options.mode.is_none()));
         for mode in candidates {
