@@ -16,7 +16,7 @@ use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appen
 
 #[inline(always)]
 pub fn is_watched(key: &InodeKey) -> bool {
-    unsafe { WATCHED_INODES.get(key) }.is_some_and(|w| w.flags & WatchedInode::WATCHED != 0)
+    watched_entry(key).is_some()
 }
 
 /// The watched-set entry of a watched file: one lookup for the check and the write's
@@ -76,17 +76,24 @@ pub enum WriteNote {
     Capture,
     /// Folded into the writer's last event, still unread.
     Folded,
-    /// An event; `Some` when it can take later appends (see `range_of_write`).
-    Event(Option<Foldable>),
+    /// An event, which later appends may fold into unless `Foldable::NOT`.
+    Event(Foldable),
 }
 
-/// A write event later appends of the same process may be folded into.
+/// Where a write event later appends of the same process may be folded into is recorded.
+/// Every field is set on every path: 5.10's verifier refuses a read of a stack slot not
+/// written before, and the compiler loads these after the event whether they are used or
+/// not (with an `Option` here the `None` path left them unwritten).
 pub struct Foldable {
+    /// The file's entry; null when the event takes no appends.
     entry: *mut WatchedInode,
     tgid: u32,
     /// The ring's producer position before the event is reserved: at most where it starts.
     at: u64,
-    end: u64,
+}
+
+impl Foldable {
+    pub const NOT: Foldable = Foldable { entry: core::ptr::null_mut(), tgid: 0, at: 0 };
 }
 
 /// A write of `pos..end` landed: grows the known end and tells what the write must make.
@@ -102,7 +109,7 @@ pub struct Foldable {
 /// test here sees it taken and a new event is made.
 #[inline(always)]
 pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, end: u64) -> WriteNote {
-    let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(None) };
+    let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(Foldable::NOT) };
     unsafe {
         if end > (*w).known_end {
             (*w).known_end = end;
@@ -112,17 +119,17 @@ pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, en
             return WriteNote::Capture;
         }
         if !coalesce_appends() {
-            return WriteNote::Event(None);
+            return WriteNote::Event(Foldable::NOT);
         }
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if (*w).notified_end == pos && (*w).notified_tgid == tgid {
-            fully_ordered_increment(&raw mut (*w).coalesced);
+            locked_increment(&raw mut (*w).coalesced);
             if EVENTS.query(BPF_RB_CONS_POS as u64) <= (*w).notified_at {
                 (*w).notified_end = end;
                 return WriteNote::Folded;
             }
         }
-        WriteNote::Event(Some(Foldable { entry: w, tgid, at: EVENTS.query(BPF_RB_PROD_POS as u64), end }))
+        WriteNote::Event(Foldable { entry: w, tgid, at: EVENTS.query(BPF_RB_PROD_POS as u64) })
     }
 }
 
@@ -131,7 +138,7 @@ pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, en
 /// fully ordered BPF_FETCH form would do there, but 5.10's verifier refuses it even on a
 /// path it never takes.) Written out so the compiler keeps it as it is.
 #[inline(always)]
-unsafe fn fully_ordered_increment(counter: *mut u64) {
+unsafe fn locked_increment(counter: *mut u64) {
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({at} + 0) += {one}",
@@ -144,14 +151,12 @@ unsafe fn fully_ordered_increment(counter: *mut u64) {
 
 /// A write's event (no bytes); once it is in the ring, later appends may fold into it.
 #[inline(always)]
-pub fn range_of_write(inode: InodeKey, pos: u64, len: u64, foldable: Option<Foldable>) {
-    if range(EventKind::Write, inode, pos, len, InodeKey::default(), 0)
-        && let Some(f) = foldable
-    {
+pub fn range_of_write(inode: InodeKey, pos: u64, len: u64, foldable: Foldable) {
+    if range(EventKind::Write, inode, pos, len, InodeKey::default(), 0) && !foldable.entry.is_null() {
         unsafe {
-            (*f.entry).notified_at = f.at;
-            (*f.entry).notified_end = f.end;
-            (*f.entry).notified_tgid = f.tgid;
+            (*foldable.entry).notified_at = foldable.at;
+            (*foldable.entry).notified_end = pos + len;
+            (*foldable.entry).notified_tgid = foldable.tgid;
         }
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use collector_common::{InodeKey, O_APPEND, RWF_APPEND, WatchedInode};
 
 use crate::{
-    emit::{self, WriteNote},
+    emit::{self, Foldable, WriteNote},
     kernel::{self, Access, KPtr, Probe, Typed},
     maps::{tp_enter_args, tp_exit_ret},
     pending::{self, Op, PendingCall},
@@ -96,7 +96,7 @@ pub fn on_write<A: Access>(
         WriteNote::Capture if buf != 0 && file_reaches::<A>(file, pos + len) => {
             emit::captured_write(inode, pos, len, buf);
         }
-        WriteNote::Capture => emit::range_of_write(inode, pos, len, None),
+        WriteNote::Capture => emit::range_of_write(inode, pos, len, Foldable::NOT),
         WriteNote::Event(foldable) => emit::range_of_write(inode, pos, len, foldable),
     }
 }
