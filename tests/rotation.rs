@@ -36,6 +36,21 @@ fn under_rotation_every(
     reopen: bool,
     every: Duration,
 ) -> (Vec<serde_json::Value>, u32) {
+    let (records, rotations, _) = under_rotation_at(name, pattern, directives, reopen, every, LINES, RATE);
+    (records, rotations)
+}
+
+/// As `under_rotation_every`, with `lines` written at `rate` lines/s; also returns the sizes
+/// of the rotated files (`app.log.N`) left at the end.
+fn under_rotation_at(
+    name: &str,
+    pattern: &str,
+    directives: &str,
+    reopen: bool,
+    every: Duration,
+    lines: u64,
+    rate: u64,
+) -> (Vec<serde_json::Value>, u32, Vec<u64>) {
     let scratch = Scratch::new(name);
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
@@ -44,11 +59,18 @@ fn under_rotation_every(
         Running::start(&scratch.dir, &config(&scratch.path("state"), &[scratch.pattern(pattern)], &out, ""));
     let stop = Arc::new(AtomicBool::new(false));
     let rotator = rotate_repeatedly(log.clone(), directives.into(), every, stop.clone());
-    let mut w = writer(&log, "w", LINES, RATE, reopen);
+    let mut w = writer(&log, "w", lines, rate, reopen);
     assert!(w.wait().unwrap().success());
     stop.store(true, Ordering::Relaxed);
     let rotations = rotator.join().unwrap();
-    (wait_for_records(&out, LINES as usize), rotations)
+    let records = wait_for_records(&out, lines as usize);
+    let rotated = std::fs::read_dir(&scratch.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("app.log."))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .collect();
+    (records, rotations, rotated)
 }
 
 /// A writer as fast as it can go (one write(2) per line) under rename + create every 100 ms:
@@ -117,6 +139,30 @@ fn copytruncate_rotation_never_ships_the_copy_and_loses_nothing() {
     assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
     assert_every_line_once_in_order(&records, "w", LINES);
     assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
+}
+
+/// logrotate copies through an 8 KiB buffer, so the copy of a larger file is several writes,
+/// and those after the first fold into the first one's event: how far the copy got is the
+/// kernel's count of its writes, which must survive the daemon starting to watch the copy
+/// while it is being written (it once put back the size it had seen a moment before, and
+/// the unread tail beyond the copy's first 8 KiB was lost).
+#[test]
+fn copytruncate_of_files_larger_than_the_copy_buffer_loses_nothing() {
+    let (lines, rate) = (30_000, 10_000);
+    let (records, rotations, rotated) = under_rotation_at(
+        "copytruncate-large",
+        "app.log*",
+        "copytruncate\nrotate 100",
+        false,
+        Duration::from_millis(300),
+        lines,
+        rate,
+    );
+    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
+    assert_every_line_once_in_order(&records, "w", lines);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
+    let large = rotated.iter().filter(|&&n| n > 8192).count();
+    assert!(large >= 2, "copies larger than logrotate's 8 KiB buffer: {large} of {rotated:?}");
 }
 
 #[test]

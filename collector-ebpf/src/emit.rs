@@ -10,7 +10,7 @@ use collector_common::{
     WatchedInode,
 };
 
-use aya_ebpf::bindings::{BPF_RB_CONS_POS, BPF_RB_PROD_POS};
+use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_CONS_POS, BPF_RB_PROD_POS};
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends};
 
@@ -32,11 +32,20 @@ pub fn is_watched_dir(key: &InodeKey) -> bool {
     unsafe { WATCHED_DIRS.get(key) }.is_some_and(|v| *v != 0)
 }
 
-/// Starts watching a file the kernel saw appear in a watched directory, so none of its
-/// first writes slip by before the daemon decides whether it wants it.
+/// Starts watching a file the kernel saw created in a watched directory, so none of its
+/// first writes slip by before the daemon decides whether it wants it. A new inode: an
+/// entry left under its number belonged to an earlier file and is replaced.
 #[inline(always)]
-pub fn watch(key: &InodeKey) {
+pub fn watch_created(key: &InodeKey) {
     let _ = WATCHED_INODES.insert(key, WatchedInode::new(0), 0);
+}
+
+/// Starts watching a file moved into (or within) a watched directory, `size` bytes long.
+/// An entry it has is kept as it is: its known end, capture window and fold state still
+/// describe this file (a rotated log renamed app.log.1 -> app.log.2 stays the same inode).
+#[inline(always)]
+pub fn watch_moved(key: &InodeKey, size: u64) {
+    let _ = WATCHED_INODES.insert(key, WatchedInode::new(size), BPF_NOEXIST as u64);
 }
 
 #[inline(always)]

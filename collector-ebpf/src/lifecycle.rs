@@ -25,7 +25,7 @@ const O_WRONLY: u32 = 0o1;
 /// watched directory. It is watched from this moment, so no first write is missed.
 #[inline(always)]
 pub fn on_create(inode: InodeKey, parent: InodeKey, name: Name) {
-    emit::watch(&inode);
+    emit::watch_created(&inode);
     emit::named(EventKind::Create, inode, Dirs { new_parent: parent, ..Dirs::default() }, name);
 }
 

@@ -28,11 +28,11 @@ use crate::{
 
 /// One body for every attach mode. A file moved into a watched directory is watched from
 /// now on, like a created one, so no write right after the rename slips by (the daemon
-/// drops it again if its new name does not match).
+/// drops it again if its new name does not match). `inode_ptr` is its `struct inode`.
 #[inline(always)]
-pub fn on_rename(inode: InodeKey, into_watched_dir: bool, dirs: Dirs, name: Name) {
+pub fn on_rename(inode: InodeKey, inode_ptr: KPtr, into_watched_dir: bool, dirs: Dirs, name: Name) {
     if !inode.is_unknown() && into_watched_dir {
-        emit::watch(&inode);
+        emit::watch_moved(&inode, kernel::inode_size(inode_ptr).unwrap_or(0));
     }
     emit::named(EventKind::Rename, inode, dirs, name);
 }
@@ -63,7 +63,7 @@ fn end(result: i64) {
     if relevant {
         let dirs =
             Dirs { new_parent: call.new_parent, old_parent: call.old_parent, base_dir: call.base_dir, dfd: call.dfd };
-        on_rename(inode, into_watched_dir, dirs, Name::User(call.user_name));
+        on_rename(inode, call.captured_inode, into_watched_dir, dirs, Name::User(call.user_name));
     }
 }
 

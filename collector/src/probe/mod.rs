@@ -70,6 +70,9 @@ pub struct Probe {
     mode: AttachMode,
 }
 
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
 impl Probe {
     pub fn start(options: &ProbeOptions) -> Result<Probe, StartError> {
         preflight::check()?;
@@ -124,9 +127,18 @@ impl Probe {
     }
 
     /// Reports changes to this inode from now on; `known_end` is its current size.
+    ///
+    /// An entry the kernel side made already (the file was created in, or moved into, a
+    /// watched directory) is kept: it has counted every write since, and replacing it would
+    /// race with the writes landing while the daemon looked at the file (a copy's known end
+    /// set back to the size the daemon saw, the folded writes after it forgotten).
     pub fn watch_inode(&mut self, inode: InodeKey, known_end: u64) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
-        map.insert(inode, WatchedInode::new(known_end), 0).context("adding a watched inode (map full?)")
+        match map.insert(inode, WatchedInode::new(known_end), BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).context("adding a watched inode (map full?)"),
+        }
     }
 
     /// The highest end the kernel saw written to a watched inode (`WatchedInode::known_end`).
