@@ -31,6 +31,7 @@ use crate::{
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
     sink::{Batch, Origin, Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
+    sweep::Sweep,
     tracker::{self, Action, Tracker},
     transform,
     watch::{WatchSet, key_of},
@@ -99,6 +100,8 @@ struct OpenFile {
     captured: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The process that last wrote the file, as the kernel reported it.
     writer: Option<Writer>,
+    /// Found by the sweep with bytes no event announced: the next read counts them.
+    swept: bool,
     /// After a copytruncate: the unread tail, read from the copy before the file itself.
     copied_tail: Option<CopiedTail>,
 }
@@ -157,6 +160,8 @@ pub struct Daemon {
     ec2: Option<serde_json::Map<String, serde_json::Value>>,
     /// The records of the read being shipped; kept to reuse its buffers.
     framed: Framed,
+    /// The safety sweep for writes the kernel hooks do not see.
+    sweep: Sweep,
 }
 
 impl Daemon {
@@ -164,6 +169,7 @@ impl Daemon {
         let events = EventQueue::new(probe.take_events()?)?;
         let flows = config.flows.len();
         let store = Store::open(&config.state_dir)?;
+        let sweep = Sweep::new(config.flows.iter().map(|f| f.sweep_interval));
         let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
         let mut patterns = Vec::new();
         for flow in &config.flows {
@@ -202,6 +208,7 @@ impl Daemon {
             store,
             sinks,
             framed: Framed::default(),
+            sweep,
             patterns,
             dirs: InodeMap::default(),
             started: Instant::now(),
@@ -360,6 +367,7 @@ impl Daemon {
                     captured: Default::default(),
                     copied_tail: None,
                     writer: None,
+                    swept: false,
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -392,6 +400,7 @@ impl Daemon {
                             captured: Default::default(),
                             copied_tail: None,
                             writer: None,
+                            swept: false,
                         },
                     );
                 }
@@ -400,6 +409,7 @@ impl Daemon {
             Action::Untrack { inode } => {
                 let _ = self.probe.unwatch_inode(inode);
                 self.dirty.remove(&inode);
+                self.sweep.forget(&inode);
                 // Its checkpoint outlives it while the file exists (see Track).
                 self.checkpoint(inode, true);
                 if let Some(f) = self.open.remove(&inode)
@@ -721,6 +731,9 @@ impl Daemon {
                     }
                     f.last_input = Instant::now();
                     self.counters[f.flow].bytes_read += n as u64;
+                    if std::mem::take(&mut f.swept) {
+                        self.counters[f.flow].bytes_swept += n as u64;
+                    }
                     chunks.push(Chunk { inode, at, bytes: buf, read_end_ns: boot_ns() });
                 }
                 Err(e) => {
@@ -972,6 +985,52 @@ impl Daemon {
         Ok(())
     }
 
+    /// The safety sweep (see `sweep`): last sweep's suspects that nothing has read since are
+    /// read now; then each due flow's files are checked for new suspects.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        for (inode, seen) in self.sweep.take_suspects(now) {
+            let Some((read_to, size)) = self.unread_from(&inode).filter(|(at, _)| *at < seen) else { continue };
+            if self.sweep.first_report(inode) {
+                let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+                tracing::warn!(%path, bytes = size - read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
+            }
+            if let Some(f) = self.open.get_mut(&inode) {
+                f.swept = true;
+            }
+            self.tracker.no_first_write(&inode);
+            self.dirty.insert(inode);
+        }
+        for flow in 0..self.config.flows.len() {
+            if !self.sweep.due(flow, self.config.flows[flow].sweep_interval, now) {
+                continue;
+            }
+            let held: Vec<InodeKey> = self.open.iter().filter(|(_, f)| f.flow == flow).map(|(k, _)| *k).collect();
+            for inode in held {
+                if let Some((_, size)) = self.unread_from(&inode) {
+                    self.sweep.suspect(inode, size, now);
+                }
+            }
+        }
+    }
+
+    /// For the sweep: where reading of a held original stands and its size, when it is
+    /// longer than that and nothing is about to read it (dirty, deferred, or waiting for
+    /// its sink). That includes a file created while running that still waits for its first
+    /// write event (which would tell whether it is a copy) though it has bytes.
+    fn unread_from(&self, inode: &InodeKey) -> Option<(u64, u64)> {
+        let f = self.open.get(inode)?;
+        if f.derived || f.copied_tail.is_some() || self.tracker.get(inode).is_none() {
+            return None;
+        }
+        if self.dirty.contains(inode) || self.deferred.contains_key(inode) || self.waiting.contains(inode) {
+            return None;
+        }
+        let size = f.file.metadata().ok()?.len();
+        let at = f.framer.next_offset();
+        (size > at).then_some((at, size))
+    }
+
     /// When the first deferred file is due.
     fn next_due(&self) -> Option<Instant> {
         self.deferred.values().min().copied()
@@ -1117,6 +1176,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 daemon.flush_idle();
                 daemon.expire();
                 daemon.recheck_after_loss()?;
+                daemon.sweep();
                 daemon.publish()?;
             }
             _ = interrupt.recv() => break,

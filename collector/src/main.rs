@@ -19,6 +19,7 @@ mod newlines;
 mod probe;
 mod sink;
 mod status;
+mod sweep;
 mod tracker;
 mod transform;
 mod watch;

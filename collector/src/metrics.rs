@@ -27,6 +27,8 @@ pub struct FlowCounters {
     pub records_retried: u64,
     pub records_cut: u64,
     pub bytes_lost: u64,
+    /// Bytes read because the safety sweep found them with no write event announcing them.
+    pub bytes_swept: u64,
     /// Records a transform could not parse (shipped as read, or dropped: records_dropped).
     pub records_unparsed: u64,
     pub records_dropped: u64,
@@ -155,6 +157,12 @@ fn render_metrics(s: &Snapshot) -> String {
     family("lost_bytes_total", "counter", "Bytes truncated away before they could be read.", &|f| {
         f.counters.bytes_lost
     });
+    family(
+        "swept_bytes_total",
+        "counter",
+        "Bytes read because the periodic sweep found them unannounced by any write event (writes the kernel hooks do not see, io_uring for one).",
+        &|f| f.counters.bytes_swept,
+    );
     family("lag_bytes", "gauge", "Bytes written to the flow's files and not yet accepted by its sink.", &|f| {
         f.lag_bytes
     });

@@ -59,6 +59,9 @@ pub struct Flow {
     /// New bytes wait on disk up to this long for more to join them in one batch (one sink
     /// call), unless a full batch is already there.
     pub max_batch_age: Duration,
+    /// How often held files are checked for bytes no write event announced (writes the
+    /// kernel hooks do not see: io_uring, mmap); zero: never.
+    pub sweep_interval: Duration,
     /// Applied in order to each record before the sink.
     pub transforms: Pipeline,
     pub sink: SinkConfig,
@@ -344,6 +347,7 @@ impl Merged {
                 truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
                 rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
                 max_batch_age: duration(&f.max_batch_age, DEFAULT_MAX_BATCH_AGE, &at, &key("max_batch_age"))?,
+                sweep_interval: duration(&f.sweep_interval, Duration::from_secs(10), &at, &key("sweep_interval"))?,
                 transforms: pipeline(f, &at, &key)?,
                 sink,
             });

@@ -51,6 +51,7 @@ pub struct Flow {
     pub truncated_terminator: Option<String>,
     pub rotated_idle: Option<Spanned<String>>,
     pub max_batch_age: Option<Spanned<String>>,
+    pub sweep_interval: Option<Spanned<String>>,
     #[serde(default)]
     pub transform: Vec<Spanned<Transform>>,
     pub on_parse_error: Option<Spanned<String>>,

@@ -345,6 +345,14 @@ impl Tracker {
         }
     }
 
+    /// A file created while running got bytes and never a write event (its writer is past
+    /// the hooks): no first write will tell it is a copy, so it is taken as it is.
+    pub fn no_first_write(&mut self, inode: &InodeKey) {
+        if let Some(t) = self.files.get_mut(inode) {
+            t.fresh = false;
+        }
+    }
+
     fn is_original(&self, inode: &InodeKey) -> bool {
         self.files.get(inode).is_some_and(|t| t.role == Role::Original)
     }
