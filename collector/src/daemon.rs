@@ -46,6 +46,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How long a stopping collector waits for its last CloudWatch metrics to be sent.
 const LAST_METRICS_SEND: Duration = Duration::from_secs(5);
+/// Housekeeping (checkpoints, flushes, releases, the sweep, the /metrics snapshot) runs this
+/// often while anything happens...
+const TICK: Duration = Duration::from_millis(100);
+/// ... and this often once nothing has for `QUIET_AFTER`, with nothing held, deferred or
+/// paused: an idle collector wakes once a second, whatever the number of files it holds.
+const QUIET_TICK: Duration = Duration::from_secs(1);
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 
 /// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
 /// kernel events), to tell whether a truncation reported afterwards came before them.
@@ -1031,6 +1038,16 @@ impl Daemon {
         (size > at).then_some((at, size))
     }
 
+    /// Nothing waits for a tick: no file deferred, waiting for its sink or holding a partial
+    /// record, no flow paused, no copied tail being read.
+    fn has_nothing_pending(&self) -> bool {
+        self.dirty.is_empty()
+            && self.deferred.is_empty()
+            && self.waiting.is_empty()
+            && self.paused_until.iter().all(Option::is_none)
+            && self.open.values().all(|f| !f.framer.holds() && f.copied_tail.is_none())
+    }
+
     /// When the first deferred file is due.
     fn next_due(&self) -> Option<Instant> {
         self.deferred.values().min().copied()
@@ -1115,9 +1132,16 @@ impl Daemon {
     }
 
     /// Checkpoints that waited for CHECKPOINT_EVERY.
+    /// Every tick: the files whose acknowledged offset moved since their last checkpoint
+    /// (usually none, so an idle collector with many files does nothing per file).
     fn checkpoint_all(&mut self) {
-        let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
-        for inode in inodes {
+        let moved: Vec<InodeKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| !f.derived && f.checkpointed.is_none_or(|(_, at)| at != f.acknowledged))
+            .map(|(k, _)| *k)
+            .collect();
+        for inode in moved {
             self.checkpoint(inode, false);
         }
     }
@@ -1147,9 +1171,14 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     // Loading parsed the kernel's BTF (megabytes of it); give the freed heap back.
     unsafe { libc::malloc_trim(0) };
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut next_tick = Instant::now() + TICK;
+    let mut last_event = Instant::now();
     loop {
         let events = daemon.events.take();
+        if !events.is_empty() {
+            last_event = Instant::now();
+            next_tick = next_tick.min(last_event + TICK);
+        }
         daemon.on_events(events);
         let chunks = daemon.read_dirty();
         // Events that came while reading: what was read before a truncation is kept and
@@ -1170,7 +1199,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         tokio::select! {
             ready = daemon.events.readable() => ready?,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => daemon.read_due(),
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick.into()) => {
                 daemon.checkpoint_all();
                 daemon.resume_paused();
                 daemon.flush_idle();
@@ -1178,6 +1207,8 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 daemon.recheck_after_loss()?;
                 daemon.sweep();
                 daemon.publish()?;
+                let quiet = last_event.elapsed() >= QUIET_AFTER && daemon.has_nothing_pending();
+                next_tick = Instant::now() + if quiet { QUIET_TICK } else { TICK };
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
