@@ -31,7 +31,7 @@ use crate::{
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{Probe, event::KernelEvent},
     sink::{Batch, Origin, Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
-    sweep::Sweep,
+    sweep::{Look, Sweep},
     tracker::{self, Action, Tracker},
     transform,
     watch::{WatchSet, key_of},
@@ -992,21 +992,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// The safety sweep (see `sweep`): last sweep's suspects that nothing has read since are
-    /// read now; then each due flow's files are checked for new suspects.
+    /// The safety sweep (see `sweep`): last sweep's suspects that nothing has read or
+    /// truncated since are dealt with now; then each due flow's files are looked at.
     fn sweep(&mut self) {
         let now = Instant::now();
-        for (inode, seen) in self.sweep.take_suspects(now) {
-            let Some((read_to, size)) = self.unread_from(&inode).filter(|(at, _)| *at < seen) else { continue };
-            if self.sweep.first_report(inode) {
-                let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
-                tracing::warn!(%path, bytes = size - read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
+        for (inode, first) in self.sweep.take_suspects(now) {
+            let Some(look) = self.sweep_look(&inode) else { continue };
+            let path = || self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            if look.size > look.read_to && look.read_to < first.size {
+                if self.sweep.first_report(inode) {
+                    tracing::warn!(path = %path(), bytes = look.size - look.read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
+                }
+                if let Some(f) = self.open.get_mut(&inode) {
+                    f.swept = true;
+                }
+                self.tracker.no_first_write(&inode);
+                self.dirty.insert(inode);
+            } else if look.size < look.read_to && look.read_to == first.read_to {
+                tracing::warn!(path = %path(), read_to = look.read_to, size = look.size, "shorter than what was read, and no truncation event came (truncated past the kernel hooks); reading resumes at its size");
+                self.truncated(inode, look.read_to, look.size, None);
             }
-            if let Some(f) = self.open.get_mut(&inode) {
-                f.swept = true;
-            }
-            self.tracker.no_first_write(&inode);
-            self.dirty.insert(inode);
         }
         for flow in 0..self.config.flows.len() {
             if !self.sweep.due(flow, self.config.flows[flow].sweep_interval, now) {
@@ -1014,18 +1019,18 @@ impl Daemon {
             }
             let held: Vec<InodeKey> = self.open.iter().filter(|(_, f)| f.flow == flow).map(|(k, _)| *k).collect();
             for inode in held {
-                if let Some((_, size)) = self.unread_from(&inode) {
-                    self.sweep.suspect(inode, size, now);
+                if let Some(look) = self.sweep_look(&inode).filter(|l| l.size != l.read_to) {
+                    self.sweep.suspect(inode, look, now);
                 }
             }
         }
     }
 
-    /// For the sweep: where reading of a held original stands and its size, when it is
-    /// longer than that and nothing is about to read it (dirty, deferred, or waiting for
-    /// its sink). That includes a file created while running that still waits for its first
-    /// write event (which would tell whether it is a copy) though it has bytes.
-    fn unread_from(&self, inode: &InodeKey) -> Option<(u64, u64)> {
+    /// For the sweep: where reading of a held original stands and its size, unless something
+    /// is about to read it anyway (dirty, deferred, or waiting for its sink) or it is being
+    /// read from its copy. A file created while running that still waits for its first write
+    /// event (which would tell whether it is a copy) is looked at too.
+    fn sweep_look(&self, inode: &InodeKey) -> Option<Look> {
         let f = self.open.get(inode)?;
         if f.derived || f.copied_tail.is_some() || self.tracker.get(inode).is_none() {
             return None;
@@ -1033,9 +1038,7 @@ impl Daemon {
         if self.dirty.contains(inode) || self.deferred.contains_key(inode) || self.waiting.contains(inode) {
             return None;
         }
-        let size = f.file.metadata().ok()?.len();
-        let at = f.framer.next_offset();
-        (size > at).then_some((at, size))
+        Some(Look { read_to: f.framer.next_offset(), size: f.file.metadata().ok()?.len() })
     }
 
     /// Nothing waits for a tick: no file deferred, waiting for its sink or holding a partial

@@ -9,6 +9,11 @@
 //! later, when every event put in the ring before has long been taken; if nothing read it
 //! by then, no event announced those bytes, and the sweep has them read. Such a file is
 //! named once in the log, and the bytes are counted.
+//!
+//! Likewise a file found shorter than what was read, whose truncation event has not come
+//! by the second look (tracepoint mode does not see an io_uring ftruncate): it is taken as
+//! truncated to its size then, as after lost events, rather than waiting until it outgrows
+//! the old offset.
 
 use std::time::{Duration, Instant};
 
@@ -19,12 +24,20 @@ use crate::inode_map::{InodeMap, InodeSet};
 /// How long after a sweep its suspects are looked at again.
 pub const SECOND_LOOK: Duration = Duration::from_millis(100);
 
+/// A held file as a sweep saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Look {
+    /// Where reading stood.
+    pub read_to: u64,
+    pub size: u64,
+}
+
 #[derive(Default)]
 pub struct Sweep {
     /// Per flow: when its next sweep is due (`None`: never).
     next: Vec<Option<Instant>>,
-    /// Files found longer than what was read, with the size seen, and when.
-    suspects: InodeMap<u64>,
+    /// Files whose size was not where reading stood, as first seen, and when.
+    suspects: InodeMap<Look>,
     suspected_at: Option<Instant>,
     /// Files already named in the log as written past the hooks.
     reported: InodeSet,
@@ -49,13 +62,13 @@ impl Sweep {
         }
     }
 
-    pub fn suspect(&mut self, inode: InodeKey, size: u64, now: Instant) {
-        self.suspects.insert(inode, size);
+    pub fn suspect(&mut self, inode: InodeKey, look: Look, now: Instant) {
+        self.suspects.insert(inode, look);
         self.suspected_at.get_or_insert(now);
     }
 
     /// The suspects for their second look, once `SECOND_LOOK` has passed since the first.
-    pub fn take_suspects(&mut self, now: Instant) -> InodeMap<u64> {
+    pub fn take_suspects(&mut self, now: Instant) -> InodeMap<Look> {
         match self.suspected_at {
             Some(at) if now.duration_since(at) >= SECOND_LOOK => {
                 self.suspected_at = None;
@@ -99,11 +112,12 @@ mod tests {
         let mut s = Sweep::new([Duration::from_secs(1)].into_iter());
         let (a, b) = (InodeKey::new(1, 2), InodeKey::new(1, 3));
         let now = Instant::now();
-        s.suspect(a, 10, now);
-        s.suspect(b, 20, now);
+        let look = Look { read_to: 0, size: 10 };
+        s.suspect(a, look, now);
+        s.suspect(b, Look { read_to: 0, size: 20 }, now);
         s.forget(&b);
         assert!(s.take_suspects(now + SECOND_LOOK / 2).is_empty(), "too early for the second look");
-        assert_eq!(s.take_suspects(now + SECOND_LOOK).into_iter().collect::<Vec<_>>(), vec![(a, 10)]);
+        assert_eq!(s.take_suspects(now + SECOND_LOOK).into_iter().collect::<Vec<_>>(), vec![(a, look)]);
         assert!(s.take_suspects(now + 2 * SECOND_LOOK).is_empty());
         assert!(s.first_report(a));
         assert!(!s.first_report(a));

@@ -4,6 +4,7 @@
 //! `PAUSE_MS` apart.
 //!
 //! Usage: uring_writer TAG LINES PAUSE_MS PATH...
+//!        uring_writer --truncate LEN PATH  (an io_uring ftruncate, Linux 6.9+)
 
 use std::{fs::OpenOptions, os::fd::AsRawFd as _, time::Duration};
 
@@ -11,6 +12,9 @@ use io_uring::{IoUring, opcode, types};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args[1] == "--truncate" {
+        return truncate(args[2].parse().expect("length"), &args[3]);
+    }
     let tag = &args[1];
     let lines: u64 = args[2].parse().expect("lines");
     let pause = Duration::from_millis(args[3].parse().expect("pause"));
@@ -30,4 +34,14 @@ fn main() {
         }
         std::thread::sleep(pause);
     }
+}
+
+fn truncate(len: u64, path: &str) {
+    let file = OpenOptions::new().write(true).open(path).expect("open log");
+    let mut ring = IoUring::new(2).expect("io_uring_setup (is io_uring disabled?)");
+    let op = opcode::Ftruncate::new(types::Fd(file.as_raw_fd()), len).build();
+    unsafe { ring.submission().push(&op).expect("submission queue full") };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let done = ring.completion().next().expect("a completion");
+    assert_eq!(done.result(), 0, "io_uring ftruncate (Linux 6.9+)");
 }
