@@ -566,14 +566,14 @@ impl Daemon {
         let lost = size_before.saturating_sub(recovered_to.max(size_after));
         self.counters[f.flow].bytes_lost += lost;
         if lost > 0 {
-            let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            let path = self.path_of(&inode);
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
         if !self.deliver(inode, &records) && recovered_to > in_memory_from.max(read_to) {
             // Known gap: these bytes (captured by the kernel, or the last line of the copy
             // without its newline) exist only in memory.
             let lost = recovered_to - in_memory_from.max(read_to);
-            let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            let path = self.path_of(&inode);
             tracing::error!(%path, lost, "the sink refused bytes recovered from a truncation; they are gone from disk");
         }
         if restart && let Some(f) = self.open.get_mut(&inode) {
@@ -998,10 +998,9 @@ impl Daemon {
         let now = Instant::now();
         for (inode, first) in self.sweep.take_suspects(now) {
             let Some(look) = self.sweep_look(&inode) else { continue };
-            let path = || self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
             if look.size > look.read_to && look.read_to < first.size {
                 if self.sweep.first_report(inode) {
-                    tracing::warn!(path = %path(), bytes = look.size - look.read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
+                    tracing::warn!(path = %self.path_of(&inode), bytes = look.size - look.read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
                 }
                 if let Some(f) = self.open.get_mut(&inode) {
                     f.swept = true;
@@ -1009,7 +1008,7 @@ impl Daemon {
                 self.tracker.no_first_write(&inode);
                 self.dirty.insert(inode);
             } else if look.size < look.read_to && look.read_to == first.read_to {
-                tracing::warn!(path = %path(), read_to = look.read_to, size = look.size, "shorter than what was read, and no truncation event came (truncated past the kernel hooks); reading resumes at its size");
+                tracing::warn!(path = %self.path_of(&inode), read_to = look.read_to, size = look.size, "shorter than what was read, and no truncation event came (truncated past the kernel hooks); reading resumes at its size");
                 self.truncated(inode, look.read_to, look.size, None);
             }
         }
@@ -1039,6 +1038,11 @@ impl Daemon {
             return None;
         }
         Some(Look { read_to: f.framer.next_offset(), size: f.file.metadata().ok()?.len() })
+    }
+
+    /// Where `inode` was last seen, for the log.
+    fn path_of(&self, inode: &InodeKey) -> String {
+        self.tracker.get(inode).map(|t| t.path.display().to_string()).unwrap_or_default()
     }
 
     /// Nothing waits for a tick: no file deferred, waiting for its sink or holding a partial
