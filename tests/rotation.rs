@@ -148,13 +148,14 @@ fn copytruncate_rotation_never_ships_the_copy_and_loses_nothing() {
 /// the unread tail beyond the copy's first 8 KiB was lost).
 #[test]
 fn copytruncate_of_files_larger_than_the_copy_buffer_loses_nothing() {
-    let (lines, rate) = (30_000, 10_000);
+    // ~20 KB per copy at the siblings' rate: a rotation a second.
+    let (lines, rate) = (24_000, RATE);
     let (records, rotations, rotated) = under_rotation_at(
         "copytruncate-large",
         "app.log*",
         "copytruncate\nrotate 100",
         false,
-        Duration::from_millis(300),
+        Duration::from_millis(1000),
         lines,
         rate,
     );
