@@ -1182,15 +1182,13 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     let mut last_event = Instant::now();
     loop {
         let events = daemon.events.take();
-        if !events.is_empty() {
-            last_event = Instant::now();
-            next_tick = next_tick.min(last_event + TICK);
-        }
+        woken_by(&events, &mut last_event, &mut next_tick);
         daemon.on_events(events);
         let chunks = daemon.read_dirty();
         // Events that came while reading: what was read before a truncation is kept and
         // shipped before the truncation is applied; what may have been read after, dropped.
         let late = daemon.events.take();
+        woken_by(&late, &mut last_event, &mut next_tick);
         let mut truncated_at = InodeMap::default();
         for e in &late {
             if let KernelEvent::Truncate { inode, origin, .. } = e {
@@ -1231,6 +1229,14 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Events came: housekeeping is back to every `TICK`.
+fn woken_by(events: &[KernelEvent], last_event: &mut Instant, next_tick: &mut Instant) {
+    if !events.is_empty() {
+        *last_event = Instant::now();
+        *next_tick = (*next_tick).min(*last_event + TICK);
+    }
 }
 
 /// The CloudWatch sender, when configured: its stop signal and task.
