@@ -289,8 +289,21 @@ pub fn run_with(
             let _ = fs::remove_dir_all(&run_dir);
             Ok(GuestRun { status: g, output })
         }
-        _ => bail!("guest {series} reported no status (qemu {status}); console: {}\n{output}", console.display()),
+        _ => bail!(
+            "guest {series} reported no status (qemu {status}); console: {}\n{output}\n\
+             -- the console's last lines (a kernel panic or an out-of-memory kill shows here):\n{}",
+            console.display(),
+            console_tail(&console, 40)
+        ),
     }
+}
+
+/// The last `lines` lines of the guest's console: CI keeps only what xtask prints, not the
+/// file.
+fn console_tail(console: &Path, lines: usize) -> String {
+    let text = String::from_utf8_lossy(&fs::read(console).unwrap_or_default()).into_owned();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Copies a dynamically linked host program and the libraries it loads into `root`, at the
