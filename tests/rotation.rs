@@ -14,7 +14,7 @@ use std::{path::Path, process::Child};
 
 use collector_tests::{
     Running, Scratch, assert_every_line_once_in_order, config, rotate_repeatedly, shipped, wait_for_records,
-    writer_process,
+    writer_process, writer_process_with,
 };
 
 fn writer(path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
@@ -51,14 +51,7 @@ fn under_rotation_at(
     lines: u64,
     rate: u64,
 ) -> (Vec<serde_json::Value>, u32, Vec<u64>) {
-    // copytruncate tests run one at a time. A write that lands just before the truncation
-    // but whose exit hook runs after it loses its bytes (a known race, see the README's
-    // copytruncate limits); beside other tests on two cores the writer is far more often
-    // preempted in that moment.
-    static COPYTRUNCATE_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serial = directives
-        .contains("copytruncate")
-        .then(|| COPYTRUNCATE_ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    let _serial = directives.contains("copytruncate").then(copytruncate_one_at_a_time);
     let scratch = Scratch::new(name);
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
@@ -79,6 +72,14 @@ fn under_rotation_at(
         .filter_map(|e| e.metadata().ok().map(|m| m.len()))
         .collect();
     (records, rotations, rotated)
+}
+
+/// copytruncate tests take this, so they run one at a time: each runs logrotate every few
+/// hundred milliseconds, and on two cores shared with the other tests its copy can fall
+/// far behind.
+fn copytruncate_one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A writer as fast as it can go (one write(2) per line) under rename + create every 100 ms:
@@ -172,6 +173,47 @@ fn copytruncate_of_files_larger_than_the_copy_buffer_loses_nothing() {
     assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
     let large = rotated.iter().filter(|&&n| n > 8192).count();
     assert!(large >= 2, "copies larger than logrotate's 8 KiB buffer: {large} of {rotated:?}");
+}
+
+/// A write the truncation cuts before it returns: logrotate fsyncs its copy (milliseconds on
+/// a disk), then truncates, while the writer's O_DSYNC write has landed and still waits for
+/// the disk. Its bytes are in neither the copy nor the file; only its exit hook, which runs
+/// after the truncation's, can carry them, and the truncation's verdict waits for it. On a
+/// disk-backed filesystem most rotations cut a write in flight (without the hold, each lost
+/// one line); on tmpfs (the guests) O_DSYNC costs nothing and this is a plain copytruncate.
+#[test]
+fn copytruncate_cutting_a_write_in_flight_loses_nothing() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("cut-in-flight");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "")
+    );
+    let _collector = Running::start(&scratch.dir, &text);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator =
+        rotate_repeatedly(log.clone(), "copytruncate\nrotate 200".into(), Duration::from_millis(150), stop.clone());
+    let mut w = writer_process_with(env!("CARGO_BIN_EXE_log_writer"), &log, "w", LINES, RATE, &["--dsync"]);
+    assert!(w.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    let rotations = rotator.join().unwrap();
+    let records = wait_for_records(&out, LINES as usize);
+    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
+    assert_every_line_once_in_order(&records, "w", LINES);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
+    let metrics = collector_tests::http_get(port, "/metrics");
+    let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+    assert_eq!(lost, Some(0), "{metrics}");
+    if !collector_tests::on_tmpfs(&scratch.dir) {
+        // Shows the race was met: the bytes of cut writes were recovered.
+        let recovered =
+            collector_tests::sample(&metrics, "collector_cut_write_recovered_bytes_total{flow=\"app\",sink=\"file\"}");
+        assert!(recovered.is_some_and(|n| n > 0), "no write was cut in flight in {rotations} rotations: {metrics}");
+    }
 }
 
 #[test]

@@ -58,12 +58,20 @@ pub struct WatchedInode {
     /// Writes folded into an earlier event. Incremented atomically, which is also the full
     /// barrier between the write's new size and the test of the consumer position.
     pub coalesced: u64,
+    /// Truncations of this file so far, counted as each begins (where the hook sees the
+    /// file before the cut), so a write whose hook finds its bytes cut names the truncation
+    /// that cut them (`WriteCut`).
+    pub truncations: u64,
 }
 
 impl WatchedInode {
     pub const WATCHED: u32 = 1;
     /// How long a read by another task opens the capture window.
     pub const CAPTURE_WINDOW_NS: u64 = 5_000_000_000;
+    /// How long a truncation leaves (or opens) it: a write that landed just before the cut
+    /// may reach its exit hook only after the truncation's, and its bytes exist nowhere
+    /// else. The daemon holds a truncation's verdict for a while to take them.
+    pub const AFTER_TRUNCATION_WINDOW_NS: u64 = 1_000_000_000;
     pub const fn new(known_end: u64) -> Self {
         Self {
             known_end,
@@ -73,6 +81,7 @@ impl WatchedInode {
             notified_at: 0,
             notified_end: u64::MAX,
             coalesced: 0,
+            truncations: 0,
         }
     }
 }
@@ -90,6 +99,9 @@ pub enum EventKind {
     Copy = 7,
     /// A write with its bytes (see `WatchedInode::capture_until_ns`).
     WriteCaptured = 8,
+    /// A write whose bytes a truncation cut before the write's exit hook ran: they were
+    /// at `pos` in the contents before it, and are carried (as far as they were read).
+    WriteCut = 9,
 }
 
 impl EventKind {
@@ -103,6 +115,7 @@ impl EventKind {
             6 => Self::Read,
             7 => Self::Copy,
             8 => Self::WriteCaptured,
+            9 => Self::WriteCut,
             _ => return None,
         })
     }
@@ -116,6 +129,7 @@ impl EventKind {
             Self::Read => "read",
             Self::Copy => "copy",
             Self::WriteCaptured => "write",
+            Self::WriteCut => "write_cut",
         }
     }
 }
@@ -144,7 +158,8 @@ pub struct EventHeader {
 /// write, read, truncate and copy: an inode and a byte range.
 ///
 /// - write/read: `pos`, `len` in `inode`;
-/// - truncate: `pos` = size before, `len` = size after;
+/// - truncate: `pos` = size before, `len` = size after, `peer_pos` = which truncation of
+///   the file it is (`WatchedInode::truncations`);
 /// - copy: `pos`, `len` read from `inode` (the source), written to `peer` at `peer_pos`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +193,8 @@ pub struct CapturedWrite<const N: usize> {
     pub pos: u64,
     pub len: u64,
     pub captured: u64,
+    /// `WriteCut`: the truncation that cut the bytes (`WatchedInode::truncations`).
+    pub truncation: u64,
     pub data: [u8; N],
 }
 

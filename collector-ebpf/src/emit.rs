@@ -72,17 +72,36 @@ pub fn open_capture_window(key: &InodeKey) {
     }
 }
 
+/// A truncation of the file begins: counted, so a write whose bytes it cuts can name it.
+/// Returns its number (0 when the file is not watched).
 #[inline(always)]
-pub fn close_capture_window(key: &InodeKey) {
-    if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
-        unsafe { (*w).capture_until_ns = 0 };
+pub fn begin_truncation(key: &InodeKey) -> u64 {
+    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
+    // Two truncations of one file at once are not told apart anyway: a plain increment.
+    unsafe {
+        (*w).truncations += 1;
+        (*w).truncations
+    }
+}
+
+/// A truncation of the file is done: its known end is the new size, and writes carry their
+/// bytes a little longer (`WatchedInode::AFTER_TRUNCATION_WINDOW_NS`). Returns which
+/// truncation it was.
+#[inline(always)]
+pub fn end_truncation(key: &InodeKey, size_after: u64) -> u64 {
+    let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
+    unsafe {
+        (*w).known_end = size_after;
+        (*w).capture_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::AFTER_TRUNCATION_WINDOW_NS;
+        (*w).truncations
     }
 }
 
 /// What a write to a watched file makes.
 pub enum WriteNote {
-    /// A capture window is open: an event with the bytes.
-    Capture,
+    /// A capture window is open: an event with the bytes, or, when a truncation cut them
+    /// already, a `WriteCut` event. The known end is not grown yet (see `grow_known_end`).
+    Capture(*mut WatchedInode),
     /// Folded into the writer's last event, still unread.
     Folded,
     /// An event, which later appends may fold into unless `Foldable::NOT`.
@@ -120,13 +139,11 @@ impl Foldable {
 pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, end: u64) -> WriteNote {
     let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(Foldable::NOT) };
     unsafe {
-        if end > (*w).known_end {
-            (*w).known_end = end;
-        }
         let until = (*w).capture_until_ns;
         if until != 0 && until > bpf_ktime_get_boot_ns() {
-            return WriteNote::Capture;
+            return WriteNote::Capture(w);
         }
+        grow_known_end(w, end);
         if !coalesce_appends() {
             return WriteNote::Event(Foldable::NOT);
         }
@@ -139,6 +156,16 @@ pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, en
             }
         }
         WriteNote::Event(Foldable { entry: w, tgid, at: EVENTS.query(BPF_RB_PROD_POS as u64) })
+    }
+}
+
+/// A write ending at `end` landed in the file as it is now.
+#[inline(always)]
+pub fn grow_known_end(w: *mut WatchedInode, end: u64) {
+    unsafe {
+        if end > (*w).known_end {
+            (*w).known_end = end;
+        }
     }
 }
 
@@ -170,22 +197,27 @@ pub fn range_of_write(inode: InodeKey, pos: u64, len: u64, foldable: Foldable) {
     }
 }
 
-/// A write with its bytes, read from the writer's buffer `buf` (user memory), in the
-/// smallest record class they fit (see `CAPTURE_CLASSES`).
+/// Which truncation cut a `WriteCut`'s bytes; 0 for a `WriteCaptured`.
+#[derive(Clone, Copy)]
+pub struct CutBy(pub u64);
+
+/// A write with its bytes, read from the writer's buffer `buf` (user memory; 0: none, the
+/// event says only where the write was), in the smallest record class they fit (see
+/// `CAPTURE_CLASSES`). `kind`: `WriteCaptured`, or `WriteCut` with the truncation in `cut`.
 #[inline(always)]
-pub fn captured_write(inode: InodeKey, pos: u64, len: u64, buf: u64) {
+pub fn captured_write(kind: EventKind, inode: InodeKey, pos: u64, len: u64, buf: u64, cut: CutBy) {
     let [small, medium, _] = CAPTURE_CLASSES;
-    if len <= small as u64 {
-        captured_write_in::<{ CAPTURE_CLASSES[0] }>(inode, pos, len, buf);
+    if len <= small as u64 || buf == 0 {
+        captured_write_in::<{ CAPTURE_CLASSES[0] }>(kind, inode, pos, len, buf, cut);
     } else if len <= medium as u64 {
-        captured_write_in::<{ CAPTURE_CLASSES[1] }>(inode, pos, len, buf);
+        captured_write_in::<{ CAPTURE_CLASSES[1] }>(kind, inode, pos, len, buf, cut);
     } else {
-        captured_write_in::<{ CAPTURE_CLASSES[2] }>(inode, pos, len, buf);
+        captured_write_in::<{ CAPTURE_CLASSES[2] }>(kind, inode, pos, len, buf, cut);
     }
 }
 
 #[inline(always)]
-fn captured_write_in<const N: usize>(inode: InodeKey, pos: u64, len: u64, buf: u64) {
+fn captured_write_in<const N: usize>(kind: EventKind, inode: InodeKey, pos: u64, len: u64, buf: u64, cut: CutBy) {
     let Some(mut entry) = EVENTS.reserve::<CapturedWrite<N>>(0) else {
         bump(Counter::RingBufferLost);
         return;
@@ -204,11 +236,12 @@ fn captured_write_in<const N: usize>(inode: InodeKey, pos: u64, len: u64, buf: u
     let n = unsafe { core::ptr::read_volatile(&n) };
     let n = (n.wrapping_sub(1) & (N - 1)) + 1;
     unsafe {
-        fill_header(&raw mut (*p).header, EventKind::WriteCaptured, inode);
+        fill_header(&raw mut (*p).header, kind, inode);
         (*p).pos = pos;
         (*p).len = len;
+        (*p).truncation = cut.0;
         let data = &mut (*p).data;
-        let ok = bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]).is_ok();
+        let ok = buf != 0 && bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]).is_ok();
         (*p).captured = if ok { n as u64 } else { 0 };
     }
     entry.submit(0);

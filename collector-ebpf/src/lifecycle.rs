@@ -14,7 +14,7 @@ use crate::{
     kernel::{self, KPtr},
     maps::offsets,
     pending::{self, Op, PendingCall},
-    truncate::on_truncate,
+    truncate::{Counted, on_truncate},
     write::{arg, ret},
 };
 
@@ -60,7 +60,7 @@ fn end_open(ctx: &TracePointContext) {
     let Some(inode_ptr) = kernel::file_inode(file) else { return };
     let Some(inode) = kernel::inode_key(inode_ptr) else { return };
     if call.flags & O_TRUNC != 0 && emit::is_watched(&inode) {
-        on_truncate(inode, emit::known_end(&inode), kernel::inode_size(inode_ptr).unwrap_or(0));
+        on_truncate(inode, emit::known_end(&inode), kernel::inode_size(inode_ptr).unwrap_or(0), Counted::No);
     }
 }
 

@@ -17,21 +17,39 @@ use crate::{
 };
 
 /// One hook body for every attach mode: a watched file went from `size_before` bytes to
-/// `size_after`.
+/// `size_after`. `counted`: the truncation was counted as it began (`begin_truncation`),
+/// where the hook saw the file before the cut; otherwise it is counted now, and a write cut
+/// by it whose hook ran in between names the one before (the daemon counts its bytes lost).
 #[inline(always)]
-pub fn on_truncate(inode: InodeKey, size_before: u64, size_after: u64) {
-    emit::set_known_end(&inode, size_after, false);
-    emit::close_capture_window(&inode);
-    emit::range(EventKind::Truncate, inode, size_before, size_after, InodeKey::default(), 0);
+pub fn on_truncate(inode: InodeKey, size_before: u64, size_after: u64, counted: Counted) {
+    if counted == Counted::No {
+        emit::begin_truncation(&inode);
+    }
+    let truncation = emit::end_truncation(&inode, size_after);
+    emit::range(EventKind::Truncate, inode, size_before, size_after, InodeKey::default(), truncation);
+}
+
+/// Whether a truncation was counted as it began (kept in `PendingCall::flags`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counted {
+    No = 0,
+    AtEntry = 1,
+}
+
+impl Counted {
+    fn of(call: &PendingCall) -> Counted {
+        if call.flags == Counted::AtEntry as u32 { Counted::AtEntry } else { Counted::No }
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
 pub fn tp_sys_enter_ftruncate(ctx: TracePointContext) {
     let Some(file) = kernel::file_of_fd(arg(&ctx, 0)) else { return };
-    if watched_inode(file).is_none() {
-        return;
-    }
+    let Some(inode) = watched_inode(file) else { return };
+    emit::begin_truncation(&inode);
     let mut call = PendingCall::new(Op::Truncate);
+    call.flags = Counted::AtEntry as u32;
     call.file = file;
     call.captured_inode = kernel::file_inode(file).unwrap_or(0);
     call.size_before = kernel::inode_size(call.captured_inode).unwrap_or(0);
@@ -67,7 +85,7 @@ fn end(ctx: &TracePointContext) {
     // By path the size before is not readable in time (filesystems differ in whether
     // ctime is set before or after i_size); the end of the last write seen stands in.
     let size_before = if call.file != 0 { call.size_before } else { emit::known_end(&inode) };
-    on_truncate(inode, size_before, size_left(&call));
+    on_truncate(inode, size_before, size_left(&call), Counted::of(&call));
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
@@ -88,7 +106,9 @@ fn do_truncate_begin(dentry: KPtr, length: i64) {
     if !emit::is_watched(&inode) {
         return;
     }
+    emit::begin_truncation(&inode);
     let mut call = PendingCall::new(Op::Truncate);
+    call.flags = Counted::AtEntry as u32;
     call.captured_inode = inode_ptr;
     call.size_before = kernel::inode_size(inode_ptr).unwrap_or(0);
     call.pos = length;
@@ -102,7 +122,7 @@ fn do_truncate_end(result: i64) {
         return;
     }
     let Some(inode) = kernel::inode_key(call.captured_inode) else { return };
-    on_truncate(inode, call.size_before, size_left(&call));
+    on_truncate(inode, call.size_before, size_left(&call), Counted::of(&call));
 }
 
 #[fentry(function = "do_truncate")]

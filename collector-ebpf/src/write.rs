@@ -10,10 +10,10 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe, tracepoint},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use collector_common::{InodeKey, O_APPEND, RWF_APPEND, WatchedInode};
+use collector_common::{EventKind, InodeKey, O_APPEND, RWF_APPEND, WatchedInode};
 
 use crate::{
-    emit::{self, Foldable, WriteNote},
+    emit::{self, CutBy, Foldable, WriteNote},
     kernel::{self, Access, KPtr, Probe, Typed},
     maps::{tp_enter_args, tp_exit_ret},
     pending::{self, Op, PendingCall},
@@ -78,10 +78,11 @@ pub fn start_of_transfer(file: KPtr, explicit_pos: i64, append: bool, len: u64) 
 
 /// One hook body for every attach mode: `len` bytes were written to `file` at `pos`, from
 /// the writer's buffer `buf` (user memory, 0 when not a plain buffer). In a capture window
-/// (see `WatchedInode::capture_until_ns`) the event carries the bytes — unless the file is
-/// already shorter than their end: a truncation came between the write and this hook, so
-/// the bytes belong to contents that are gone and must not fill a later gap. `entry`: the
-/// inode's watched-set entry, if the caller has it.
+/// (see `WatchedInode::capture_until_ns`) the event carries the bytes. When the file is
+/// already shorter than their end, a truncation came between the write and this hook: the
+/// bytes belong to the contents before it, and go in a `WriteCut` event naming that
+/// truncation, so they fill only its gap. `entry`: the inode's watched-set entry, if the
+/// caller has it.
 #[inline(always)]
 pub fn on_write<A: Access>(
     inode: InodeKey,
@@ -93,10 +94,18 @@ pub fn on_write<A: Access>(
 ) {
     match emit::note_write(&inode, entry, pos, pos + len) {
         WriteNote::Folded => {}
-        WriteNote::Capture if buf != 0 && file_reaches::<A>(file, pos + len) => {
-            emit::captured_write(inode, pos, len, buf);
+        WriteNote::Capture(w) if file_reaches::<A>(file, pos + len) => {
+            emit::grow_known_end(w, pos + len);
+            if buf != 0 {
+                emit::captured_write(EventKind::WriteCaptured, inode, pos, len, buf, CutBy(0));
+            } else {
+                emit::range_of_write(inode, pos, len, Foldable::NOT);
+            }
         }
-        WriteNote::Capture => emit::range_of_write(inode, pos, len, Foldable::NOT),
+        WriteNote::Capture(w) => {
+            let cut_by = CutBy(unsafe { (*w).truncations });
+            emit::captured_write(EventKind::WriteCut, inode, pos, len, buf, cut_by);
+        }
         WriteNote::Event(foldable) => emit::range_of_write(inode, pos, len, foldable),
     }
 }

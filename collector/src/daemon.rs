@@ -25,11 +25,12 @@ use crate::{
     cgroup::CgroupNames,
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
+    cut::{self, CutWrite, Cuts, Held, Placed},
     event_queue::EventQueue,
     framer::{Framed, Framer, FramerConfig},
     inode_map::{InodeMap, InodeSet},
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
-    probe::{Probe, event::KernelEvent},
+    probe::{AttachMode, Probe, event::KernelEvent},
     sink::{Batch, Origin, Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
     sweep::{Look, Sweep},
     tracker::{self, Action, Tracker},
@@ -111,6 +112,13 @@ struct OpenFile {
     swept: bool,
     /// After a copytruncate: the unread tail, read from the copy before the file itself.
     copied_tail: Option<CopiedTail>,
+    /// A truncation waiting for the writes it cut (see `cut`); nothing is read meanwhile.
+    held: Option<Held>,
+    /// Writes cut by a truncation whose event has not come yet.
+    cuts: Cuts,
+    /// The kernel's number of the truncation being reported (`KernelEvent::Truncate`),
+    /// from the event until the tracker's action for it.
+    reported_truncation: Option<u64>,
 }
 
 /// The bytes a copytruncate cut from an original before they were read, up to `end`, are in
@@ -132,6 +140,8 @@ struct Truncation {
     size_after: u64,
     /// The bytes the kernel captured with writes just before it (see `OpenFile::captured`).
     captured: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Where among them lie the bytes of writes it cut before their exit hook ran.
+    cut: Vec<std::ops::Range<u64>>,
 }
 
 pub struct Daemon {
@@ -375,6 +385,9 @@ impl Daemon {
                     copied_tail: None,
                     writer: None,
                     swept: false,
+                    held: None,
+                    cuts: Cuts::default(),
+                    reported_truncation: None,
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -408,12 +421,16 @@ impl Daemon {
                             copied_tail: None,
                             writer: None,
                             swept: false,
+                            held: None,
+                            cuts: Cuts::default(),
+                            reported_truncation: None,
                         },
                     );
                 }
                 self.remember_derived(inode);
             }
             Action::Untrack { inode } => {
+                self.settle_held(inode);
                 let _ = self.probe.unwatch_inode(inode);
                 self.dirty.remove(&inode);
                 self.sweep.forget(&inode);
@@ -431,7 +448,8 @@ impl Daemon {
                 }
             }
             Action::Truncated { inode, size_before, size_after, recover_from } => {
-                self.truncated(inode, size_before, size_after, recover_from);
+                let number = self.open.get_mut(&inode).and_then(|f| f.reported_truncation.take());
+                self.truncated(inode, size_before, size_after, recover_from, number);
             }
             Action::Moved { .. } => {}
         }
@@ -444,7 +462,86 @@ impl Daemon {
     ///
     /// `read_to` may be 0 with a whole generation unread: when the sink is slow, several
     /// rotations can pass between two reads.
-    fn truncated(&mut self, inode: InodeKey, size_before: u64, size_after: u64, recover_from: Option<(InodeKey, u64)>) {
+    ///
+    /// First it is held (see `cut`) while writes it cut may still report their bytes:
+    /// unless nothing can be missing (the size before is exact in fentry and kprobe modes,
+    /// and what was read, the copy and the captured bytes reach it), or the daemon inferred
+    /// it (no write names it).
+    /// `truncation`: the kernel's number for it, `None` when the daemon inferred it.
+    fn truncated(
+        &mut self,
+        inode: InodeKey,
+        size_before: u64,
+        size_after: u64,
+        recover_from: Option<(InodeKey, u64)>,
+        truncation: Option<u64>,
+    ) {
+        // One at a time: an earlier held truncation is settled first.
+        self.settle_held(inode);
+        let exact = self.probe.mode() != AttachMode::Tracepoint;
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        let cuts = truncation.map(|n| f.cuts.take(n)).unwrap_or_default();
+        let read_to = f.framer.next_offset();
+        let held = Held {
+            truncation,
+            size_before,
+            size_after,
+            recover_from,
+            // Taken now: what is captured from here on belongs to the new contents.
+            captured: std::mem::take(&mut f.captured),
+            cuts,
+            due: Instant::now() + cut::HOLD,
+        };
+        let copied = recover_from.map_or(0, |(_, copied)| copied);
+        let known = cut::known_to(read_to.max(copied), &held.captured);
+        if truncation.is_none() || exact && known >= size_before && held.cuts.is_empty() {
+            self.apply_truncation(inode, held);
+            return;
+        }
+        tracing::debug!(ino = inode.ino, ?truncation, "truncation held for the writes it cut");
+        self.deferred.insert(inode, held.due);
+        f.held = Some(held);
+    }
+
+    /// The held truncation of `inode`, if any, is carried out now.
+    fn settle_held(&mut self, inode: InodeKey) {
+        if let Some(held) = self.open.get_mut(&inode).and_then(|f| f.held.take()) {
+            self.apply_truncation(inode, held);
+        }
+    }
+
+    /// Held truncations whose time came, among `inodes`, are carried out.
+    fn settle_due(&mut self, inodes: &InodeSet) {
+        let now = Instant::now();
+        let due: Vec<InodeKey> = inodes
+            .iter()
+            .filter(|k| self.open.get(k).and_then(|f| f.held.as_ref()).is_some_and(|h| h.due <= now))
+            .copied()
+            .collect();
+        for inode in due {
+            self.settle_held(inode);
+        }
+    }
+
+    /// A write cut by truncation `n` reported its bytes.
+    fn cut_write(&mut self, inode: InodeKey, n: u64, cut: CutWrite) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        let (pos, len) = (cut.pos, cut.len);
+        let placed = f.cuts.place(f.held.as_mut(), n, cut);
+        if placed == Placed::TooLate {
+            tracing::debug!(
+                ino = inode.ino,
+                truncation = n,
+                pos,
+                len,
+                "a cut write came after its truncation was settled"
+            );
+        }
+    }
+
+    /// The truncation's steps once the writes it cut had their time: the copy's bytes,
+    /// then the captured ones, loss accounting, and where reading resumes.
+    fn apply_truncation(&mut self, inode: InodeKey, held: Held) {
         // One copied tail at a time: what is left of an earlier one is sent now (what the
         // sink refuses of it then is counted as lost).
         if self.open.get(&inode).is_some_and(|f| f.copied_tail.is_some()) {
@@ -453,8 +550,10 @@ impl Daemon {
         }
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
-        tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, "truncated");
-        let truncation = Truncation { read_to, size_before, size_after, captured: std::mem::take(&mut f.captured) };
+        let (size_after, recover_from, cuts) = (held.size_after, held.recover_from, held.cuts.len());
+        let cut::Settled { size_before, captured, cut } = held.settle();
+        tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, cuts, "truncated");
+        let truncation = Truncation { read_to, size_before, size_after, captured, cut };
         if read_to < size_before
             && let Some((copy, copied)) = recover_from
             && let Some(c) = self.open.get(&copy)
@@ -526,7 +625,7 @@ impl Daemon {
     /// kernel captured, loss accounting, and where reading resumes.
     fn finish_truncation(&mut self, inode: InodeKey, t: Truncation) {
         let Some(f) = self.open.get_mut(&inode) else { return };
-        let Truncation { read_to, size_before, size_after, captured } = t;
+        let Truncation { read_to, size_before, size_after, captured, cut } = t;
         let mut records = Framed::default();
         // Only these bytes are in memory alone if the sink refuses them below.
         let in_memory_from = f.framer.settled_offset();
@@ -544,6 +643,7 @@ impl Daemon {
                 break;
             }
             let piece = &bytes[(recovered_to - at) as usize..];
+            self.counters[f.flow].bytes_cut_recovered += cut::overlap(recovered_to..end, &cut);
             f.framer.push(recovered_to, piece.to_vec(), &mut records);
             recovered_to += piece.len() as u64;
             from_writes += piece.len();
@@ -635,10 +735,13 @@ impl Daemon {
                             cgroup,
                         });
                     }
-                    // While a copied tail is read, reading is at offsets of the old contents;
-                    // the bytes captured now belong to the new ones, for the next truncation.
+                    // While a copied tail is read or a truncation held, reading is at offsets of
+                    // the old contents; the bytes captured now belong to the new ones, for the
+                    // next truncation.
                     if !captured.is_empty()
-                        && (f.copied_tail.is_some() || pos + captured.len() as u64 > f.framer.next_offset())
+                        && (f.copied_tail.is_some()
+                            || f.held.is_some()
+                            || pos + captured.len() as u64 > f.framer.next_offset())
                     {
                         f.captured.insert(pos, captured);
                     }
@@ -649,7 +752,14 @@ impl Daemon {
             KernelEvent::Copy { source, destination, destination_pos, len, .. } => {
                 tracker::Event::Copy { source, destination, destination_end: destination_pos + len }
             }
-            KernelEvent::Truncate { inode, size_before, size_after, .. } => {
+            KernelEvent::CutWrite { inode, pos, len, captured, truncation, .. } => {
+                self.cut_write(inode, truncation, CutWrite { pos, len, bytes: captured });
+                return None;
+            }
+            KernelEvent::Truncate { inode, size_before, size_after, truncation, .. } => {
+                if let Some(f) = self.open.get_mut(&inode) {
+                    f.reported_truncation = Some(truncation);
+                }
                 // A copy's writes after its first may have been folded into earlier events
                 // (see COALESCE_APPENDS): how far it got is the kernel's known end of it.
                 for copy in self.tracker.copies_of(&inode) {
@@ -683,12 +793,21 @@ impl Daemon {
 
     /// Reads what is new in every dirty file.
     fn read_dirty(&mut self) -> Vec<Chunk> {
+        let dirty = std::mem::take(&mut self.dirty);
+        self.settle_due(&dirty);
+        // Settling may have marked files dirty again.
+        self.dirty.extend(dirty);
         let mut chunks = Vec::new();
         let mut copies_short = Vec::new();
         for inode in std::mem::take(&mut self.dirty) {
             // Deferred again below if it still waits; gone otherwise.
             let due = self.deferred.remove(&inode);
             let Some(f) = self.open.get_mut(&inode) else { continue };
+            if let Some(held) = &f.held {
+                // Its truncation waits for the writes it cut (settled above once due).
+                self.deferred.insert(inode, held.due);
+                continue;
+            }
             if self.paused_until[f.flow].is_some() {
                 self.waiting.insert(inode);
                 continue;
@@ -979,14 +1098,14 @@ impl Daemon {
             let shrunk: Vec<(InodeKey, u64, u64)> = self
                 .open
                 .iter()
-                .filter(|(_, f)| !f.derived && f.copied_tail.is_none())
+                .filter(|(_, f)| !f.derived && f.copied_tail.is_none() && f.held.is_none())
                 .filter_map(|(k, f)| {
                     let size = f.file.metadata().ok()?.len();
                     (size < f.framer.next_offset()).then_some((*k, f.framer.next_offset(), size))
                 })
                 .collect();
             for (inode, read_to, size) in shrunk {
-                self.truncated(inode, read_to, size, None);
+                self.truncated(inode, read_to, size, None, None);
             }
         }
         Ok(())
@@ -1009,7 +1128,7 @@ impl Daemon {
                 self.dirty.insert(inode);
             } else if look.size < look.read_to && look.read_to == first.read_to {
                 tracing::warn!(path = %self.path_of(&inode), read_to = look.read_to, size = look.size, "shorter than what was read, and no truncation event came (truncated past the kernel hooks); reading resumes at its size");
-                self.truncated(inode, look.read_to, look.size, None);
+                self.truncated(inode, look.read_to, look.size, None, None);
             }
         }
         for flow in 0..self.config.flows.len() {
@@ -1031,7 +1150,7 @@ impl Daemon {
     /// event (which would tell whether it is a copy) is looked at too.
     fn sweep_look(&self, inode: &InodeKey) -> Option<Look> {
         let f = self.open.get(inode)?;
-        if f.derived || f.copied_tail.is_some() || self.tracker.get(inode).is_none() {
+        if f.derived || f.copied_tail.is_some() || f.held.is_some() || self.tracker.get(inode).is_none() {
             return None;
         }
         if self.dirty.contains(inode) || self.deferred.contains_key(inode) || self.waiting.contains(inode) {
@@ -1052,7 +1171,7 @@ impl Daemon {
             && self.deferred.is_empty()
             && self.waiting.is_empty()
             && self.paused_until.iter().all(Option::is_none)
-            && self.open.values().all(|f| !f.framer.holds() && f.copied_tail.is_none())
+            && self.open.values().all(|f| !f.framer.holds() && f.copied_tail.is_none() && f.held.is_none())
     }
 
     /// When the first deferred file is due.
@@ -1155,6 +1274,9 @@ impl Daemon {
 
     fn shutdown(&mut self) {
         let inodes: Vec<InodeKey> = self.open.keys().copied().collect();
+        for inode in &inodes {
+            self.settle_held(*inode);
+        }
         for inode in inodes {
             self.checkpoint(inode, true);
         }

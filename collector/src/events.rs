@@ -124,6 +124,14 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
             line.insert("pos".into(), (*pos).into());
             line.insert("len".into(), (*len).into());
         }
+        KernelEvent::CutWrite { pos, len, captured, truncation, .. } => {
+            let Some(tracked) = watch.tracked(&inode) else { return Ok(None) };
+            line.insert("path".into(), tracked.path.to_string_lossy().into());
+            line.insert("pos".into(), (*pos).into());
+            line.insert("len".into(), (*len).into());
+            line.insert("captured".into(), captured.len().into());
+            line.insert("truncation".into(), (*truncation).into());
+        }
         KernelEvent::Truncate { size_before, size_after, .. } => {
             let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };
             tracked.known_size = *size_after;
@@ -205,6 +213,7 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
 fn base(event: &KernelEvent) -> Map<String, Value> {
     let kind = match event {
         KernelEvent::Write { .. } => "write",
+        KernelEvent::CutWrite { .. } => "write_cut",
         KernelEvent::Read { .. } => "read",
         KernelEvent::Copy { .. } => "copy",
         KernelEvent::Truncate { .. } => "truncate",

@@ -9,6 +9,7 @@ mod cli;
 #[cfg(feature = "kinesis")]
 mod cloudwatch;
 mod config;
+mod cut;
 mod daemon;
 mod event_queue;
 mod events;

@@ -29,6 +29,9 @@ pub struct FlowCounters {
     pub bytes_lost: u64,
     /// Bytes read because the safety sweep found them with no write event announcing them.
     pub bytes_swept: u64,
+    /// Bytes of writes a truncation cut before their exit hook ran, recovered from what the
+    /// kernel carried of them.
+    pub bytes_cut_recovered: u64,
     /// Records a transform could not parse (shipped as read, or dropped: records_dropped).
     pub records_unparsed: u64,
     pub records_dropped: u64,
@@ -162,6 +165,12 @@ fn render_metrics(s: &Snapshot) -> String {
         "counter",
         "Bytes read because the periodic sweep found them unannounced by any write event (writes the kernel hooks do not see, io_uring for one).",
         &|f| f.counters.bytes_swept,
+    );
+    family(
+        "cut_write_recovered_bytes_total",
+        "counter",
+        "Bytes of writes a truncation cut before the write returned, recovered from the kernel's copy of them.",
+        &|f| f.counters.bytes_cut_recovered,
     );
     family("lag_bytes", "gauge", "Bytes written to the flow's files and not yet accepted by its sink.", &|f| {
         f.lag_bytes

@@ -290,12 +290,14 @@ pub fn wait_for_records(out: &Path, count: usize) -> Vec<Value> {
 /// of the calling test, unless `COLLECTOR_TEST_LOG_WRITER` names another copy (the guest
 /// runs, where the build's path does not exist).
 pub fn writer_process(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
+    writer_process_with(exe, path, tag, lines, rate, if reopen { &["--reopen"] } else { &[] })
+}
+
+/// `writer_process` with log_writer's options (`--reopen`, `--dsync`).
+pub fn writer_process_with(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, options: &[&str]) -> Child {
     let exe = std::env::var("COLLECTOR_TEST_LOG_WRITER").unwrap_or_else(|_| exe.to_owned());
     let mut cmd = Command::new(exe);
-    cmd.arg(path).arg(tag).arg(lines.to_string()).arg(rate.to_string());
-    if reopen {
-        cmd.arg("--reopen");
-    }
+    cmd.arg(path).arg(tag).arg(lines.to_string()).arg(rate.to_string()).args(options);
     cmd.spawn().expect("start writer")
 }
 
@@ -370,6 +372,17 @@ pub fn assert_every_line_at_least_once(records: &[Value], tag: &str, lines: u64)
 /// (`COLLECTOR_TEST_SLOW`), where each logrotate run takes far longer.
 pub fn min_rotations() -> u32 {
     if std::env::var_os("COLLECTOR_TEST_SLOW").is_some() { 3 } else { 8 }
+}
+
+/// Whether `dir` is on tmpfs (the guests' root), where fsync and O_DSYNC cost nothing.
+pub fn on_tmpfs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0;
+    // RAMFS_MAGIC (include/uapi/linux/magic.h), which the libc crate lacks.
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    ok && (st.f_type == libc::TMPFS_MAGIC || st.f_type == RAMFS_MAGIC)
 }
 
 /// Runs `logrotate -f` with `directives` for `log` every `every` until `stop` is set.

@@ -43,11 +43,25 @@ pub enum KernelEvent {
         destination: InodeKey,
         destination_pos: u64,
     },
+    /// A write whose bytes `truncation` (see `Truncate`) cut before the write's exit hook
+    /// ran: they were at `pos` in the contents before it. `captured`: as much of them as
+    /// the kernel side carried (nothing for a write from an iovec).
+    CutWrite {
+        origin: Origin,
+        inode: InodeKey,
+        pos: u64,
+        len: u64,
+        captured: Vec<u8>,
+        truncation: u64,
+    },
+    /// `truncation`: which truncation of the file this is, counting from when the kernel
+    /// side started watching it.
     Truncate {
         origin: Origin,
         inode: InodeKey,
         size_before: u64,
         size_after: u64,
+        truncation: u64,
     },
     /// `name` as the caller passed it: absolute, or relative to `base_dir` (descriptor
     /// `dfd`). `new_parent` is zero where the attach mode cannot see it; `inode` is zero on
@@ -89,6 +103,7 @@ impl KernelEvent {
     pub fn origin(&self) -> &Origin {
         match self {
             KernelEvent::Write { origin, .. }
+            | KernelEvent::CutWrite { origin, .. }
             | KernelEvent::Read { origin, .. }
             | KernelEvent::Copy { origin, .. }
             | KernelEvent::Truncate { origin, .. }
@@ -102,6 +117,7 @@ impl KernelEvent {
     pub fn inode(&self) -> InodeKey {
         match self {
             KernelEvent::Write { inode, .. }
+            | KernelEvent::CutWrite { inode, .. }
             | KernelEvent::Read { inode, .. }
             | KernelEvent::Truncate { inode, .. }
             | KernelEvent::Rename { inode, .. }
@@ -127,9 +143,13 @@ impl KernelEvent {
                         KernelEvent::Write { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() }
                     }
                     EventKind::Read => KernelEvent::Read { origin, inode, pos: r.pos, len: r.len },
-                    EventKind::Truncate => {
-                        KernelEvent::Truncate { origin, inode, size_before: r.pos, size_after: r.len }
-                    }
+                    EventKind::Truncate => KernelEvent::Truncate {
+                        origin,
+                        inode,
+                        size_before: r.pos,
+                        size_after: r.len,
+                        truncation: r.peer_pos,
+                    },
                     _ => KernelEvent::Copy {
                         origin,
                         source: inode,
@@ -140,7 +160,7 @@ impl KernelEvent {
                     },
                 })
             }
-            EventKind::WriteCaptured => {
+            EventKind::WriteCaptured | EventKind::WriteCut => {
                 // The record is one of the CAPTURE_CLASSES sizes: a fixed head, then data.
                 if !CAPTURE_CLASSES.iter().any(|&n| bytes.len() == CAPTURED_WRITE_HEAD + n) {
                     // Named by the nearest class size at or above what came.
@@ -154,12 +174,11 @@ impl KernelEvent {
                 let w: CapturedWrite<0> = read_record(&bytes[..CAPTURED_WRITE_HEAD], kind)?;
                 let data = &bytes[CAPTURED_WRITE_HEAD..];
                 let captured = data[..(w.captured as usize).min(data.len())].to_vec();
-                Ok(KernelEvent::Write {
-                    origin: origin(&w.header),
-                    inode: w.header.inode,
-                    pos: w.pos,
-                    len: w.len,
-                    captured,
+                let (origin, inode, pos, len) = (origin(&w.header), w.header.inode, w.pos, w.len);
+                Ok(if kind == EventKind::WriteCut {
+                    KernelEvent::CutWrite { origin, inode, pos, len, captured, truncation: w.truncation }
+                } else {
+                    KernelEvent::Write { origin, inode, pos, len, captured }
                 })
             }
             EventKind::Rename | EventKind::Create | EventKind::Unlink => {
@@ -236,7 +255,7 @@ mod tests {
             pos: 100,
             len: 0,
             peer: InodeKey::default(),
-            peer_pos: 0,
+            peer_pos: 4,
         };
         let e = KernelEvent::decode(&bytes_of(&r)).unwrap();
         assert_eq!(
@@ -245,7 +264,8 @@ mod tests {
                 origin: Origin { tid: 7, pid: 6, comm: "gzip".into(), cgroup_id: 5, boot_ns: 99 },
                 inode: InodeKey::new(3, 42),
                 size_before: 100,
-                size_after: 0
+                size_after: 0,
+                truncation: 4,
             }
         );
     }
@@ -287,11 +307,15 @@ mod tests {
     #[test]
     fn decodes_captured_writes_of_every_class_and_rejects_other_sizes() {
         fn record<const N: usize>(bytes: &[u8]) -> Vec<u8> {
+            record_of::<N>(EventKind::WriteCaptured, bytes)
+        }
+        fn record_of<const N: usize>(kind: EventKind, bytes: &[u8]) -> Vec<u8> {
             let mut w = CapturedWrite::<N> {
-                header: header(EventKind::WriteCaptured),
+                header: header(kind),
                 pos: 10,
                 len: bytes.len() as u64,
                 captured: bytes.len() as u64,
+                truncation: 3,
                 data: [0; N],
             };
             w.data[..bytes.len()].copy_from_slice(bytes);
@@ -305,6 +329,12 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+        match KernelEvent::decode(&record_of::<512>(EventKind::WriteCut, line)).unwrap() {
+            KernelEvent::CutWrite { pos, captured, truncation, .. } => {
+                assert_eq!((pos, captured.as_slice(), truncation), (10, &line[..], 3));
+            }
+            other => panic!("{other:?}"),
         }
         let mut odd = record::<128>(line);
         odd.push(0);

@@ -1,19 +1,22 @@
 //! A real writer process for the rotation tests: appends `<tag> <n>` lines (n = 1..=lines)
 //! at a steady rate. With `--reopen` it behaves like an app that notices rotation and
 //! reopens its log by name (as after logrotate's postrotate signal); without, it keeps its
-//! descriptor (the copytruncate case, and late writes after a rename).
+//! descriptor (the copytruncate case, and late writes after a rename). With `--dsync` every
+//! write waits for the disk (O_DSYNC): on a disk-backed filesystem it then returns well
+//! after its bytes landed, as a write of a busy host does when it is preempted.
 //!
-//! Usage: log_writer PATH TAG LINES RATE_PER_SEC [--reopen]
+//! Usage: log_writer PATH TAG LINES RATE_PER_SEC [--reopen] [--dsync]
 
 use std::{
     fs::{File, OpenOptions},
     io::Write as _,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     time::{Duration, Instant},
 };
 
-fn open(path: &str) -> File {
-    OpenOptions::new().append(true).create(true).open(path).expect("open log")
+fn open(path: &str, dsync: bool) -> File {
+    let flags = if dsync { libc::O_DSYNC } else { 0 };
+    OpenOptions::new().append(true).create(true).custom_flags(flags).open(path).expect("open log")
 }
 
 fn main() {
@@ -22,7 +25,8 @@ fn main() {
     let lines: u64 = args[3].parse().expect("lines");
     let rate: u64 = args[4].parse().expect("rate");
     let reopen = args.iter().any(|a| a == "--reopen");
-    let mut file = open(path);
+    let dsync = args.iter().any(|a| a == "--dsync");
+    let mut file = open(path, dsync);
     let started = Instant::now();
     for n in 1..=lines {
         if reopen {
@@ -31,7 +35,7 @@ fn main() {
             if let Ok(current) = std::fs::metadata(path)
                 && current.ino() != file.metadata().expect("fstat").ino()
             {
-                file = open(path);
+                file = open(path, dsync);
             }
         }
         file.write_all(format!("{tag} {n}\n").as_bytes()).expect("write");
