@@ -256,7 +256,8 @@ pub fn run_with(
             "-cpu",
             "max",
             "-m",
-            "512M",
+            // TCG allocates guest RAM as it is touched: the host pays only what is used.
+            "1536M",
             "-smp",
             "1",
             "-no-reboot",

@@ -116,6 +116,11 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
         let exe = test_executable(&messages, test).with_context(|| format!("no test executable for {test}"))?;
         fs::copy(exe, root.join("t").join(test))?;
     }
+    // The guest's root lives in its RAM: debug info (most of each binary) would take
+    // hundreds of megabytes of it.
+    for entry in fs::read_dir(root.join("t"))? {
+        shell::run(Command::new("strip").arg("--strip-debug").arg(entry?.path()))?;
+    }
     guest::add_program(&root, Path::new("/usr/sbin/logrotate"))?;
     Ok(root)
 }
