@@ -96,6 +96,8 @@ fn guest_script(mode: &str) -> String {
             None => "",
         };
         s.push_str(&format!("echo '== {test} ({mode})'\n/t/{test} --test-threads=1 {filter}\n"));
+        // The guest's root and /tmp are in its RAM: what is left shows how close it ran.
+        s.push_str("grep -E '^(MemAvailable|Shmem):' /proc/meminfo | tr -s ' ' | tr '\\n' ' '; echo\n");
     }
     s
 }
