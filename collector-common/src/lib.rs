@@ -62,16 +62,19 @@ pub struct WatchedInode {
     /// file before the cut), so a write whose hook finds its bytes cut names the truncation
     /// that cut them (`WriteCut`).
     pub truncations: u64,
+    /// Until this time (boot clock) writes are checked for bytes the last truncation cut:
+    /// one that landed just before it may reach its exit hook only after the truncation's,
+    /// and its bytes exist nowhere else (see `CUT_WATCH_NS`).
+    pub cut_watch_until_ns: u64,
 }
 
 impl WatchedInode {
     pub const WATCHED: u32 = 1;
     /// How long a read by another task opens the capture window.
     pub const CAPTURE_WINDOW_NS: u64 = 5_000_000_000;
-    /// How long a truncation leaves (or opens) it: a write that landed just before the cut
-    /// may reach its exit hook only after the truncation's, and its bytes exist nowhere
-    /// else. The daemon holds a truncation's verdict for a while to take them.
-    pub const AFTER_TRUNCATION_WINDOW_NS: u64 = 1_000_000_000;
+    /// How long after a truncation writes are checked for bytes it cut: twice the time the
+    /// daemon holds the truncation's verdict for them (a later one is too late anyway).
+    pub const CUT_WATCH_NS: u64 = 100_000_000;
     pub const fn new(known_end: u64) -> Self {
         Self {
             known_end,
@@ -82,6 +85,7 @@ impl WatchedInode {
             notified_end: u64::MAX,
             coalesced: 0,
             truncations: 0,
+            cut_watch_until_ns: 0,
         }
     }
 }

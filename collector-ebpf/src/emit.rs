@@ -12,7 +12,10 @@ use collector_common::{
 
 use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_CONS_POS, BPF_RB_PROD_POS};
 
-use crate::maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends};
+use crate::{
+    kernel::{Access, KPtr},
+    maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends},
+};
 
 #[inline(always)]
 pub fn is_watched(key: &InodeKey) -> bool {
@@ -84,24 +87,27 @@ pub fn begin_truncation(key: &InodeKey) -> u64 {
     }
 }
 
-/// A truncation of the file is done: its known end is the new size, and writes carry their
-/// bytes a little longer (`WatchedInode::AFTER_TRUNCATION_WINDOW_NS`). Returns which
-/// truncation it was.
+/// A truncation of the file is done: its known end is the new size, the capture window is
+/// closed, and for a while writes are checked for bytes it cut (`cut_watch_until_ns`).
+/// Returns which truncation it was.
 #[inline(always)]
 pub fn end_truncation(key: &InodeKey, size_after: u64) -> u64 {
     let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
     unsafe {
         (*w).known_end = size_after;
-        (*w).capture_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::AFTER_TRUNCATION_WINDOW_NS;
+        (*w).capture_until_ns = 0;
+        (*w).cut_watch_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::CUT_WATCH_NS;
         (*w).truncations
     }
 }
 
 /// What a write to a watched file makes.
 pub enum WriteNote {
-    /// A capture window is open: an event with the bytes, or, when a truncation cut them
-    /// already, a `WriteCut` event. The known end is not grown yet (see `grow_known_end`).
-    Capture(*mut WatchedInode),
+    /// A capture window is open: an event with the bytes.
+    Capture,
+    /// A truncation cut the bytes before this hook ran (seen in a capture window or just
+    /// after a truncation): a `WriteCut` event naming it.
+    Cut(CutBy),
     /// Folded into the writer's last event, still unread.
     Folded,
     /// An event, which later appends may fold into unless `Foldable::NOT`.
@@ -124,8 +130,10 @@ impl Foldable {
     pub const NOT: Foldable = Foldable { entry: core::ptr::null_mut(), tgid: 0, at: 0 };
 }
 
-/// A write of `pos..end` landed: grows the known end and tells what the write must make.
-/// `entry` is the file's entry when the caller looked it up already.
+/// A write of `pos..end` landed through `file`: grows the known end and tells what the
+/// write must make. `entry` is the file's entry when the caller looked it up already.
+/// Whether the file still reaches `end` is checked only in a capture window or just after
+/// a truncation (each a load and a helper call on the way there).
 ///
 /// Folding: the daemon takes an event off the ring (advancing the consumer position) before
 /// it reads the file to its end. So when the consumer has not passed the writer's last event
@@ -136,12 +144,26 @@ impl Foldable {
 /// the two sees the other: either the event is still unread when the daemon reads, or the
 /// test here sees it taken and a new event is made.
 #[inline(always)]
-pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, end: u64) -> WriteNote {
+pub fn note_write<A: Access>(
+    key: &InodeKey,
+    entry: Option<*mut WatchedInode>,
+    file: KPtr,
+    pos: u64,
+    end: u64,
+) -> WriteNote {
     let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(Foldable::NOT) };
     unsafe {
-        let until = (*w).capture_until_ns;
-        if until != 0 && until > bpf_ktime_get_boot_ns() {
-            return WriteNote::Capture(w);
+        let (capture_until, cut_watch_until) = ((*w).capture_until_ns, (*w).cut_watch_until_ns);
+        if capture_until != 0 || cut_watch_until != 0 {
+            let now = bpf_ktime_get_boot_ns();
+            let capturing = capture_until > now;
+            if (capturing || cut_watch_until > now) && !A::file_reaches(file, end) {
+                return WriteNote::Cut(CutBy((*w).truncations));
+            }
+            if capturing {
+                grow_known_end(w, end);
+                return WriteNote::Capture;
+            }
         }
         grow_known_end(w, end);
         if !coalesce_appends() {
@@ -161,7 +183,7 @@ pub fn note_write(key: &InodeKey, entry: Option<*mut WatchedInode>, pos: u64, en
 
 /// A write ending at `end` landed in the file as it is now.
 #[inline(always)]
-pub fn grow_known_end(w: *mut WatchedInode, end: u64) {
+fn grow_known_end(w: *mut WatchedInode, end: u64) {
     unsafe {
         if end > (*w).known_end {
             (*w).known_end = end;

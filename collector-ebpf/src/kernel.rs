@@ -45,6 +45,14 @@ pub trait Access {
     fn inode_size(inode: KPtr) -> Option<u64> {
         Self::read(inode, offsets().inode_size)
     }
+
+    /// The file behind `file` is at least `end` bytes long. Inlined: a trusted kernel
+    /// pointer (fentry's arguments) cannot be passed to a BPF subprogram.
+    #[inline(always)]
+    fn file_reaches(file: KPtr, end: u64) -> bool {
+        let Some(inode) = Self::file_inode(file) else { return false };
+        Self::inode_size(inode).is_some_and(|size| size >= end)
+    }
 }
 
 /// A copy through bpf_probe_read_kernel: works on any address, and is a helper call (some

@@ -92,30 +92,15 @@ pub fn on_write<A: Access>(
     len: u64,
     buf: u64,
 ) {
-    match emit::note_write(&inode, entry, pos, pos + len) {
+    match emit::note_write::<A>(&inode, entry, file, pos, pos + len) {
         WriteNote::Folded => {}
-        WriteNote::Capture(w) if file_reaches::<A>(file, pos + len) => {
-            emit::grow_known_end(w, pos + len);
-            if buf != 0 {
-                emit::captured_write(EventKind::WriteCaptured, inode, pos, len, buf, CutBy(0));
-            } else {
-                emit::range_of_write(inode, pos, len, Foldable::NOT);
-            }
+        WriteNote::Capture if buf != 0 => {
+            emit::captured_write(EventKind::WriteCaptured, inode, pos, len, buf, CutBy(0));
         }
-        WriteNote::Capture(w) => {
-            let cut_by = CutBy(unsafe { (*w).truncations });
-            emit::captured_write(EventKind::WriteCut, inode, pos, len, buf, cut_by);
-        }
+        WriteNote::Capture => emit::range_of_write(inode, pos, len, Foldable::NOT),
+        WriteNote::Cut(cut_by) => emit::captured_write(EventKind::WriteCut, inode, pos, len, buf, cut_by),
         WriteNote::Event(foldable) => emit::range_of_write(inode, pos, len, foldable),
     }
-}
-
-/// The file behind `file` is at least `end` bytes long. Inlined: a trusted kernel pointer
-/// (fentry's arguments) cannot be passed to a BPF subprogram.
-#[inline(always)]
-fn file_reaches<A: Access>(file: KPtr, end: u64) -> bool {
-    let Some(inode) = A::file_inode(file) else { return false };
-    A::inode_size(inode).is_some_and(|size| size >= end)
 }
 
 /// `rest` reads the other arguments (explicit offset, RWF flags, buffer): each is a helper

@@ -16,12 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collector_common::InodeKey;
+use collector_common::{InodeKey, WatchedInode};
 
 /// How long a truncation's verdict waits for the writes it cut: far longer than a write
 /// takes from landing to its exit hook, short enough that the new contents are barely
 /// delayed.
-pub const HOLD: Duration = Duration::from_millis(100);
+/// (The kernel checks writes for cut bytes twice as long, `WatchedInode::CUT_WATCH_NS`.)
+pub const HOLD: Duration = Duration::from_nanos(WatchedInode::CUT_WATCH_NS / 2);
 
 /// At most this many cut writes wait for their truncation's event (each is one write's
 /// bytes; far fewer come in practice).
@@ -83,6 +84,8 @@ impl Cuts {
 
 /// A truncation whose verdict waits until `due` for the writes it cut.
 pub struct Held {
+    /// Where reading of the file had got to.
+    pub read_to: u64,
     /// The kernel's number for it; `None` for one the daemon inferred (the sweep, lost
     /// events), which no cut write names.
     pub truncation: Option<u64>,
@@ -97,6 +100,17 @@ pub struct Held {
 }
 
 impl Held {
+    /// What was read, the copy and the captured bytes (the cut writes' among them) reach
+    /// the size before: where that size is exact, nothing is missing.
+    pub fn is_filled(&self) -> bool {
+        let copied = self.recover_from.map_or(0, |(_, copied)| copied);
+        let mut captured = self.captured.clone();
+        for write in self.cuts.iter().filter(|w| !w.bytes.is_empty()) {
+            captured.entry(write.pos).or_insert_with(|| write.bytes.clone());
+        }
+        known_to(self.read_to.max(copied), &captured) >= self.size_before
+    }
+
     /// The truncation's size before and the bytes known to have preceded it, the cut
     /// writes included. A cut write may end past the size reported: in tracepoint mode that
     /// size is read as the syscall begins, and a write can land before the cut itself. Bytes
@@ -158,6 +172,7 @@ mod tests {
 
     fn held(truncation: u64, size_before: u64) -> Held {
         Held {
+            read_to: 0,
             truncation: Some(truncation),
             size_before,
             size_after: 0,
@@ -214,6 +229,21 @@ mod tests {
         assert_eq!(known_to(12, &captured), 22);
         assert_eq!(known_to(22, &captured), 22);
         assert_eq!(known_to(5, &captured), 5);
+    }
+
+    #[test]
+    fn a_held_truncation_is_filled_once_its_cut_writes_close_the_gap() {
+        // Read to 4 (the captured "a 1\n" is below it), size before 12.
+        let mut h = held(1, 12);
+        h.read_to = 4;
+        assert!(!h.is_filled());
+        h.cuts.push(cut(8, b"a 3\n"));
+        assert!(!h.is_filled(), "4..8 is still missing");
+        h.cuts.push(cut(4, b"a 2\n"));
+        assert!(h.is_filled());
+        h.recover_from = Some((InodeKey::new(1, 2), 12));
+        h.cuts.clear();
+        assert!(h.is_filled(), "the copy reaches it");
     }
 
     #[test]

@@ -483,6 +483,7 @@ impl Daemon {
         let cuts = truncation.map(|n| f.cuts.take(n)).unwrap_or_default();
         let read_to = f.framer.next_offset();
         let held = Held {
+            read_to,
             truncation,
             size_before,
             size_after,
@@ -492,9 +493,7 @@ impl Daemon {
             cuts,
             due: Instant::now() + cut::HOLD,
         };
-        let copied = recover_from.map_or(0, |(_, copied)| copied);
-        let known = cut::known_to(read_to.max(copied), &held.captured);
-        if truncation.is_none() || exact && known >= size_before && held.cuts.is_empty() {
+        if truncation.is_none() || exact && held.is_filled() {
             self.apply_truncation(inode, held);
             return;
         }
@@ -528,14 +527,16 @@ impl Daemon {
         let Some(f) = self.open.get_mut(&inode) else { return };
         let (pos, len) = (cut.pos, cut.len);
         let placed = f.cuts.place(f.held.as_mut(), n, cut);
+        // Where the size before is exact, a truncation whose gap is filled has nothing more
+        // to wait for.
+        let exact = self.probe.mode() != AttachMode::Tracepoint;
+        if placed == Placed::Held && exact && f.held.as_ref().is_some_and(Held::is_filled) {
+            self.settle_held(inode);
+            return;
+        }
         if placed == Placed::TooLate {
-            tracing::debug!(
-                ino = inode.ino,
-                truncation = n,
-                pos,
-                len,
-                "a cut write came after its truncation was settled"
-            );
+            let path = self.path_of(&inode);
+            tracing::warn!(%path, truncation = n, pos, len, "a write cut by a truncation reported its bytes after the truncation was settled; they are lost");
         }
     }
 
