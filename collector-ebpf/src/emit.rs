@@ -157,7 +157,7 @@ pub fn note_write<A: Access>(
         if capture_until != 0 || cut_watch_until != 0 {
             let now = bpf_ktime_get_boot_ns();
             let capturing = capture_until > now;
-            if (capturing || cut_watch_until > now) && !A::file_reaches(file, end) {
+            if (capturing || cut_watch_until > now) && A::file_short_of(file, end) {
                 return WriteNote::Cut(CutBy((*w).truncations));
             }
             if capturing {

@@ -46,12 +46,12 @@ pub trait Access {
         Self::read(inode, offsets().inode_size)
     }
 
-    /// The file behind `file` is at least `end` bytes long. Inlined: a trusted kernel
+    /// The file behind `file` is known to be shorter than `end` bytes (a size that cannot
+    /// be read is not: a write is called cut only on evidence). Inlined: a trusted kernel
     /// pointer (fentry's arguments) cannot be passed to a BPF subprogram.
     #[inline(always)]
-    fn file_reaches(file: KPtr, end: u64) -> bool {
-        let Some(inode) = Self::file_inode(file) else { return false };
-        Self::inode_size(inode).is_some_and(|size| size >= end)
+    fn file_short_of(file: KPtr, end: u64) -> bool {
+        Self::file_inode(file).and_then(Self::inode_size).is_some_and(|size| size < end)
     }
 }
 
