@@ -164,6 +164,11 @@ pub fn note_write<A: Access>(
                 grow_known_end(w, end);
                 return WriteNote::Capture;
             }
+            // Both windows are over: cleared, so later writes skip the clock (a helper call).
+            if cut_watch_until <= now {
+                (*w).capture_until_ns = 0;
+                (*w).cut_watch_until_ns = 0;
+            }
         }
         grow_known_end(w, end);
         if !coalesce_appends() {

@@ -92,15 +92,16 @@ pub fn on_write<A: Access>(
     len: u64,
     buf: u64,
 ) {
-    match emit::note_write::<A>(&inode, entry, file, pos, pos + len) {
-        WriteNote::Folded => {}
-        WriteNote::Capture if buf != 0 => {
-            emit::captured_write(EventKind::WriteCaptured, inode, pos, len, buf, CutBy(0));
-        }
-        WriteNote::Capture => emit::range_of_write(inode, pos, len, Foldable::NOT),
-        WriteNote::Cut(cut_by) => emit::captured_write(EventKind::WriteCut, inode, pos, len, buf, cut_by),
-        WriteNote::Event(foldable) => emit::range_of_write(inode, pos, len, foldable),
-    }
+    // One call of each emitter: each is inlined (three record classes for the bytes), and a
+    // second copy makes the program far longer.
+    let (kind, cut_by) = match emit::note_write::<A>(&inode, entry, file, pos, pos + len) {
+        WriteNote::Folded => return,
+        WriteNote::Capture if buf != 0 => (EventKind::WriteCaptured, CutBy(0)),
+        WriteNote::Cut(cut_by) => (EventKind::WriteCut, cut_by),
+        WriteNote::Capture => return emit::range_of_write(inode, pos, len, Foldable::NOT),
+        WriteNote::Event(foldable) => return emit::range_of_write(inode, pos, len, foldable),
+    };
+    emit::captured_write(kind, inode, pos, len, buf, cut_by);
 }
 
 /// `rest` reads the other arguments (explicit offset, RWF flags, buffer): each is a helper
