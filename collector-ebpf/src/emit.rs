@@ -164,9 +164,11 @@ pub fn note_write<A: Access>(
                 grow_known_end(w, end);
                 return WriteNote::Capture;
             }
-            // Both windows are over: cleared, so later writes skip the clock (a helper call).
-            if cut_watch_until <= now {
-                (*w).capture_until_ns = 0;
+            // The cut watch is over: cleared, so later writes skip the clock (a helper call;
+            // every truncation leaves it set). A truncation ending at this very moment may
+            // lose its watch (its late writes then count as lost, as without it); the capture
+            // window is left alone, as a read opening it now must not be undone.
+            if cut_watch_until != 0 && cut_watch_until <= now {
                 (*w).cut_watch_until_ns = 0;
             }
         }
