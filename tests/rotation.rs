@@ -82,6 +82,16 @@ fn copytruncate_one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The collector shipping `app.log*` to `out`, serving /metrics on the port returned.
+fn collector_with_metrics(scratch: &Scratch, out: &Path) -> (Running, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&scratch.path("state"), &[scratch.pattern("app.log*")], out, "")
+    );
+    (Running::start(&scratch.dir, &text), port)
+}
+
 /// A writer as fast as it can go (one write(2) per line) under rename + create every 100 ms:
 /// on x86-64 its appends fold into the write event the daemon has not taken yet, so
 /// there are far fewer kernel events than writes (/metrics), and still every line arrives
@@ -94,12 +104,7 @@ fn a_writer_at_full_speed_folds_its_appends_into_few_events_and_loses_nothing() 
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "")
-    );
-    let _collector = Running::start(&scratch.dir, &text);
+    let (_collector, port) = collector_with_metrics(&scratch, &out);
     let events = || {
         let metrics = collector_tests::http_get(port, "/metrics");
         collector_tests::sample(&metrics, "collector_kernel_events_total").expect("collector_kernel_events_total")
@@ -188,12 +193,7 @@ fn copytruncate_cutting_a_write_in_flight_loses_nothing() {
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "")
-    );
-    let _collector = Running::start(&scratch.dir, &text);
+    let (_collector, port) = collector_with_metrics(&scratch, &out);
     let stop = Arc::new(AtomicBool::new(false));
     let rotator =
         rotate_repeatedly(log.clone(), "copytruncate\nrotate 200".into(), Duration::from_millis(150), stop.clone());
