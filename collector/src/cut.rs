@@ -104,11 +104,13 @@ impl Held {
     /// the size before: where that size is exact, nothing is missing.
     pub fn is_filled(&self) -> bool {
         let copied = self.recover_from.map_or(0, |(_, copied)| copied);
-        let mut captured = self.captured.clone();
-        for write in self.cuts.iter().filter(|w| !w.bytes.is_empty()) {
-            captured.entry(write.pos).or_insert_with(|| write.bytes.clone());
+        // Where each known piece ends, by start (the bytes themselves are not needed).
+        let mut ends: BTreeMap<u64, u64> = self.captured.iter().map(|(at, b)| (*at, at + b.len() as u64)).collect();
+        for write in &self.cuts {
+            let end = ends.entry(write.pos).or_default();
+            *end = (*end).max(write.pos + write.bytes.len() as u64);
         }
-        known_to(self.read_to.max(copied), &captured) >= self.size_before
+        known_to(self.read_to.max(copied), &ends) >= self.size_before
     }
 
     /// The truncation's size before and the bytes known to have preceded it, the cut
@@ -144,11 +146,11 @@ pub struct Settled {
     pub cut: Vec<Range<u64>>,
 }
 
-/// How far the bytes known from `from` on reach without a gap, through `captured`.
-pub fn known_to(from: u64, captured: &BTreeMap<u64, Vec<u8>>) -> u64 {
+/// How far the bytes known from `from` on reach without a gap, through pieces given as
+/// start -> end.
+fn known_to(from: u64, ends: &BTreeMap<u64, u64>) -> u64 {
     let mut to = from;
-    while let Some((at, bytes)) = captured.range(..=to).next_back() {
-        let end = at + bytes.len() as u64;
+    while let Some((_, &end)) = ends.range(..=to).next_back() {
         if end <= to {
             break;
         }
@@ -204,7 +206,8 @@ mod tests {
         assert_eq!(cuts.take(2), vec![cut(8, b"b\n")]);
         // Once taken, a late one of truncation 2 cannot wait for it again.
         assert_eq!(cuts.place(None, 2, cut(10, b"d\n")), Placed::TooLate);
-        // A skipped number (its event lost): its early cuts go with the next one taken.
+        // A number whose event never came (lost): its early cuts are dropped once a later
+        // one is taken.
         assert_eq!(cuts.take(4), vec![]);
         assert_eq!(cuts.take(3), vec![]);
     }
@@ -225,10 +228,10 @@ mod tests {
 
     #[test]
     fn known_bytes_reach_through_adjacent_and_overlapping_captures_up_to_a_gap() {
-        let captured = BTreeMap::from([(10, vec![0; 5]), (15, vec![0; 5]), (18, vec![0; 4]), (30, vec![0; 1])]);
-        assert_eq!(known_to(12, &captured), 22);
-        assert_eq!(known_to(22, &captured), 22);
-        assert_eq!(known_to(5, &captured), 5);
+        let ends = BTreeMap::from([(10, 15), (15, 20), (18, 22), (30, 31)]);
+        assert_eq!(known_to(12, &ends), 22);
+        assert_eq!(known_to(22, &ends), 22);
+        assert_eq!(known_to(5, &ends), 5);
     }
 
     #[test]

@@ -478,7 +478,7 @@ impl Daemon {
     ) {
         // One at a time: an earlier held truncation is settled first.
         self.settle_held(inode);
-        let exact = self.probe.mode() != AttachMode::Tracepoint;
+        let exact = self.size_before_is_exact();
         let Some(f) = self.open.get_mut(&inode) else { return };
         let cuts = truncation.map(|n| f.cuts.take(n)).unwrap_or_default();
         let read_to = f.framer.next_offset();
@@ -500,6 +500,12 @@ impl Daemon {
         tracing::debug!(ino = inode.ino, ?truncation, "truncation held for the writes it cut");
         self.deferred.insert(inode, held.due);
         f.held = Some(held);
+    }
+
+    /// Whether the kernel reads a truncation's size before under the inode lock (fentry and
+    /// kprobe modes; tracepoint mode reads it as the syscall begins).
+    fn size_before_is_exact(&self) -> bool {
+        self.probe.mode() != AttachMode::Tracepoint
     }
 
     /// The held truncation of `inode`, if any, is carried out now.
@@ -524,12 +530,12 @@ impl Daemon {
 
     /// A write cut by truncation `n` reported its bytes.
     fn cut_write(&mut self, inode: InodeKey, n: u64, cut: CutWrite) {
+        let exact = self.size_before_is_exact();
         let Some(f) = self.open.get_mut(&inode) else { return };
         let (pos, len) = (cut.pos, cut.len);
         let placed = f.cuts.place(f.held.as_mut(), n, cut);
         // Where the size before is exact, a truncation whose gap is filled has nothing more
         // to wait for.
-        let exact = self.probe.mode() != AttachMode::Tracepoint;
         if placed == Placed::Held && exact && f.held.as_ref().is_some_and(Held::is_filled) {
             self.settle_held(inode);
             return;
