@@ -95,3 +95,62 @@ fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     assert_every_line_once_in_order(&records, "b", 3_000);
     assert_eq!(shipped(&out).len(), 5_000);
 }
+
+/// SEMANTICS.md (nothing lost): a checkpoint passes records only once the sink made them
+/// durable. A FIFO as the file sink's path is a real destination whose fsync fails
+/// (EINVAL: a pipe cannot be synchronised), while every write to it succeeds.
+#[test]
+fn records_a_sink_could_not_make_durable_are_sent_again_and_never_checkpointed() {
+    const LINES: u64 = 200;
+    let scratch = Scratch::new("unsynced");
+    let log = scratch.path("app.log");
+    let lines: String = (1..=LINES).map(|n| format!("w {n:06} line\n")).collect();
+    std::fs::write(&log, &lines).unwrap();
+    let out = scratch.path("out.fifo");
+    let fifo = std::ffi::CString::new(out.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo {}", out.display());
+    // The reader: opening a FIFO waits for its writer, the collector's sink.
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let (out, received) = (out.clone(), received.clone());
+        std::thread::spawn(move || {
+            let mut fifo = std::fs::File::open(out).unwrap();
+            let mut buf = [0u8; 65536];
+            loop {
+                match std::io::Read::read(&mut fifo, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    let state = scratch.path("state");
+    let collector = Running::start(&scratch.dir, &config(&state, &[scratch.pattern("app.log")], &out, ""));
+    let error = collector.wait_for_log("could not make records durable");
+    assert!(error.contains("fsync of the file sink"), "the error names what failed: {error}");
+    // Read again from the checkpoint after the flow's pause: every line comes twice.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let count_of = |n: u64| {
+        let text = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+        text.matches(&format!("\"w {n:06} line\"")).count()
+    };
+    while (count_of(1) < 2 || count_of(LINES) < 2) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        count_of(1) >= 2 && count_of(LINES) >= 2,
+        "sent again: first line {}x, last {}x",
+        count_of(1),
+        count_of(LINES)
+    );
+    drop(collector); // SIGTERM: its last checkpoint needs an fsync too.
+    reader.join().unwrap();
+    let checkpoints: Vec<serde_json::Value> = std::fs::read_dir(state.join("checkpoints"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert!(!checkpoints.is_empty(), "the file was checkpointed when picked up");
+    for c in &checkpoints {
+        assert_eq!(c["acknowledged"], 0, "no checkpoint passes records that were never made durable: {c}");
+    }
+}

@@ -97,6 +97,10 @@ struct OpenFile {
     framer: Framer,
     /// Every byte before this was accepted by the sink (or skipped on purpose).
     acknowledged: u64,
+    /// Every byte before this is durable in the sink (made so before its checkpoint was
+    /// saved): where reading starts again if the sink loses what it took since
+    /// (`durability_failed`).
+    durable: u64,
     identity: Identity,
     /// A derived file (copy, .gz): held for recovery, never shipped.
     derived: bool,
@@ -377,6 +381,7 @@ impl Daemon {
                     flow,
                     framer,
                     acknowledged: from,
+                    durable: from,
                     identity,
                     derived: false,
                     last_input: Instant::now(),
@@ -413,6 +418,7 @@ impl Daemon {
                             flow: 0,
                             framer,
                             acknowledged: 0,
+                            durable: 0,
                             identity,
                             derived: true,
                             last_input: Instant::now(),
@@ -686,6 +692,8 @@ impl Daemon {
         if restart && let Some(f) = self.open.get_mut(&inode) {
             f.framer.reset(resume);
             f.acknowledged = resume;
+            // Offsets start again below: nothing after `resume` is durable yet.
+            f.durable = f.durable.min(resume);
         }
         self.checkpoint(inode, true);
         self.dirty.insert(inode);
@@ -1039,6 +1047,13 @@ impl Daemon {
             Some((when, _)) if !force && when.elapsed() < CHECKPOINT_EVERY => return,
             _ => {}
         }
+        // What the checkpoint passes must be in the sink for good first.
+        if let Err(e) = self.sinks[f.flow].make_durable() {
+            let flow = f.flow;
+            self.durability_failed(flow, e);
+            return;
+        }
+        f.durable = f.acknowledged;
         f.checkpointed = Some((Instant::now(), f.acknowledged));
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
@@ -1053,6 +1068,28 @@ impl Daemon {
         if let Err(e) = self.store.save(&c) {
             tracing::error!("checkpoint: {e:#}");
         }
+    }
+
+    /// The sink could not make what it took durable (an fsync failed): the records it took
+    /// since the last checkpoints may never reach its disk. Every file of the flow is read
+    /// again from its checkpoint after a pause, as after a refused batch: records may be
+    /// written twice, none is lost.
+    fn durability_failed(&mut self, flow: usize, error: anyhow::Error) {
+        let e = format!("{error:#}");
+        if self.sink_error[flow].as_ref() != Some(&e) {
+            tracing::error!(flow = %self.config.flows[flow].name, pause = ?SINK_RETRY_PAUSE, "the sink could not make records durable; its files are read again from their checkpoints: {e}");
+            self.sink_error[flow] = Some(e);
+        }
+        self.counters[flow].batches_failed += 1;
+        self.failing_since[flow].get_or_insert_with(Instant::now);
+        for (inode, f) in self.open.iter_mut() {
+            if f.flow == flow && !f.derived && f.acknowledged > f.durable {
+                f.acknowledged = f.durable;
+                f.framer.reset(f.durable);
+                self.waiting.insert(*inode);
+            }
+        }
+        self.paused_until[flow] = Some(Instant::now() + SINK_RETRY_PAUSE);
     }
 
     /// A derived file is recorded in the state directory, so a restart does not take it

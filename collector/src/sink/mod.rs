@@ -136,6 +136,13 @@ pub trait Sink {
         512 << 10
     }
 
+    /// Makes what `deliver` took durable, where the destination needs a step of its own for
+    /// that (the file sink's fsync). Called before a checkpoint passes delivered records:
+    /// one fsync then covers every batch since the last checkpoint, not one per batch.
+    fn make_durable(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Records sent again after a partial failure, so far.
     fn retried(&self) -> u64 {
         0
