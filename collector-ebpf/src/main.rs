@@ -13,6 +13,7 @@ mod args;
 mod capture;
 mod copy;
 mod emit;
+mod floor;
 mod kernel;
 mod lifecycle;
 mod maps;

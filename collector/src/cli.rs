@@ -69,6 +69,10 @@ pub enum Command {
         #[arg(long, hide = true)]
         ring_buffer_bytes: Option<u32>,
     },
+    /// Attach only empty programs on the hooks --attach-mode puts on every write, until
+    /// SIGTERM: what the hooking alone costs a write (the writer-overhead benchmark's floor).
+    #[command(hide = true)]
+    Floor,
     /// Print the kernel struct offsets the programs would use, read from BTF: the running
     /// kernel's, a raw BTF file, or a vmlinux image (debugging a kernel before deploying).
     Layout {

@@ -136,6 +136,36 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Floor => {
+            let Some(mode) = cli.attach_mode else {
+                eprintln!("collector: floor needs --attach-mode");
+                return ExitCode::from(2);
+            };
+            let floor = match probe::Floor::attach(mode) {
+                Ok(floor) => floor,
+                Err(e) => {
+                    eprintln!("collector: {e}");
+                    return ExitCode::from(e.exit_code());
+                }
+            };
+            eprintln!("empty programs attached mode={mode}");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            let stopped = runtime.block_on(async {
+                let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = terminate.recv() => Ok(()),
+                    r = tokio::signal::ctrl_c() => r,
+                }
+            });
+            drop(floor);
+            match stopped {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("collector: waiting for a signal: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Events { paths, ring_buffer_bytes } => {
             let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes, coalesce_appends: false };
             let probe = match Probe::start(&options) {

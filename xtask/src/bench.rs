@@ -466,6 +466,7 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     let in_programs =
         (program_time_per_write(running.pid(), &watched)?, program_time_per_write(running.pid(), &unwatched)?);
     drop(running);
+    let empty = empty_programs(collector, &mode, &unwatched)?;
     // The detached baseline is measured before and after: this shared host's speed drifts
     // over minutes, and a baseline on one side only skewed the ratios.
     let after = (loops(&watched)?, loops(&unwatched)?);
@@ -497,11 +498,18 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
         per_write(floor),
         floor.as_secs_f64() / detached.1.as_secs_f64()
     ));
+    s.push_str(&format!(
+        "| unwatched, empty programs on the same hooks (`collector floor`: programs that return at once, nothing else attached) | {:.0} ns | {:.0} ns | {:.3}x | - | - |\n",
+        per_write(detached.1),
+        per_write(empty),
+        empty.as_secs_f64() / detached.1.as_secs_f64()
+    ));
     if mode == "tracepoint" {
         s.push_str(
             "\nIn tracepoint mode every write(2) on the host takes the syscall-tracepoint path (enabled \
              for all tasks once a program is attached) and runs the enter and exit programs, watched \
-             file or not; the last row is that path alone, the part no program can avoid. A watched \
+             file or not; the third row is that path alone, the part no program can avoid, and the \
+             last one adds the two programs doing nothing: the least any program there can cost. A watched \
              write also keeps its call in a hash map from entry to exit, resolves its inode and puts \
              an event in the ring buffer (unless it folds into the writer's last event, which the \
              daemon has not taken yet), and the collector's reading and framing shares the 2 cores \
@@ -570,6 +578,39 @@ fn tracepoints_alone(path: &Path) -> anyhow::Result<Duration> {
     // perf stat ends by the SIGINT it was sent.
     if !status.success() && std::os::unix::process::ExitStatusExt::signal(&status) != Some(libc::SIGINT) {
         bail!("perf stat (the tracepoint floor) failed: {status}");
+    }
+    time
+}
+
+/// The loop on `path` while `collector floor` holds empty programs on the hooks `mode`
+/// puts on every write: what the hooking alone costs.
+fn empty_programs(collector: &Path, mode: &str, path: &Path) -> anyhow::Result<Duration> {
+    let mut floor = Command::new(collector)
+        .args(["--attach-mode", mode, "floor"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting collector floor")?;
+    let stderr = std::io::BufReader::new(floor.stderr.take().context("collector floor's stderr")?);
+    let mut said = String::new();
+    for line in std::io::BufRead::lines(stderr) {
+        let line = line?;
+        if line.contains("empty programs attached") {
+            said.clear();
+            break;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    if !said.is_empty() || floor.try_wait()?.is_some() {
+        let _ = floor.kill();
+        bail!("collector floor did not attach its programs: {said}");
+    }
+    let time = median_loop(path);
+    unsafe { libc::kill(floor.id() as i32, libc::SIGTERM) };
+    let status = floor.wait()?;
+    if !status.success() {
+        bail!("collector floor failed: {status}");
     }
     time
 }

@@ -50,16 +50,23 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     }
     let release =
         fs::read_to_string(guest::kernel_image(SERIES).with_file_name("release")).unwrap_or_else(|_| SERIES.to_owned());
-    let mut table = String::from("| mode | file | detached | attached | ratio |\n|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| mode | file | detached | empty programs on the same hooks | attached | empty vs detached | attached vs detached |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
     for mode in &modes {
         for (file, label) in FILES {
             let get = |phase: &str| {
                 figures.get(&(mode.to_string(), phase.to_owned(), file.to_owned())).map(|v| median(v.clone()))
             };
-            let (Some(off), Some(on)) = (get("detached"), get("attached")) else {
+            let (Some(off), Some(empty), Some(on)) = (get("detached"), get("empty"), get("attached")) else {
                 bail!("guest {mode} mode: no {file} figures");
             };
-            table.push_str(&format!("| {mode} | {label} | {off:.0} | {on:.0} | {:.3}x |\n", on / off));
+            table.push_str(&format!(
+                "| {mode} | {label} | {off:.0} | {empty:.0} | {on:.0} | {:.3}x | {:.3}x |\n",
+                empty / off,
+                on / off
+            ));
         }
     }
     // The floor is measured before each mode's collector starts: all of them together.
@@ -68,7 +75,7 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     };
     let (off, floor) = (median(all("detached")), median(all("floor")));
     table.push_str(&format!(
-        "| none: the rename syscall tracepoints enabled with no program (tracefs) | unwatched | {off:.0} | {floor:.0} | {:.3}x |\n",
+        "| none: the rename syscall tracepoints enabled with no program (tracefs) | unwatched | {off:.0} | - | {floor:.0} | - | {:.3}x |\n",
         floor / off
     ));
     Ok(GuestRows { table, release: release.trim().to_owned() })
@@ -124,6 +131,18 @@ loops attached
 kill -TERM $pid
 wait $pid
 loops detached
+# The mode's floor: empty programs on the same write hooks, nothing else attached.
+/t/collector --attach-mode {mode} floor 2> $B/floor.err &
+pid=$!
+n=0
+until grep -q 'empty programs attached mode={mode}' $B/floor.err; do
+  n=$((n + 1))
+  if [ $n -gt 600 ] || ! kill -0 $pid 2>/dev/null; then cat $B/floor.err; exit 1; fi
+  sleep 0.1
+done
+loops empty
+kill -TERM $pid
+wait $pid
 "#
     )
 }
@@ -140,8 +159,8 @@ fn parse(output: &str, figures: &mut Figures) -> anyhow::Result<()> {
         figures.entry((mode.to_string(), phase.to_owned(), file.to_owned())).or_default().push(ns / WRITES as f64);
         seen += 1;
     }
-    if seen != 10 * RUNS {
-        bail!("{seen} loop figures, expected {}", 10 * RUNS);
+    if seen != 13 * RUNS {
+        bail!("{seen} loop figures, expected {}", 13 * RUNS);
     }
     Ok(())
 }
@@ -159,7 +178,10 @@ pub fn describe(release: &str) -> String {
          tracepoint mode again for comparison. Figures are guest instructions per write(2) (the guest's clock counts \
          one nanosecond per instruction, so the writer's CPU time is its instruction count, user and kernel); they \
          are exact and repeatable but are not cycles: cache misses and the other core's interrupts cost nothing \
-         here. The last row is the tracing path every syscall of the host takes once any syscall tracepoint is \
+         here. \"Empty programs on the same hooks\" is `collector floor`: programs that return at once, on the hooks \
+         the mode puts on every write (fexit on vfs_write; kprobe and kretprobe on it; sys_enter_write and \
+         sys_exit_write), and nothing else: what the hooking itself costs, the least any program there can cost. \
+         The last row is the tracing path every syscall of the host takes once any syscall tracepoint is \
          enabled, measured with no program: fentry and kprobe modes attach none. A watched write that continues \
          the writer's last write event while the daemon has not taken it yet is folded into it and puts nothing in \
          the ring (on x86-64).\n\n"
@@ -176,7 +198,7 @@ mod tests {
         for _ in 0..RUNS {
             out.push_str("LOOP floor unwatched 500\n");
         }
-        for phase in ["detached", "attached", "detached"] {
+        for phase in ["detached", "attached", "detached", "empty"] {
             for _ in 0..RUNS {
                 out.push_str(&format!(
                     "LOOP {phase} watched {}\nLOOP {phase} unwatched 1000\nLOOP {phase} devnull 1000\n",

@@ -93,6 +93,22 @@ pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a st
     planned
 }
 
+/// The empty programs of `mode` (collector-ebpf's floor.rs), named `floor_<mode's name>`:
+/// what `collector floor` attaches.
+pub fn plan_floor<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
+    let mut planned: Vec<Planned> = program_names
+        .into_iter()
+        .filter_map(|name| {
+            let (program_mode, target, _) = target_of(name.strip_prefix(FLOOR_PREFIX)?)?;
+            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional: false })
+        })
+        .collect();
+    planned.sort_by(|a, b| a.program.cmp(&b.program));
+    planned
+}
+
+const FLOOR_PREFIX: &str = "floor_";
+
 /// Syscall tracepoints are tracepoint mode's alone: one attached puts every syscall of
 /// every task on the tracing path, so fentry/kprobe modes bracket renames with
 /// do_renameat2 instead (see rename.rs).
@@ -141,7 +157,9 @@ mod tests {
         assert!(unverified_release("weird").is_none());
     }
 
-    const NAMES: [&str; 9] = [
+    const NAMES: [&str; 11] = [
+        "floor_fexit_vfs_write",
+        "floor_tp_sys_exit_write",
         "tp_sys_enter_rename",
         "tp_sys_exit_write",
         "tp_sys_enter_write",
@@ -176,5 +194,18 @@ mod tests {
             fentry.iter().map(|p| &p.target).collect::<Vec<_>>(),
             [&Target::Fentry("do_renameat2".into()), &Target::Fexit("vfs_write".into())]
         );
+    }
+
+    #[test]
+    fn the_floor_takes_only_the_empty_programs_of_its_mode() {
+        let floor = plan_floor(AttachMode::Fentry, NAMES);
+        assert_eq!(floor.iter().map(|p| p.program.as_str()).collect::<Vec<_>>(), ["floor_fexit_vfs_write"]);
+        assert_eq!(floor[0].target, Target::Fexit("vfs_write".into()));
+        let floor = plan_floor(AttachMode::Tracepoint, NAMES);
+        assert_eq!(
+            floor.iter().map(|p| &p.target).collect::<Vec<_>>(),
+            [&Target::SyscallTracepoint("sys_exit_write".into())]
+        );
+        assert!(plan_floor(AttachMode::Kprobe, NAMES).is_empty());
     }
 }

@@ -184,6 +184,30 @@ impl Probe {
     }
 }
 
+/// The empty programs on the write hooks of one mode, and nothing else (collector-ebpf's
+/// floor.rs): what hooking alone costs a write. Attached until dropped.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn attach(mode: AttachMode) -> Result<Floor, StartError> {
+        preflight::check()?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the eBPF object").map_err(StartError::Load)?;
+        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+        let planned = attach::plan_floor(mode, names.iter().map(String::as_str));
+        if planned.is_empty() {
+            return Err(StartError::NoMode(format!("{mode}: this build has no empty programs for it")));
+        }
+        let mut btf = None;
+        for p in &planned {
+            attach_one(&mut ebpf, p, &mut btf)
+                .map_err(|e| StartError::NoMode(format!("{mode}: {}: {e:#}", p.program)))?;
+        }
+        Ok(Floor { _ebpf: ebpf })
+    }
+}
+
 /// Loads and attaches every program of `mode`; on failure unloads what it attached and says
 /// which program failed and why.
 fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode) -> Result<(), String> {
