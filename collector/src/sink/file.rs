@@ -56,10 +56,16 @@ impl FileSink {
         Ok(FileSink { file, format, host: host.to_owned(), pieces: Vec::new(), unsynced: false })
     }
 
+    /// An empty piece buffer, from the pool when it has one.
+    fn take_piece(&mut self) -> Vec<u8> {
+        let mut bytes = self.pieces.pop().unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES + 4096));
+        bytes.clear();
+        bytes
+    }
+
     /// A batch that fits in one piece: encoded and written here.
     fn write_small(&mut self, batch: &Batch<'_>, head: Option<&envelope::Head>) -> Result<(), Refused> {
-        let mut bytes = self.pieces.pop().unwrap_or_default();
-        bytes.clear();
+        let mut bytes = self.take_piece();
         for r in batch.records() {
             encode(&mut bytes, head, &r);
         }
@@ -73,7 +79,7 @@ impl FileSink {
         let (to_write, filled) = mpsc::sync_channel::<Piece>(PIECES);
         let (to_fill, free) = mpsc::channel::<Vec<u8>>();
         for _ in 0..PIECES {
-            let _ = to_fill.send(self.pieces.pop().unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES + 4096)));
+            let _ = to_fill.send(self.take_piece());
         }
         let file = &self.file;
         let written = std::thread::scope(|s| {
@@ -156,7 +162,13 @@ mod tests {
     /// `lines` lines of `n` digits each through a raw sink writing to `path`.
     fn deliver_lines(path: &Path, lines: usize, n: usize) -> (Vec<u8>, FileSink, Result<(), Refused>) {
         let mut sink = FileSink::open(path, FileFormat::Raw, "h").unwrap();
-        let input: Vec<u8> = (0..lines).flat_map(|i| format!("{i:0n$}\n").into_bytes()).collect();
+        let (input, result) = deliver_to(&mut sink, 0, lines, n);
+        (input, sink, result)
+    }
+
+    /// Lines `tag-<i>` of `n` digits through `sink`.
+    fn deliver_to(sink: &mut FileSink, tag: usize, lines: usize, n: usize) -> (Vec<u8>, Result<(), Refused>) {
+        let input: Vec<u8> = (0..lines).flat_map(|i| format!("{tag}-{i:0n$}\n").into_bytes()).collect();
         let config = FramerConfig {
             multiline_start: None,
             multiline_flush: std::time::Duration::from_secs(1),
@@ -174,7 +186,7 @@ mod tests {
             writer: None,
         };
         let result = sink.deliver(&Batch::framed(origin, &framed));
-        (input, sink, result)
+        (input, result)
     }
 
     /// Lines through the sink, and what its file holds then.
@@ -205,6 +217,24 @@ mod tests {
         let (input, got) = round_trip(60_000, 99);
         assert!(input.len() > 20 * PIECE_BYTES);
         assert!(got == input, "{} bytes written of {}", got.len(), input.len());
+    }
+
+    #[test]
+    fn batches_small_and_large_one_after_another_are_each_written_once() {
+        let dir = std::env::temp_dir().join(format!("file-sink-mixed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("out");
+        let mut sink = FileSink::open(&path, FileFormat::Raw, "h").unwrap();
+        let mut want = Vec::new();
+        // The pool's buffers go from one kind of batch to the other and back.
+        for (round, lines) in [3, 60_000, 5, 40_000, 2].into_iter().enumerate() {
+            let (input, result) = deliver_to(&mut sink, round, lines, 99);
+            result.unwrap();
+            want.extend_from_slice(&input);
+        }
+        let got = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(got == want, "{} bytes written, {} delivered", got.len(), want.len());
     }
 
     #[test]
