@@ -340,13 +340,14 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     Ok(s)
 }
 
-/// write(2) → the record written and fsynced by the file sink: a reader follows the sink's
+/// write(2) → the record written by the file sink: a reader follows the sink's
 /// file and stamps each line when it appears (so the figure includes up to ~0.2 ms of
 /// polling).
 fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
     let mut s = format!(
-        "\nLatency, write(2) → the file sink's line written and fsynced (raw format): the same writer for \
-         {LATENCY_SECONDS} s, default `max_batch_age`; a reader follows the sink's file.\n\n\
+        "\nLatency, write(2) → the file sink's line written (raw format; the sink fsyncs before each \
+         checkpoint, not per line): the same writer for {LATENCY_SECONDS} s, default `max_batch_age`; a reader \
+         follows the sink's file.\n\n\
          | rate | lines | p50 | p99 | max | collector CPU |\n|---|---|---|---|---|---|\n"
     );
     for rate in [100u64, 10_000, 100_000] {
