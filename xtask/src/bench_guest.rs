@@ -117,14 +117,18 @@ echo 1 > $T/sys_exit_rename/enable
 for i in $(seq {RUNS}); do echo "LOOP floor unwatched $(/t/write_loop $B/unwatched/other.log {WRITES})"; done
 echo 0 > $T/sys_enter_rename/enable
 echo 0 > $T/sys_exit_rename/enable
+# Until process $1 logs $3 in $2 (a minute at most).
+started() {{
+  n=0
+  until grep -q "$3" $2; do
+    n=$((n + 1))
+    if [ $n -gt 600 ] || ! kill -0 $1 2>/dev/null; then cat $2; exit 1; fi
+    sleep 0.1
+  done
+}}
 /t/collector --attach-mode {mode} run --config $B/collector.toml 2> $B/collector.err &
 pid=$!
-n=0
-until grep -q 'collector running' $B/collector.err; do
-  n=$((n + 1))
-  if [ $n -gt 600 ] || ! kill -0 $pid 2>/dev/null; then cat $B/collector.err; exit 1; fi
-  sleep 0.1
-done
+started $pid $B/collector.err 'collector running'
 grep -q 'mode={mode}' $B/collector.err || {{ cat $B/collector.err; exit 1; }}
 grep 'collector running' $B/collector.err
 loops attached
@@ -134,12 +138,7 @@ loops detached
 # The mode's floor: empty programs on the same write hooks, nothing else attached.
 /t/collector --attach-mode {mode} floor 2> $B/floor.err &
 pid=$!
-n=0
-until grep -q 'empty programs attached mode={mode}' $B/floor.err; do
-  n=$((n + 1))
-  if [ $n -gt 600 ] || ! kill -0 $pid 2>/dev/null; then cat $B/floor.err; exit 1; fi
-  sleep 0.1
-done
+started $pid $B/floor.err 'empty programs attached mode={mode}'
 loops empty
 kill -TERM $pid
 wait $pid
