@@ -82,25 +82,26 @@ pub struct Planned {
 
 /// The programs of `mode` among `program_names`, with their targets.
 pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
-    let mut planned: Vec<Planned> = program_names
-        .into_iter()
-        .filter_map(|name| {
-            let (program_mode, target, optional) = target_of(name)?;
-            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
-        })
-        .collect();
-    planned.sort_by(|a, b| a.program.cmp(&b.program));
-    planned
+    plan_named(mode, program_names, Some)
 }
 
-/// The empty programs of `mode` (collector-ebpf's floor.rs), named `floor_<mode's name>`:
-/// what `collector floor` attaches.
+/// The empty programs of `mode` (collector-ebpf's floor.rs), named `floor_<a name of that
+/// mode>`: what `collector floor` attaches.
 pub fn plan_floor<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
+    plan_named(mode, program_names, |name| name.strip_prefix(FLOOR_PREFIX))
+}
+
+/// The programs whose `attach_name` (None: not one of this plan's) belongs to `mode`.
+fn plan_named<'a>(
+    mode: AttachMode,
+    program_names: impl IntoIterator<Item = &'a str>,
+    attach_name: impl Fn(&'a str) -> Option<&'a str>,
+) -> Vec<Planned> {
     let mut planned: Vec<Planned> = program_names
         .into_iter()
         .filter_map(|name| {
-            let (program_mode, target, _) = target_of(name.strip_prefix(FLOOR_PREFIX)?)?;
-            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional: false })
+            let (program_mode, target, optional) = target_of(attach_name(name)?)?;
+            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
         })
         .collect();
     planned.sort_by(|a, b| a.program.cmp(&b.program));
