@@ -1012,25 +1012,22 @@ impl Daemon {
             }
             Err(Refused { accepted, error }) => {
                 let counters = &mut self.counters[f.flow];
-                counters.batches_failed += 1;
                 counters.records_sent += accepted as u64;
                 counters.bytes_sent += batch.data_bytes(accepted);
-                self.failing_since[f.flow].get_or_insert_with(Instant::now);
                 // What the destination holds is not sent again: the checkpoint passes it.
                 if let Some(first_refused) = batch.get(accepted)
                     && accepted > 0
                 {
                     f.acknowledged = f.acknowledged.max(first_refused.offset);
                 }
-                let e = format!("{error:#}");
-                if self.sink_error[f.flow].as_ref() != Some(&e) {
-                    tracing::error!(flow = %flow.name, path = %path.display(), pause = ?SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
-                    self.sink_error[f.flow] = Some(e);
-                }
                 let acknowledged = f.acknowledged;
                 f.framer.reset(acknowledged);
-                self.paused_until[f.flow] = Some(Instant::now() + SINK_RETRY_PAUSE);
+                let flow = f.flow;
                 self.waiting.insert(inode);
+                let e = format!("{error:#}");
+                if self.sink_failed(flow, &e) {
+                    tracing::error!(flow = %self.config.flows[flow].name, path = %path.display(), pause = ?SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
+                }
                 false
             }
         }
@@ -1075,13 +1072,6 @@ impl Daemon {
     /// again from its checkpoint after a pause, as after a refused batch: records may be
     /// written twice, none is lost.
     fn durability_failed(&mut self, flow: usize, error: anyhow::Error) {
-        let e = format!("{error:#}");
-        if self.sink_error[flow].as_ref() != Some(&e) {
-            tracing::error!(flow = %self.config.flows[flow].name, pause = ?SINK_RETRY_PAUSE, "the sink could not make records durable; its files are read again from their checkpoints: {e}");
-            self.sink_error[flow] = Some(e);
-        }
-        self.counters[flow].batches_failed += 1;
-        self.failing_since[flow].get_or_insert_with(Instant::now);
         for (inode, f) in self.open.iter_mut() {
             if f.flow == flow && !f.derived && f.acknowledged > f.durable {
                 f.acknowledged = f.durable;
@@ -1089,7 +1079,23 @@ impl Daemon {
                 self.waiting.insert(*inode);
             }
         }
+        let e = format!("{error:#}");
+        if self.sink_failed(flow, &e) {
+            tracing::error!(flow = %self.config.flows[flow].name, pause = ?SINK_RETRY_PAUSE, "the sink could not make records durable; its files are read again from their checkpoints: {e}");
+        }
+    }
+
+    /// `flow`'s sink failed with `error`: counted, and the flow paused for SINK_RETRY_PAUSE.
+    /// True when the error is not the one last reported, so the caller logs it (once).
+    fn sink_failed(&mut self, flow: usize, error: &str) -> bool {
+        self.counters[flow].batches_failed += 1;
+        self.failing_since[flow].get_or_insert_with(Instant::now);
         self.paused_until[flow] = Some(Instant::now() + SINK_RETRY_PAUSE);
+        let new = self.sink_error[flow].as_deref() != Some(error);
+        if new {
+            self.sink_error[flow] = Some(error.to_owned());
+        }
+        new
     }
 
     /// A derived file is recorded in the state directory, so a restart does not take it

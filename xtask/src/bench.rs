@@ -592,17 +592,17 @@ fn empty_programs(collector: &Path, mode: &str, path: &Path) -> anyhow::Result<D
         .spawn()
         .context("starting collector floor")?;
     let stderr = std::io::BufReader::new(floor.stderr.take().context("collector floor's stderr")?);
-    let mut said = String::new();
+    let (mut said, mut attached) = (String::new(), false);
     for line in std::io::BufRead::lines(stderr) {
         let line = line?;
-        if line.contains("empty programs attached") {
-            said.clear();
+        attached = line.contains("empty programs attached");
+        if attached {
             break;
         }
         said.push_str(&line);
         said.push('\n');
     }
-    if !said.is_empty() || floor.try_wait()?.is_some() {
+    if !attached {
         let _ = floor.kill();
         bail!("collector floor did not attach its programs: {said}");
     }
