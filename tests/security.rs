@@ -1,6 +1,8 @@
 //! The collector runs as root: a link must never let it read what the link's creator could
 //! not. An unprivileged user (nobody, through setpriv) plants links in a world-writable
-//! watched directory, before start-up (found by the scan) and while running (seen created).
+//! watched directory, before start-up (found by the scan) and while running (seen created),
+//! and in a directory of its own that only it can write to (a link there is still its own,
+//! and leads to root's file: not followed).
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -59,8 +61,13 @@ fn links_planted_by_an_unprivileged_user_never_ship_a_root_only_file() {
     assert!(!denied.status.success(), "the secret must be unreadable for nobody");
 
     plant(&scratch, &public, "before");
+    let own = scratch.path("nobody");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+    as_nobody(&["ln", "-s", secret.join("token.log").to_str().unwrap(), own.join("mine.log").to_str().unwrap()]);
     let out = scratch.path("out.jsonl");
-    let patterns = [scratch.pattern("public/*.log"), scratch.pattern("public/**/*.log")];
+    let patterns =
+        [scratch.pattern("public/*.log"), scratch.pattern("public/**/*.log"), scratch.pattern("nobody/*.log")];
     let collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &patterns, &out, ""));
     plant(&scratch, &public, "running");
     // The secret grows too: a followed link would have new bytes to ship.
@@ -86,4 +93,10 @@ fn links_planted_by_an_unprivileged_user_never_ship_a_root_only_file() {
     assert!(records.iter().all(|r| r.get("data_base64").is_none()));
     let log = collector.log_lines(Duration::from_millis(300));
     assert!(log.iter().any(|l| l.contains("skipping a hard-linked file")), "the hard link is reported");
+    // Each untrusted link found is named once, with why.
+    let warned = |name: &str, why: &str| {
+        log.iter().filter(|l| l.contains("skipping a symlink") && l.contains(name) && l.contains(why)).count()
+    };
+    assert_eq!(warned("evil-before.log", "can be written by others (mode 1777)"), 1, "{log:#?}");
+    assert_eq!(warned("mine.log", "is owned by uid 65534, neither root nor the target's owner (uid 0)"), 1, "{log:#?}");
 }

@@ -26,6 +26,7 @@ use crate::{
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
     cut::{self, CutWrite, Cuts, Held, Placed},
+    devices,
     event_queue::EventQueue,
     framer::{Framed, Framer, FramerConfig},
     inode_map::{InodeMap, InodeSet},
@@ -35,7 +36,7 @@ use crate::{
     sweep::{Look, Sweep},
     tracker::{self, Action, Tracker},
     transform,
-    watch::{WatchSet, key_of},
+    watch::WatchSet,
 };
 
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
@@ -206,7 +207,7 @@ impl Daemon {
                     anyhow::bail!("this collector was built without the AWS sinks")
                 }
             });
-            patterns.push(WatchSet::new(&flow.paths)?);
+            patterns.push(WatchSet::with_exclude(&flow.paths, &flow.exclude)?);
         }
         let ec2 = match config.flows.iter().find(|f| f.transforms.needs_ec2()) {
             Some(flow) => {
@@ -250,13 +251,8 @@ impl Daemon {
         self.started.elapsed().as_nanos() as u64
     }
 
-    fn flow_of(patterns: &[WatchSet], config: &Config) -> impl Fn(&Path) -> Option<usize> {
-        move |path: &Path| {
-            patterns
-                .iter()
-                .enumerate()
-                .position(|(i, p)| p.matches(path) && !config.flows[i].exclude.iter().any(|e| e.matches_path(path)))
-        }
+    fn flow_of(patterns: &[WatchSet]) -> impl Fn(&Path) -> Option<usize> {
+        move |path: &Path| patterns.iter().position(|p| p.matches(path))
     }
 
     /// Start-up: watch the flows' directories, pick up matching files at their
@@ -308,9 +304,9 @@ impl Daemon {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 if entry.ino() == inode.ino
-                    && let Ok(meta) = entry.metadata()
-                    && meta.file_type().is_file()
-                    && key_of(&meta) == inode
+                    && let Ok(id) = devices::of_path(&entry.path())
+                    && id.is_file()
+                    && id.key == inode
                 {
                     return Some(entry.path());
                 }
@@ -322,6 +318,11 @@ impl Daemon {
     /// Opens a file found on disk and starts tracking it from its checkpoint.
     fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool) {
         let Some(file) = open_safely(&path) else { return };
+        // The inode the scan checked (a trusted link's target, say), not one put there since.
+        if devices::of_file(&file).map_or(true, |id| id.key != inode) {
+            tracing::info!(path = %path.display(), "replaced while it was picked up; its new file is picked up by its events");
+            return;
+        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let from = match self.store.load(inode) {
             Loaded::Found(c) if c.derived && c.identity.matches(&file).unwrap_or(false) => {
@@ -704,7 +705,7 @@ impl Daemon {
     /// copies): the file is checked to be that inode, and otherwise looked for by inode
     /// number in its directory and the watched ones.
     fn open_inode(&self, inode: InodeKey, path: &Path) -> Option<File> {
-        let is_it = |f: &File| f.metadata().is_ok_and(|m| key_of(&m) == inode);
+        let is_it = |f: &File| devices::of_file(f).is_ok_and(|id| id.key == inode);
         open_safely(path).filter(is_it).or_else(|| open_safely(&self.locate(inode, path)?).filter(is_it))
     }
 
@@ -717,7 +718,7 @@ impl Daemon {
             let Some(e) = self.translate(event) else { continue };
             let now = self.now_ns();
             let actions = {
-                let flow_of = Self::flow_of(&self.patterns, &self.config);
+                let flow_of = Self::flow_of(&self.patterns);
                 self.tracker.on_event(e, now, &flow_of)
             };
             for a in actions {
@@ -799,7 +800,7 @@ impl Daemon {
                 } else {
                     std::fs::read_link(format!("/proc/{}/fd/{dfd}", origin.tid)).ok()?.join(name)
                 };
-                let inode = if inode.is_unknown() { key_of(&std::fs::symlink_metadata(&path).ok()?) } else { inode };
+                let inode = if inode.is_unknown() { devices::key_of_path(&path)? } else { inode };
                 tracker::Event::Renamed { inode, path }
             }
             KernelEvent::Unlink { inode, .. } => tracker::Event::Unlinked { inode },
@@ -866,7 +867,14 @@ impl Daemon {
                     }
                     if at == 0 && is_compressed_or_binary(&buf) {
                         let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
-                        tracing::warn!(%path, "skipping a compressed or binary file that matches a pattern");
+                        // Rotation with `compress` makes one an hour forever: said once per flow.
+                        let counters = &mut self.counters[f.flow];
+                        if counters.files_skipped_binary == 0 {
+                            tracing::warn!(%path, flow = %self.config.flows[f.flow].name, "skipping a compressed or binary file that matches a pattern (further ones are logged at debug and counted in collector_skipped_binary_files_total)");
+                        } else {
+                            tracing::debug!(%path, "skipping a compressed or binary file that matches a pattern");
+                        }
+                        counters.files_skipped_binary += 1;
                         f.derived = true;
                         continue;
                     }
@@ -1269,7 +1277,7 @@ impl Daemon {
             files.push(FileStatus {
                 path: t.path.display().to_string(),
                 flow: if state == "copy" { String::new() } else { self.config.flows[f.flow].name.clone() },
-                dev: crate::watch::user_dev(inode.dev),
+                dev: crate::devices::user_dev(inode.dev),
                 ino: inode.ino,
                 state,
                 size,

@@ -18,8 +18,9 @@ use serde_json::{Map, Value, json};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    devices::{self, user_dev},
     probe::{Probe, event::KernelEvent},
-    watch::{WatchSet, key_of, user_dev},
+    watch::WatchSet,
 };
 
 pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
@@ -92,12 +93,12 @@ fn resync(watch: &mut WatchSet) -> Vec<Value> {
     let keys: Vec<InodeKey> = watch.tracked_files().map(|(k, _)| *k).collect();
     for key in keys {
         let Some(tracked) = watch.tracked_mut(&key) else { continue };
-        let Ok(meta) = std::fs::symlink_metadata(&tracked.path) else { continue };
-        if key_of(&meta) == key && meta.len() != tracked.known_size {
-            tracked.known_size = meta.len();
+        let Ok(id) = devices::of_path(&tracked.path) else { continue };
+        if id.key == key && id.size != tracked.known_size {
+            tracked.known_size = id.size;
             lines.push(json!({
                 "kind": "resync", "dev": user_dev(key.dev), "ino": key.ino,
-                "path": tracked.path.to_string_lossy(), "size": meta.len(),
+                "path": tracked.path.to_string_lossy(), "size": id.size,
             }));
         }
     }
@@ -168,9 +169,9 @@ fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow
             let Some(path) = watch.resolve(base_dir, *dfd, name, origin.tid) else { return Ok(None) };
             let inode = if inode.is_unknown() {
                 // Kernels without ctime tracepoints: the moved inode is the one now at `path`.
-                match std::fs::symlink_metadata(&path) {
-                    Ok(meta) => key_of(&meta),
-                    Err(_) => return Ok(None),
+                match devices::key_of_path(&path) {
+                    Some(key) => key,
+                    None => return Ok(None),
                 }
             } else {
                 inode

@@ -35,6 +35,8 @@ pub struct FlowCounters {
     /// Records a transform could not parse (shipped as read, or dropped: records_dropped).
     pub records_unparsed: u64,
     pub records_dropped: u64,
+    /// Files that matched but hold compressed or binary data (rotated `.gz` archives).
+    pub files_skipped_binary: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -171,6 +173,12 @@ fn render_metrics(s: &Snapshot) -> String {
         "counter",
         "Bytes of writes a truncation cut before the write returned, recovered from the kernel's copy of them.",
         &|f| f.counters.bytes_cut_recovered,
+    );
+    family(
+        "skipped_binary_files_total",
+        "counter",
+        "Files that match a pattern but start as compressed or binary data (archives, executables): not shipped.",
+        &|f| f.counters.files_skipped_binary,
     );
     family("lag_bytes", "gauge", "Bytes written to the flow's files and not yet accepted by its sink.", &|f| {
         f.lag_bytes

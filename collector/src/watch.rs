@@ -1,31 +1,19 @@
 //! Which inodes and directories a set of path patterns covers, kept current from the
 //! kernel's create, rename and unlink events. A tracked file is followed by inode through
-//! every rename; paths only decide what is picked up. Symlinks are never followed.
+//! every rename; paths only decide what is picked up. A symlink that matches is followed
+//! only when it can be trusted (`links.rs`); its target is then tracked as if it matched.
 
 use std::{
+    collections::{HashMap, HashSet},
     ffi::OsStr,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 use collector_common::InodeKey;
 
-use crate::inode_map::InodeMap;
-
-/// The kernel's `s_dev` encoding (`major << 20 | minor`) of a userspace `st_dev`.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    (libc::major(st_dev) << 20) | (libc::minor(st_dev) & 0xfffff)
-}
-
-/// The userspace `st_dev` (as `stat` prints it) of a kernel `s_dev`.
-pub fn user_dev(s_dev: u32) -> u64 {
-    libc::makedev(s_dev >> 20, s_dev & 0xfffff)
-}
-
-pub fn key_of(meta: &std::fs::Metadata) -> InodeKey {
-    InodeKey::new(kernel_dev(meta.dev()), meta.ino())
-}
+use crate::{devices, inode_map::InodeMap, links};
 
 /// A file the patterns picked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,15 +27,30 @@ pub struct Tracked {
 
 pub struct WatchSet {
     patterns: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
     files: InodeMap<Tracked>,
     dirs: InodeMap<PathBuf>,
+    /// Targets of trusted symlinks that match, and the link: a file created at a target's
+    /// path later (rotation by rename and create) is picked up as the link's.
+    link_targets: HashMap<PathBuf, PathBuf>,
+    /// Links already warned about (skipped: untrusted, or pointing at no regular file).
+    warned_links: HashSet<PathBuf>,
+    /// Per superblock, the `st_dev` of the first watched directory and the directory: btrfs
+    /// subvolumes of one filesystem share inode numbers, which the kernel side cannot tell
+    /// apart.
+    subvolumes: HashMap<u32, (u64, PathBuf)>,
 }
 
-const MATCH: glob::MatchOptions =
+/// `*` stays within one directory, in `paths` and `exclude` alike (the README).
+pub const MATCH: glob::MatchOptions =
     glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
 impl WatchSet {
     pub fn new(patterns: &[String]) -> anyhow::Result<Self> {
+        Self::with_exclude(patterns, &[])
+    }
+
+    pub fn with_exclude(patterns: &[String], exclude: &[glob::Pattern]) -> anyhow::Result<Self> {
         let patterns = patterns
             .iter()
             .map(|p| {
@@ -55,39 +58,100 @@ impl WatchSet {
                 glob::Pattern::new(p).with_context(|| format!("path pattern `{p}`"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(WatchSet { patterns, files: InodeMap::default(), dirs: InodeMap::default() })
+        Ok(WatchSet {
+            patterns,
+            exclude: exclude.to_vec(),
+            files: InodeMap::default(),
+            dirs: InodeMap::default(),
+            link_targets: HashMap::new(),
+            warned_links: HashSet::new(),
+            subvolumes: HashMap::new(),
+        })
     }
 
+    /// Whether a file at `path` is picked up: it matches a pattern and no exclusion, or it
+    /// is where a trusted link that does points.
     pub fn matches(&self, path: &Path) -> bool {
+        self.matches_name(path) || self.link_targets.contains_key(path)
+    }
+
+    fn matches_name(&self, path: &Path) -> bool {
         self.patterns.iter().any(|p| p.matches_path_with(path, MATCH))
+            && !self.exclude.iter().any(|e| e.matches_path_with(path, MATCH))
     }
 
     /// Finds the directories where matching files can appear and the regular files that
     /// match now. Returns what is new since the last scan.
     pub fn scan(&mut self) -> Scan {
         let mut scan = Scan::default();
-        for pattern in &self.patterns {
-            let text = pattern.as_str();
-            let parent = Path::new(text).parent().map_or("/".into(), |p| p.to_string_lossy().into_owned());
+        for i in 0..self.patterns.len() {
+            let text = self.patterns[i].as_str().to_owned();
+            let parent = Path::new(&text).parent().map_or("/".into(), |p| p.to_string_lossy().into_owned());
             for dir in glob::glob_with(&parent, MATCH).into_iter().flatten().flatten() {
-                let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
-                if meta.is_dir() && self.dirs.insert(key_of(&meta), dir.clone()).is_none() {
-                    scan.dirs.push(key_of(&meta));
-                }
+                self.add_dir(&dir, &mut scan);
             }
-            for file in glob::glob_with(text, MATCH).into_iter().flatten().flatten() {
-                let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
-                if !meta.file_type().is_file() {
+            for file in glob::glob_with(&text, MATCH).into_iter().flatten().flatten() {
+                if self.exclude.iter().any(|e| e.matches_path_with(&file, MATCH)) {
                     continue;
                 }
-                let key = key_of(&meta);
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(key) {
-                    slot.insert(Tracked { path: file, unlinked: false, known_size: meta.len() });
-                    scan.files.push((key, meta.len()));
+                let Ok(id) = devices::of_path(&file) else { continue };
+                if id.is_symlink() {
+                    self.follow(&file, &mut scan);
+                } else if id.is_file() {
+                    self.add_file(file, id, &mut scan);
                 }
             }
         }
         scan
+    }
+
+    fn add_dir(&mut self, dir: &Path, scan: &mut Scan) {
+        let Ok(id) = devices::of_path(dir) else { return };
+        if !id.is_dir() || self.dirs.insert(id.key, dir.to_owned()).is_some() {
+            return;
+        }
+        scan.dirs.push(id.key);
+        match self.subvolumes.get(&id.key.dev) {
+            None => {
+                self.subvolumes.insert(id.key.dev, (id.st_dev, dir.to_owned()));
+            }
+            Some((st_dev, first)) if *st_dev != id.st_dev => tracing::warn!(
+                dir = %dir.display(),
+                other = %first.display(),
+                "these directories are in two subvolumes of one btrfs filesystem, whose inode \
+                 numbers repeat: the kernel cannot tell their files apart, and a file of one may \
+                 be taken for a file of the other (watch one subvolume per filesystem)"
+            ),
+            Some(_) => {}
+        }
+    }
+
+    fn add_file(&mut self, path: PathBuf, id: devices::FileId, scan: &mut Scan) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(id.key) {
+            slot.insert(Tracked { path, unlinked: false, known_size: id.size });
+            scan.files.push((id.key, id.size));
+        }
+    }
+
+    /// A matching symlink: its target is tracked if the link can be trusted, and the
+    /// target's directory watched (a file created there later under the target's name is
+    /// the link's again). Otherwise one warning names the link and why.
+    fn follow(&mut self, link: &Path, scan: &mut Scan) {
+        match links::trusted_target(link) {
+            Ok(target) => {
+                let Ok(id) = devices::of_path(&target) else { return };
+                if let Some(dir) = target.parent() {
+                    self.add_dir(dir, scan);
+                }
+                self.link_targets.insert(target.clone(), link.to_owned());
+                self.add_file(target, id, scan);
+            }
+            Err(why) => {
+                if self.warned_links.insert(link.to_owned()) {
+                    tracing::warn!(link = %link.display(), "skipping a symlink that matches a pattern: {why}");
+                }
+            }
+        }
     }
 
     pub fn tracked(&self, inode: &InodeKey) -> Option<&Tracked> {
@@ -141,13 +205,6 @@ pub struct Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_numbers_round_trip_between_kernel_and_user_encodings() {
-        let st_dev = libc::makedev(259, 3);
-        assert_eq!(kernel_dev(st_dev), (259 << 20) | 3);
-        assert_eq!(user_dev(kernel_dev(st_dev)), st_dev);
-    }
 
     #[test]
     fn scan_finds_matching_files_and_their_directory_but_not_symlinks() {

@@ -7,6 +7,7 @@ pub mod fault_proxy;
 pub mod kinesis_server;
 #[cfg(feature = "kinesis")]
 pub mod moto_server;
+pub mod mounts;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,

@@ -9,10 +9,12 @@ use crate::{guest, shell};
 
 /// Debian packages the tests use: logrotate (rotation tests), curl (the metrics tests' HTTP
 /// client), systemd (`systemd-analyze verify` of the unit; nothing is started), rsyslog (a real
-/// syslog writer for the log_to_json tests, and the ingest benchmark's peer), and for the
+/// syslog writer for the log_to_json tests, and the ingest benchmark's peer), xfsprogs and
+/// btrfs-progs (the filesystem matrix of tests/filesystems.rs makes loop-mounted ones), and for the
 /// guest tests qemu, a static busybox for the guest userland, zstd to unpack the kernel image,
 /// cpio to pack the guest root and binutils to strip its binaries.
-const HOST_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux", "curl", "systemd", "rsyslog"];
+const HOST_PACKAGES: &[&str] =
+    &["logrotate", "gzip", "util-linux", "curl", "systemd", "rsyslog", "xfsprogs", "btrfs-progs"];
 const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio", "binutils"];
 
 pub fn run(with_guest: bool) -> anyhow::Result<()> {

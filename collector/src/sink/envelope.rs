@@ -8,7 +8,7 @@
 use std::io::Write as _;
 
 use super::{Origin, Outgoing};
-use crate::watch::user_dev;
+use crate::devices::user_dev;
 
 /// The fields a batch's records share (they come from one file, read at once): escaped
 /// once per batch instead of once per record. Writing the rest field by field: building a

@@ -25,7 +25,7 @@ use super::{
 use crate::aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config};
 use crate::{
     config::{KINESIS_RECORD_LIMIT, KinesisConfig, PartitionKey},
-    watch::user_dev,
+    devices::user_dev,
 };
 
 const LIMITS: Limits = Limits { records: 500, bytes: 5 * 1024 * 1024 };
