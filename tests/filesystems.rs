@@ -39,7 +39,14 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// Every kind of rotation of a log in (a fresh directory under) `dir`, watched there and,
 /// if given, through `also` (the same directory by another path).
-fn every_rotation_ships_every_line_once(scratch: &Scratch, dir: &Path, also: Option<&Path>) {
+///
+/// `copy_vanishes`: on tmpfs, logrotate's copy, truncate, compress and delete of the copy
+/// take about a millisecond together, less than the collector takes to open the copy it
+/// was told of; the bytes it had not read when the truncation came (at most
+/// `max_batch_age` of writes) then exist nowhere. That row (copytruncate + compress,
+/// without delaycompress) is a limit the README states: there each missing byte must have
+/// been reported as lost, none sent twice.
+fn every_rotation_ships_every_line_once(scratch: &Scratch, dir: &Path, also: Option<&Path>, copy_vanishes: bool) {
     for (name, directives, reopen) in ROTATIONS {
         eprintln!("== {name} in {}", dir.display());
         let logs = dir.join(name);
@@ -61,7 +68,12 @@ fn every_rotation_ships_every_line_once(scratch: &Scratch, dir: &Path, also: Opt
         let rotations = rotator.join().unwrap();
         let records = wait_for_records(&out, LINES as usize);
         assert!(rotations >= collector_tests::min_rotations(), "{name}: {rotations} rotations");
-        assert_every_line_once_in_order(&records, "w", LINES);
+        if copy_vanishes && *name == "copytruncate-compress" {
+            let log = collector.log_lines(Duration::from_millis(300));
+            assert_missing_bytes_were_reported_lost(&records, &log);
+        } else {
+            assert_every_line_once_in_order(&records, "w", LINES);
+        }
         // Renamed files are followed (and named by their new path); copies and archives
         // are never shipped.
         let live_only = directives.contains("copytruncate");
@@ -72,8 +84,32 @@ fn every_rotation_ships_every_line_once(scratch: &Scratch, dir: &Path, also: Opt
             }),
             "{name}: a copy or an archive was shipped"
         );
+        if directives.contains("compress") {
+            // A .gz a rotation (unless it is known as derived and never read): said at most
+            // once, then only counted.
+            let log = collector.log_lines(Duration::from_millis(100));
+            let warned = log.iter().filter(|l| l.contains("WARN") && l.contains("skipping a compressed")).count();
+            assert!(warned <= 1, "{name}: the skipped archive is warned about {warned} times, not once per flow");
+        }
         drop(collector);
     }
+}
+
+/// None twice, and every missing line within what the collector logged as lost.
+fn assert_missing_bytes_were_reported_lost(records: &[serde_json::Value], log: &[String]) {
+    let mut counts = std::collections::BTreeMap::new();
+    for (n, _, _) in collector_tests::numbered(records, "w") {
+        *counts.entry(n).or_insert(0u32) += 1;
+    }
+    assert!(counts.values().all(|c| *c == 1), "a line was sent twice");
+    let missing: u64 = (1..=LINES).filter(|n| !counts.contains_key(n)).map(|n| format!("w {n}\n").len() as u64).sum();
+    let reported: u64 = log
+        .iter()
+        .filter(|l| l.contains("they are gone from disk"))
+        .filter_map(|l| l.split("lost=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("copytruncate-compress on tmpfs: {missing} bytes of lines missing, {reported} reported lost");
+    assert!(missing <= reported, "{missing} bytes of lines missing, only {reported} reported lost");
 }
 
 #[test]
@@ -82,7 +118,7 @@ fn xfs() {
     let scratch = Scratch::new("fs-xfs");
     // mkfs.xfs refuses less than 300 MiB; the image is sparse.
     let fs = mounts::loop_image(&scratch.dir, "mkfs.xfs", 300);
-    every_rotation_ships_every_line_once(&scratch, &fs.dir, None);
+    every_rotation_ships_every_line_once(&scratch, &fs.dir, None, false);
 }
 
 #[test]
@@ -90,7 +126,7 @@ fn btrfs_top_level() {
     let _serial = one_at_a_time();
     let scratch = Scratch::new("fs-btrfs");
     let fs = mounts::loop_image(&scratch.dir, "mkfs.btrfs", 256);
-    every_rotation_ships_every_line_once(&scratch, &fs.dir, None);
+    every_rotation_ships_every_line_once(&scratch, &fs.dir, None, false);
 }
 
 #[test]
@@ -98,7 +134,7 @@ fn btrfs_subvolume() {
     let _serial = one_at_a_time();
     let scratch = Scratch::new("fs-btrfs-sub");
     let fs = mounts::btrfs_subvolume(&scratch.dir);
-    every_rotation_ships_every_line_once(&scratch, &fs.dir, None);
+    every_rotation_ships_every_line_once(&scratch, &fs.dir, None, false);
 }
 
 #[test]
@@ -106,7 +142,7 @@ fn tmpfs() {
     let _serial = one_at_a_time();
     let scratch = Scratch::new("fs-tmpfs");
     let fs = mounts::tmpfs(&scratch.dir);
-    every_rotation_ships_every_line_once(&scratch, &fs.dir, None);
+    every_rotation_ships_every_line_once(&scratch, &fs.dir, None, true);
 }
 
 #[test]
@@ -114,7 +150,8 @@ fn overlayfs_upper_layer() {
     let _serial = one_at_a_time();
     let scratch = Scratch::new("fs-overlay");
     let fs = mounts::overlay(&scratch.dir);
-    every_rotation_ships_every_line_once(&scratch, &fs.dir, None);
+    // Its upper layer is a tmpfs.
+    every_rotation_ships_every_line_once(&scratch, &fs.dir, None, true);
 }
 
 /// The same directory by two paths: each file is one inode, shipped once.
@@ -128,5 +165,5 @@ fn a_bind_mount_watched_through_both_paths() {
         std::fs::create_dir_all(source.join(name)).unwrap();
     }
     let bound = mounts::bind(&scratch.dir, &source);
-    every_rotation_ships_every_line_once(&scratch, &source, Some(&bound.dir));
+    every_rotation_ships_every_line_once(&scratch, &source, Some(&bound.dir), false);
 }

@@ -119,6 +119,10 @@ struct OpenFile {
     copied_tail: Option<CopiedTail>,
     /// A truncation waiting for the writes it cut (see `cut`); nothing is read meanwhile.
     held: Option<Held>,
+    /// The copy that held truncation recovers from, its descriptor taken when the
+    /// truncation came: logrotate's `compress` deletes the copy (and the daemon releases it)
+    /// within the hold, on tmpfs well within it.
+    held_copy: Option<File>,
     /// Writes cut by a truncation whose event has not come yet.
     cuts: Cuts,
     /// The kernel's number of the truncation being reported (`KernelEvent::Truncate`),
@@ -394,6 +398,7 @@ impl Daemon {
                     held: None,
                     cuts: Cuts::default(),
                     reported_truncation: None,
+                    held_copy: None,
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -408,7 +413,12 @@ impl Daemon {
                     f.derived = true;
                     self.dirty.remove(&inode);
                 } else if let Some(path) = self.tracker.get(&inode).map(|t| t.path.clone())
-                    && let Some(file) = self.open_inode(inode, &path)
+                    && let Some(file) = self.open_inode(inode, &path).or_else(|| {
+                        // logrotate's copy, compress and delete can all pass before the
+                        // create event is taken (about 1 ms on tmpfs).
+                        tracing::debug!(path = %path.display(), "a copy was gone before it could be opened");
+                        None
+                    })
                 {
                     let framer = Framer::new(framer_config(&self.config, 0), 0);
                     let identity = Identity::default();
@@ -431,6 +441,7 @@ impl Daemon {
                             held: None,
                             cuts: Cuts::default(),
                             reported_truncation: None,
+                            held_copy: None,
                         },
                     );
                 }
@@ -506,7 +517,10 @@ impl Daemon {
         }
         tracing::debug!(ino = inode.ino, ?truncation, "truncation held for the writes it cut");
         self.deferred.insert(inode, held.due);
+        let copy = recover_from.and_then(|(copy, _)| self.open.get(&copy)).and_then(|c| c.file.try_clone().ok());
+        let f = self.open.get_mut(&inode).expect("checked");
         f.held = Some(held);
+        f.held_copy = copy;
     }
 
     /// Whether the kernel reads a truncation's size before under the inode lock (fentry and
@@ -564,17 +578,18 @@ impl Daemon {
         }
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
+        let pinned_copy = f.held_copy.take();
         let (size_after, recover_from, cuts) = (held.size_after, held.recover_from, held.cuts.len());
         let cut::Settled { size_before, captured, cut } = held.settle();
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, cuts, "truncated");
         let truncation = Truncation { read_to, size_before, size_after, captured, cut };
         if read_to < size_before
             && let Some((copy, copied)) = recover_from
-            && let Some(c) = self.open.get(&copy)
+            && let Some(copy) = pinned_copy.map(Ok).or_else(|| self.open.get(&copy).map(|c| c.file.try_clone()))
             && copied.min(size_before) > read_to
         {
             let end = copied.min(size_before);
-            match c.file.try_clone() {
+            match copy {
                 Ok(copy) => {
                     let f = self.open.get_mut(&inode).expect("checked");
                     f.copied_tail = Some(CopiedTail { copy, end, truncation });
