@@ -154,3 +154,39 @@ fn records_a_sink_could_not_make_durable_are_sent_again_and_never_checkpointed()
         assert_eq!(c["acknowledged"], 0, "no checkpoint passes records that were never made durable: {c}");
     }
 }
+
+/// A copytruncate's copy whose name matches the pattern is known as a copy from the kernel's
+/// events while running; after a restart, the state directory still knows it, and it is not
+/// shipped then either (the scan would otherwise find a matching file with no checkpoint).
+#[test]
+fn copies_are_remembered_in_the_state_directory_across_restarts() {
+    let scratch = Scratch::new("copy-memory");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let cfg = config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "");
+    let collector = Running::start(&scratch.dir, &cfg);
+    let mut w = writer(&log, "a", 500, 2_500, false);
+    assert!(w.wait().unwrap().success());
+    wait_for_records(&out, 500);
+    collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 3");
+    assert!(scratch.path("app.log.1").exists(), "logrotate made its copy");
+    let mut w = writer(&log, "b", 100, 2_500, false);
+    assert!(w.wait().unwrap().success());
+    wait_for_records(&out, 600);
+    drop(collector);
+    let collector = Running::start_with(&scratch.path("collector.toml"));
+    let mut w = writer(&log, "c", 100, 2_500, false);
+    assert!(w.wait().unwrap().success());
+    let records = wait_for_records(&out, 700);
+    std::thread::sleep(Duration::from_secs(1));
+    let records = if records.len() > 700 { records } else { shipped(&out) };
+    assert_every_line_once_in_order(&records, "a", 500);
+    assert_every_line_once_in_order(&records, "b", 100);
+    assert_every_line_once_in_order(&records, "c", 100);
+    assert!(
+        records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")),
+        "the copy app.log.1 was shipped after the restart"
+    );
+    drop(collector);
+}
