@@ -114,3 +114,40 @@ fn a_file_reached_by_two_links_and_its_own_name_is_shipped_once() {
     assert_eq!(records.len(), 200);
     drop(collector);
 }
+
+/// The kernel programs see no mkdir or symlink: a pod's directory created under a `**`
+/// pattern while running, and a link added to /var/log/containers while running, are found
+/// by the rescan (every second), and their files shipped from their first line.
+#[test]
+fn a_directory_and_a_link_created_while_running_are_picked_up_from_their_start() {
+    let scratch = Scratch::new("late-dirs");
+    let pods = scratch.path("pods");
+    let containers = scratch.path("containers");
+    let other = scratch.path("other-pods");
+    for d in [&pods, &containers, &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let out = scratch.path("out.jsonl");
+    let patterns = [scratch.pattern("pods/**/*.log"), scratch.pattern("containers/*.log")];
+    let collector = Running::start(&scratch.dir, &config(&scratch.path("state"), &patterns, &out, ""));
+    // A new pod: its directory, then its log, written before and after it is found.
+    let pod = pods.join("ns_web_1/app");
+    std::fs::create_dir_all(&pod).unwrap();
+    append(&pod.join("0.log"), "pod", 1, 100);
+    // A new link to a log outside the patterns.
+    let target = other.join("ns_db_2/db/0.log");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    append(&target, "link", 1, 100);
+    symlink(&target, containers.join("db.log")).unwrap();
+    wait_for_records(&out, 200);
+    append(&pod.join("0.log"), "pod", 101, 200);
+    append(&target, "link", 101, 200);
+    // A second file in the pod's directory, watched by now: its create event brings it.
+    append(&pod.join("1.log"), "second", 1, 50);
+    let records = wait_for_records(&out, 450);
+    assert_every_line_once_in_order(&records, "pod", 200);
+    assert_every_line_once_in_order(&records, "link", 200);
+    assert_every_line_once_in_order(&records, "second", 50);
+    assert_eq!(records.len(), 450);
+    drop(collector);
+}

@@ -55,6 +55,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// paused: an idle collector wakes once a second, whatever the number of files it holds.
 const QUIET_TICK: Duration = Duration::from_secs(1);
 const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// How often the patterns are globbed again for new directories and links (`rescan`).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
 /// kernel events), to tell whether a truncation reported afterwards came before them.
@@ -165,6 +167,7 @@ pub struct Daemon {
     patterns: Vec<WatchSet>,
     dirs: InodeMap<PathBuf>,
     started: Instant,
+    last_rescan: Instant,
     lost_seen: u64,
     /// Per flow: while its sink refuses batches, no reading until this time.
     paused_until: Vec<Option<Instant>>,
@@ -238,6 +241,7 @@ impl Daemon {
             patterns,
             dirs: InodeMap::default(),
             started: Instant::now(),
+            last_rescan: Instant::now(),
             lost_seen: 0,
             paused_until: vec![None; flows],
             waiting: InodeSet::default(),
@@ -275,7 +279,7 @@ impl Daemon {
             if self.open.contains_key(&inode) {
                 continue;
             }
-            self.pick_up(inode, flow, path, false);
+            self.pick_up(inode, flow, path, false, false);
         }
         for c in self.store.all() {
             let inode = InodeKey::new(c.dev, c.ino);
@@ -286,7 +290,7 @@ impl Daemon {
                 Some(path) => {
                     tracing::info!(path = %path.display(), was = %c.path.display(), "resuming a file that was rotated while stopped");
                     let flow = self.config.flows.iter().position(|f| f.name == c.flow).unwrap_or(0);
-                    self.pick_up(inode, flow, path, true);
+                    self.pick_up(inode, flow, path, true, false);
                 }
                 None => self.store.remove(inode),
             }
@@ -319,8 +323,36 @@ impl Daemon {
         None
     }
 
-    /// Opens a file found on disk and starts tracking it from its checkpoint.
-    fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool) {
+    /// Directories and links that appeared under the patterns since the last scan: the
+    /// kernel programs see no mkdir or symlink, so they are looked for every `RESCAN_EVERY`
+    /// (a new pod's directory under /var/log/pods/**, a new link in /var/log/containers).
+    /// Their files are picked up from their start (from a checkpoint if one is found).
+    fn rescan(&mut self) {
+        let mut late = Vec::new();
+        for i in 0..self.patterns.len() {
+            let scan = self.patterns[i].scan();
+            for dir in &scan.dirs {
+                if let Err(e) = self.probe.watch_dir(*dir) {
+                    tracing::warn!(dir = %self.patterns[i].dir_path(dir).unwrap_or_default(), "cannot watch a new directory: {e:#}");
+                }
+            }
+            if !scan.dirs.is_empty() {
+                self.dirs.extend(self.patterns[i].dirs().map(|(k, p)| (*k, p.clone())));
+            }
+            late.extend(scan.late.into_iter().map(|(k, p)| (k, i, p)));
+        }
+        for (inode, flow, path) in late {
+            if self.open.contains_key(&inode) || self.tracker.get(&inode).is_some() {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "a file in a new directory or behind a new link");
+            self.pick_up(inode, flow, path, false, true);
+        }
+    }
+
+    /// Opens a file found on disk and starts tracking it from its checkpoint; `appeared`: it
+    /// appeared while running (read from its start, whatever `initial_position` says).
+    fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool, appeared: bool) {
         let Some(file) = open_safely(&path) else { return };
         // The inode the scan checked (a trusted link's target, say), not one put there since.
         if devices::of_file(&file).map_or(true, |id| id.key != inode) {
@@ -347,7 +379,7 @@ impl Daemon {
                 tracing::error!(checkpoint = %moved_to.display(), %error, path = %path.display(), "corrupt checkpoint set aside; reading this file from its current end (nothing is sent twice)");
                 size
             }
-            Loaded::Missing if self.config.flows[flow].initial_position == InitialPosition::End => size,
+            Loaded::Missing if !appeared && self.config.flows[flow].initial_position == InitialPosition::End => size,
             Loaded::Missing => 0,
         };
         let action = self.tracker.discovered(inode, flow, path.clone(), from, self.now_ns());
@@ -1406,6 +1438,10 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 daemon.expire();
                 daemon.recheck_after_loss()?;
                 daemon.sweep();
+                if daemon.last_rescan.elapsed() >= RESCAN_EVERY {
+                    daemon.last_rescan = Instant::now();
+                    daemon.rescan();
+                }
                 daemon.publish()?;
                 let quiet = last_event.elapsed() >= QUIET_AFTER && daemon.has_nothing_pending();
                 next_tick = Instant::now() + if quiet { QUIET_TICK } else { TICK };

@@ -39,6 +39,11 @@ pub struct WatchSet {
     /// subvolumes of one filesystem share inode numbers, which the kernel side cannot tell
     /// apart.
     subvolumes: HashMap<u32, (u64, PathBuf)>,
+    /// Scans made so far, and the scan that found each directory: a later scan's files in a
+    /// directory found by it or the one before may have been created before the kernel
+    /// watched the directory (`Scan::late`).
+    scans: u64,
+    dir_found_by: InodeMap<u64>,
 }
 
 /// `*` stays within one directory, in `paths` and `exclude` alike (the README).
@@ -66,6 +71,8 @@ impl WatchSet {
             link_targets: HashMap::new(),
             warned_links: HashSet::new(),
             subvolumes: HashMap::new(),
+            scans: 0,
+            dir_found_by: InodeMap::default(),
         })
     }
 
@@ -83,6 +90,7 @@ impl WatchSet {
     /// Finds the directories where matching files can appear and the regular files that
     /// match now. Returns what is new since the last scan.
     pub fn scan(&mut self) -> Scan {
+        self.scans += 1;
         let mut scan = Scan::default();
         for i in 0..self.patterns.len() {
             let text = self.patterns[i].as_str().to_owned();
@@ -98,7 +106,7 @@ impl WatchSet {
                 if id.is_symlink() {
                     self.follow(&file, &mut scan);
                 } else if id.is_file() {
-                    self.add_file(file, id, &mut scan);
+                    self.add_file(file, id, false, &mut scan);
                 }
             }
         }
@@ -111,6 +119,7 @@ impl WatchSet {
             return;
         }
         scan.dirs.push(id.key);
+        self.dir_found_by.insert(id.key, self.scans);
         match self.subvolumes.get(&id.key.dev) {
             None => {
                 self.subvolumes.insert(id.key.dev, (id.st_dev, dir.to_owned()));
@@ -126,11 +135,22 @@ impl WatchSet {
         }
     }
 
-    fn add_file(&mut self, path: PathBuf, id: devices::FileId, scan: &mut Scan) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(id.key) {
-            slot.insert(Tracked { path, unlinked: false, known_size: id.size });
-            scan.files.push((id.key, id.size));
+    /// A regular file found; on a rescan, `late` if no kernel event may have announced it:
+    /// reached through a link, or in a directory found by this scan or the one before.
+    fn add_file(&mut self, path: PathBuf, id: devices::FileId, via_link: bool, scan: &mut Scan) {
+        if self.files.contains_key(&id.key) {
+            return;
         }
+        let young_dir = path
+            .parent()
+            .and_then(|d| devices::key_of_path(d))
+            .and_then(|d| self.dir_found_by.get(&d))
+            .is_some_and(|found| found + 1 >= self.scans);
+        if self.scans > 1 && (via_link || young_dir) {
+            scan.late.push((id.key, path.clone()));
+        }
+        self.files.insert(id.key, Tracked { path, unlinked: false, known_size: id.size });
+        scan.files.push((id.key, id.size));
     }
 
     /// A matching symlink: its target is tracked if the link can be trusted, and the
@@ -144,7 +164,9 @@ impl WatchSet {
                     self.add_dir(dir, scan);
                 }
                 self.link_targets.insert(target.clone(), link.to_owned());
-                self.add_file(target, id, scan);
+                if id.is_file() {
+                    self.add_file(target, id, true, scan);
+                }
             }
             Err(why) => {
                 if self.warned_links.insert(link.to_owned()) {
@@ -164,6 +186,10 @@ impl WatchSet {
 
     pub fn tracked_files(&self) -> impl Iterator<Item = (&InodeKey, &Tracked)> {
         self.files.iter()
+    }
+
+    pub fn dir_path(&self, dir: &InodeKey) -> Option<String> {
+        self.dirs.get(dir).map(|p| p.display().to_string())
     }
 
     pub fn dirs(&self) -> impl Iterator<Item = (&InodeKey, &PathBuf)> {
@@ -200,6 +226,9 @@ impl WatchSet {
 pub struct Scan {
     pub dirs: Vec<InodeKey>,
     pub files: Vec<(InodeKey, u64)>,
+    /// Of a rescan's files, those that may have come with no kernel event (see `add_file`):
+    /// to be picked up from their start unless already known.
+    pub late: Vec<(InodeKey, PathBuf)>,
 }
 
 #[cfg(test)]
