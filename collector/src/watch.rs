@@ -143,7 +143,7 @@ impl WatchSet {
         }
         let young_dir = path
             .parent()
-            .and_then(|d| devices::key_of_path(d))
+            .and_then(devices::key_of_path)
             .and_then(|d| self.dir_found_by.get(&d))
             .is_some_and(|found| found + 1 >= self.scans);
         if self.scans > 1 && (via_link || young_dir) {
