@@ -287,6 +287,13 @@ pub fn wait_for_records(out: &Path, count: usize) -> Vec<Value> {
     }
 }
 
+/// A test program built with the tests (`exe`, from `env!("CARGO_BIN_EXE_...")`), unless the
+/// environment variable `var` names another copy (the guest runs, where the build's path does
+/// not exist).
+pub fn program(exe: &str, var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| exe.to_owned())
+}
+
 /// Runs the test writer (a separate process): `exe` is `env!("CARGO_BIN_EXE_log_writer")`
 /// of the calling test, unless `COLLECTOR_TEST_LOG_WRITER` names another copy (the guest
 /// runs, where the build's path does not exist).
@@ -296,7 +303,7 @@ pub fn writer_process(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, 
 
 /// `writer_process` with log_writer's options (`--reopen`, `--dsync`).
 pub fn writer_process_with(exe: &str, path: &Path, tag: &str, lines: u64, rate: u64, options: &[&str]) -> Child {
-    let exe = std::env::var("COLLECTOR_TEST_LOG_WRITER").unwrap_or_else(|_| exe.to_owned());
+    let exe = program(exe, "COLLECTOR_TEST_LOG_WRITER");
     let mut cmd = Command::new(exe);
     cmd.arg(path).arg(tag).arg(lines.to_string()).arg(rate.to_string()).args(options);
     cmd.spawn().expect("start writer")

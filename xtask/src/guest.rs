@@ -234,7 +234,10 @@ pub fn run_with(
     timeout: Duration,
     qemu_args: &[&str],
 ) -> anyhow::Result<GuestRun> {
-    let run_dir = dir().join(format!("run-{series}-{}", std::process::id()));
+    // Several guests may run at once.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_dir = dir().join(format!("run-{series}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     let stage = run_dir.join("stage");
     fs::create_dir_all(stage.join("t"))?;
