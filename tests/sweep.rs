@@ -48,13 +48,14 @@ fn appends_the_kernel_hooks_do_not_see_are_read_by_the_periodic_sweep() {
     let lines = 300;
     // Created empty (no write(2)): only its Create event is seen.
     std::fs::write(&created, b"").unwrap();
-    let status = Command::new(collector_tests::program(env!("CARGO_BIN_EXE_uring_writer"), "COLLECTOR_TEST_URING_WRITER"))
-        .args(["w", &lines.to_string(), "5"])
-        .arg(&swept)
-        .arg(&unswept)
-        .arg(&created)
-        .status()
-        .expect("start uring_writer");
+    let status =
+        Command::new(collector_tests::program(env!("CARGO_BIN_EXE_uring_writer"), "COLLECTOR_TEST_URING_WRITER"))
+            .args(["w", &lines.to_string(), "5"])
+            .arg(&swept)
+            .arg(&unswept)
+            .arg(&created)
+            .status()
+            .expect("start uring_writer");
     assert!(status.success(), "uring_writer: {status}");
     let size = std::fs::metadata(&swept).unwrap().len();
     assert_eq!(size, std::fs::metadata(&unswept).unwrap().len());
@@ -107,11 +108,12 @@ fn a_truncation_the_kernel_hooks_do_not_see_is_noticed_by_the_sweep() {
         ),
     );
     assert_every_line_once_in_order(&wait_for_records(&out, 200), "a", 200);
-    let status = Command::new(collector_tests::program(env!("CARGO_BIN_EXE_uring_writer"), "COLLECTOR_TEST_URING_WRITER"))
-        .args(["--truncate", "0"])
-        .arg(&log)
-        .status()
-        .expect("start uring_writer");
+    let status =
+        Command::new(collector_tests::program(env!("CARGO_BIN_EXE_uring_writer"), "COLLECTOR_TEST_URING_WRITER"))
+            .args(["--truncate", "0"])
+            .arg(&log)
+            .status()
+            .expect("start uring_writer");
     assert!(status.success(), "uring_writer --truncate: {status}");
     let tracepoint_mode = collector.log_lines(Duration::ZERO).iter().any(|l| l.contains("mode=tracepoint"));
     let noticed = |log: &[String]| log.iter().any(|l| l.contains("no truncation event came"));

@@ -328,6 +328,17 @@ impl Daemon {
     /// (a new pod's directory under /var/log/pods/**, a new link in /var/log/containers).
     /// Their files are picked up from their start (from a checkpoint if one is found).
     fn rescan(&mut self) {
+        for i in 0..self.patterns.len() {
+            for dir in self.patterns[i].prune() {
+                // Another flow may watch it still.
+                if self.patterns.iter().all(|p| p.dir_path(&dir).is_none()) {
+                    self.dirs.remove(&dir);
+                    if let Err(e) = self.probe.unwatch_dir(dir) {
+                        tracing::warn!("cannot unwatch a removed directory: {e:#}");
+                    }
+                }
+            }
+        }
         let mut late = Vec::new();
         for i in 0..self.patterns.len() {
             let scan = self.patterns[i].scan();

@@ -136,7 +136,8 @@ impl WatchSet {
     }
 
     /// A regular file found; on a rescan, `late` if no kernel event may have announced it:
-    /// reached through a link, or in a directory found by this scan or the one before.
+    /// reached through a link, or in a directory a rescan found (this one or the one
+    /// before; start-up's directories were watched before their files were picked up).
     fn add_file(&mut self, path: PathBuf, id: devices::FileId, via_link: bool, scan: &mut Scan) {
         if self.files.contains_key(&id.key) {
             return;
@@ -145,7 +146,7 @@ impl WatchSet {
             .parent()
             .and_then(devices::key_of_path)
             .and_then(|d| self.dir_found_by.get(&d))
-            .is_some_and(|found| found + 1 >= self.scans);
+            .is_some_and(|found| *found > 1 && found + 1 >= self.scans);
         if self.scans > 1 && (via_link || young_dir) {
             scan.late.push((id.key, path.clone()));
         }
@@ -186,6 +187,26 @@ impl WatchSet {
 
     pub fn tracked_files(&self) -> impl Iterator<Item = (&InodeKey, &Tracked)> {
         self.files.iter()
+    }
+
+    /// Forgets the directories gone from their path (a deleted pod's), and the files found
+    /// in them; returns the directories. Pod churn would otherwise fill the kernel's map of
+    /// watched directories over the weeks.
+    pub fn prune(&mut self) -> Vec<InodeKey> {
+        let gone: Vec<InodeKey> = self
+            .dirs
+            .iter()
+            .filter(|(key, path)| devices::key_of_path(path).is_none_or(|now| now != **key))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &gone {
+            if let Some(path) = self.dirs.remove(key) {
+                self.dir_found_by.remove(key);
+                self.files.retain(|_, f| f.path.parent() != Some(path.as_path()));
+                self.link_targets.retain(|target, _| target.parent() != Some(path.as_path()));
+            }
+        }
+        gone
     }
 
     pub fn dir_path(&self, dir: &InodeKey) -> Option<String> {
@@ -251,6 +272,29 @@ mod tests {
         assert!(set.matches(&dir.join("new.log")));
         assert!(!set.matches(&dir.join("sub/c.log")), "* must not cross /");
         assert!(set.scan().files.is_empty(), "a second scan reports nothing new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rescan_calls_files_in_new_directories_late_and_prune_forgets_removed_ones() {
+        let dir = std::env::temp_dir().join(format!("collector-rescan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("old")).unwrap();
+        std::fs::write(dir.join("old/a.log"), b"x").unwrap();
+        let mut set = WatchSet::new(&[format!("{}/**/*.log", dir.display())]).unwrap();
+        let first = set.scan();
+        assert!(first.late.is_empty(), "start-up's files are not late: {first:?}");
+        std::fs::write(dir.join("old/b.log"), b"x").unwrap();
+        std::fs::create_dir_all(dir.join("new/c")).unwrap();
+        std::fs::write(dir.join("new/c/0.log"), b"x").unwrap();
+        let second = set.scan();
+        let late: Vec<_> = second.late.iter().map(|(_, p)| p.clone()).collect();
+        // old/b.log came in a watched directory: its create event brings it.
+        assert_eq!(late, vec![dir.join("new/c/0.log")]);
+        assert_eq!(second.dirs.len(), 2, "new and new/c");
+        std::fs::remove_dir_all(dir.join("new")).unwrap();
+        assert_eq!(set.prune().len(), 2);
+        assert!(set.prune().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -25,6 +25,9 @@ const GUEST_TESTS: &[GuestSuite] = &[
     GuestSuite { name: "records", modes: &["fentry"], filter: "" },
     GuestSuite { name: "paths", modes: &["fentry"], filter: "" },
     GuestSuite { name: "sweep", modes: &["fentry"], filter: "" },
+    GuestSuite { name: "security", modes: &["fentry"], filter: "" },
+    GuestSuite { name: "observability", modes: &["fentry"], filter: "" },
+    GuestSuite { name: "startup_errors", modes: &["fentry"], filter: "" },
     // The filesystems the guest has without modules or mkfs tools (xfs, btrfs and overlay
     // are modules of Debian's cloud kernels, not in the guest's root).
     GuestSuite { name: "filesystems", modes: &["fentry"], filter: "tmpfs a_bind_mount" },
@@ -137,7 +140,8 @@ fn guest_script(mode: &str) -> String {
     let mut s = format!(
         "export PATH=/t:/usr/sbin:/usr/bin:/sbin:/bin COLLECTOR_BIN=/t/collector COLLECTOR_TEST_ATTACH_MODE={mode} \
          COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer COLLECTOR_TEST_SLOW=1 \
-         COLLECTOR_TEST_SCRATCH=/tmp/scratch RUST_BACKTRACE=1\nset -e\nuname -r -m\n"
+         COLLECTOR_TEST_SCRATCH=/var/scratch RUST_BACKTRACE=1\nset -e\nuname -r -m\n\
+         mkdir -p /var/scratch\n"
     );
     // XTASK_GUEST_TESTS=rotation:copytruncate runs one test binary, filtered (debugging).
     let only = std::env::var("XTASK_GUEST_TESTS").ok();
@@ -159,7 +163,7 @@ fn guest_script(mode: &str) -> String {
 }
 
 /// A root tree for the guests: static builds of the collector and the guest tests in /t,
-/// and logrotate with its libraries.
+/// and logrotate, setpriv and curl with their libraries.
 fn guest_payload() -> anyhow::Result<PathBuf> {
     eprintln!("+ building static collector and guest tests");
     let collector = guest::static_collector()?;
@@ -182,6 +186,9 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
         shell::run(Command::new("strip").arg("--strip-debug").arg(entry?.path()))?;
     }
     guest::add_program(&root, Path::new("/usr/sbin/logrotate"))?;
+    // security and startup_errors run as nobody through setpriv; observability's HTTP client.
+    guest::add_program(&root, Path::new("/usr/bin/setpriv"))?;
+    guest::add_program(&root, Path::new("/usr/bin/curl"))?;
     Ok(root)
 }
 

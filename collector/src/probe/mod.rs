@@ -157,6 +157,15 @@ impl Probe {
     }
 
     /// Reports files created in (or renamed into) this directory.
+    pub fn unwatch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
+        match map.remove(&dir) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).context("removing a watched directory"),
+        }
+    }
+
     pub fn watch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
         map.insert(dir, 1, 0).context("adding a watched directory (map full?)")
