@@ -149,21 +149,13 @@ impl Probe {
 
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
-        match map.remove(&inode) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e).context("removing a watched inode"),
-        }
+        absent_is_removed(map.remove(&inode)).context("removing a watched inode")
     }
 
     /// Reports files created in (or renamed into) this directory.
     pub fn unwatch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
         let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
-        match map.remove(&dir) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e).context("removing a watched directory"),
-        }
+        absent_is_removed(map.remove(&dir)).context("removing a watched directory")
     }
 
     pub fn watch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
@@ -293,4 +285,13 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         Program::KProbe(p) => p.unload(),
         _ => Ok(()),
     };
+}
+
+/// A map entry removed, or never there: the same outcome.
+fn absent_is_removed(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
