@@ -16,13 +16,11 @@ fn append(path: &Path, tag: &str, from: u64, to: u64) {
     }
 }
 
+/// The distinct tags among the records, sorted.
 fn tags(records: &[serde_json::Value]) -> Vec<String> {
-    let mut tags: Vec<String> =
+    let tags: std::collections::BTreeSet<String> =
         records.iter().filter_map(|r| Some(r["data"].as_str()?.split_once(' ')?.0.to_owned())).collect();
-    tags.dedup();
-    tags.sort();
-    tags.dedup();
-    tags
+    tags.into_iter().collect()
 }
 
 #[test]
