@@ -216,6 +216,39 @@ fn copytruncate_cutting_a_write_in_flight_loses_nothing() {
     }
 }
 
+/// A copytruncate whose copy is deleted at once (logrotate's `compress` on tmpfs deletes it
+/// within a millisecond; here it is gone microseconds after the truncation, before the
+/// collector can open it): the bytes the collector had not read when the truncation came
+/// are taken from what the kernel saw the copier read. The collector batches small
+/// amounts for up to `max_batch_age`, so most rotations find an unread tail.
+#[test]
+fn copytruncate_whose_copy_is_deleted_at_once_loses_nothing() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("copy-deleted");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let (_collector, port) = collector_with_metrics(&scratch, &out);
+    let copier = collector_tests::program(env!("CARGO_BIN_EXE_fast_copytruncate"), "COLLECTOR_TEST_FAST_COPYTRUNCATE");
+    // Rotations every 150 ms for as long as the writer writes.
+    let rotations = LINES * 1000 / RATE / 150;
+    let mut copier = std::process::Command::new(copier)
+        .arg(&log)
+        .arg(rotations.to_string())
+        .arg("150")
+        .spawn()
+        .expect("start fast_copytruncate");
+    let mut w = writer(&log, "w", LINES, RATE, false);
+    assert!(w.wait().unwrap().success());
+    assert!(copier.wait().unwrap().success());
+    let records = wait_for_records(&out, LINES as usize);
+    assert_every_line_once_in_order(&records, "w", LINES);
+    assert!(records.iter().all(|r| r["path"].as_str().unwrap().ends_with("/app.log")), "only the live file is shipped");
+    let metrics = collector_tests::http_get(port, "/metrics");
+    let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+    assert_eq!(lost, Some(0), "{metrics}");
+}
+
 #[test]
 fn copytruncate_with_compress_and_delaycompress_ships_neither_copy_nor_archive() {
     let (records, _) =

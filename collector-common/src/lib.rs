@@ -106,6 +106,10 @@ pub enum EventKind {
     /// A write whose bytes a truncation cut before the write's exit hook ran: they were
     /// at `pos` in the contents before it, and are carried (as far as they were read).
     WriteCut = 9,
+    /// Bytes another task read past where the daemon had read (see `READ_CAPTURE_REACH`):
+    /// the file's contents at `pos`, for a copytruncate whose copy is gone before the
+    /// daemon can open it. Laid out as a `CapturedWrite`.
+    ReadCaptured = 10,
 }
 
 impl EventKind {
@@ -120,6 +124,7 @@ impl EventKind {
             7 => Self::Copy,
             8 => Self::WriteCaptured,
             9 => Self::WriteCut,
+            10 => Self::ReadCaptured,
             _ => return None,
         })
     }
@@ -134,6 +139,7 @@ impl EventKind {
             Self::Copy => "copy",
             Self::WriteCaptured => "write",
             Self::WriteCut => "write_cut",
+            Self::ReadCaptured => "read",
         }
     }
 }
@@ -188,6 +194,15 @@ const _: () = assert!(
         && CAPTURE_CLASSES[1].is_power_of_two()
         && CAPTURE_CLASSES[2].is_power_of_two()
 );
+
+/// How far past the daemon's read position (`READ_POSITIONS`) a read by another task has
+/// its bytes carried: the unread tail a copytruncate copies, when the daemon lags by less.
+/// Bounded so that a copy of a file the daemon is far behind on cannot flood the ring (the
+/// copy on disk, when it can be opened, holds the rest).
+pub const READ_CAPTURE_REACH: u64 = 1 << 20;
+/// Records one read's captured bytes may take (`CAPTURE_LEN` each): logrotate copies in
+/// 8 KiB reads.
+pub const READ_CAPTURE_PIECES: usize = 2;
 
 /// A write with its first `captured` bytes, in one of the `CAPTURE_CLASSES` sizes.
 #[repr(C)]

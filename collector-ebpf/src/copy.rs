@@ -23,10 +23,15 @@ fn is_self() -> bool {
     (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == self_tgid()
 }
 
-/// One hook body for every attach mode: a task read `len` bytes of a watched file at `pos`.
+/// One hook body for every attach mode: a task read `len` bytes of a watched file at `pos`
+/// into `buf` (user memory; 0 when not a plain buffer). Bytes the daemon has not read yet
+/// come with the event (see `emit::captured_read`).
 #[inline(always)]
-pub fn on_read(inode: InodeKey, pos: u64, len: u64) {
+pub fn on_read(inode: InodeKey, pos: u64, len: u64, buf: u64) {
     emit::open_capture_window(&inode);
+    if buf != 0 && emit::captured_read(inode, pos, len, buf) {
+        return;
+    }
     emit::range(EventKind::Read, inode, pos, len, InodeKey::default(), 0);
 }
 
@@ -44,9 +49,10 @@ pub fn on_copy(source: InodeKey, pos: u64, destination: InodeKey, destination_po
     }
 }
 
-/// `explicit_pos` reads the offset argument (a helper call), only for a watched file.
+/// `rest` reads the offset argument and the reader's buffer (0 for an iovec): helper
+/// calls, only for a watched file.
 #[inline(always)]
-fn begin_read(fd: i64, explicit_pos: impl FnOnce() -> i64) {
+fn begin_read(fd: i64, rest: impl FnOnce() -> (i64, u64)) {
     if is_self() {
         return;
     }
@@ -56,7 +62,7 @@ fn begin_read(fd: i64, explicit_pos: impl FnOnce() -> i64) {
     }
     let mut call = PendingCall::new(Op::Read);
     call.file = file;
-    call.pos = explicit_pos();
+    (call.pos, call.buf) = rest();
     pending::begin(&call);
 }
 
@@ -68,7 +74,7 @@ fn end_read(ctx: &TracePointContext) {
         return;
     }
     let Some(inode) = watched_inode(call.file) else { return };
-    on_read(inode, start_of_transfer(call.file, call.pos, false, n as u64), n as u64);
+    on_read(inode, start_of_transfer(call.file, call.pos, false, n as u64), n as u64, call.buf);
 }
 
 /// `*offset` of copy_file_range/sendfile/splice, or -1 when the pointer is NULL.
@@ -125,23 +131,23 @@ fn peer_key(file: KPtr) -> Option<InodeKey> {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn tp_sys_enter_read(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), || -1);
+    begin_read(arg(&ctx, 0), || (-1, arg(&ctx, 1) as u64));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_readv")]
 pub fn tp_sys_enter_readv(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), || -1);
+    begin_read(arg(&ctx, 0), || (-1, 0));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_pread64")]
 pub fn tp_sys_enter_pread64(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || (arg(&ctx, 3), arg(&ctx, 1) as u64));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_preadv")]
 pub fn tp_sys_enter_preadv(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || (arg(&ctx, 3), 0));
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_preadv2")]
 pub fn tp_sys_enter_preadv2(ctx: TracePointContext) {
-    begin_read(arg(&ctx, 0), || arg(&ctx, 3));
+    begin_read(arg(&ctx, 0), || (arg(&ctx, 3), 0));
 }
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn tp_sys_exit_read(ctx: TracePointContext) {
@@ -192,9 +198,10 @@ pub fn tp_sys_exit_sendfile64(ctx: TracePointContext) {
     end_copy(&ctx);
 }
 
-/// vfs_read family: `n` bytes read through `file`, `*pos` now just past them.
+/// vfs_read family: `n` bytes read through `file` into `buf` (0 for an iovec), `*pos` now
+/// just past them.
 #[inline(always)]
-fn vfs_read_done<A: Access>(file: KPtr, pos_ptr: KPtr, n: i64) {
+fn vfs_read_done<A: Access>(file: KPtr, pos_ptr: KPtr, n: i64, buf: u64) {
     if n <= 0 || is_self() {
         return;
     }
@@ -204,33 +211,33 @@ fn vfs_read_done<A: Access>(file: KPtr, pos_ptr: KPtr, n: i64) {
         return;
     }
     let Some(end) = kernel::deref_pos(pos_ptr) else { return };
-    on_read(inode, (end as u64).saturating_sub(n as u64), n as u64);
+    on_read(inode, (end as u64).saturating_sub(n as u64), n as u64, buf);
 }
 
 /// vfs_read(file, buf, count, pos)
 #[fexit(function = "vfs_read")]
 pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
-    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4));
+    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(4), ctx.arg(1));
     0
 }
 /// vfs_readv(file, vec, vlen, pos, flags)
 #[fexit(function = "vfs_readv")]
 pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
-    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5));
+    vfs_read_done::<Typed>(ctx.arg(0), ctx.arg(3), ctx.arg(5), 0);
     0
 }
 
 #[inline(always)]
 fn kretprobe_read(ctx: &RetProbeContext) {
     if let Some(call) = pending::finish(Op::Read) {
-        vfs_read_done::<Probe>(call.file, call.user_name, ctx.ret());
+        vfs_read_done::<Probe>(call.file, call.user_name, ctx.ret(), call.buf);
     }
 }
 
 #[kprobe(function = "vfs_read")]
 pub fn kprobe_vfs_read(ctx: ProbeContext) -> u32 {
     if !is_self() {
-        kprobe_begin(Op::Read, ctx.arg(0), || (ctx.arg(3), 0));
+        kprobe_begin(Op::Read, ctx.arg(0), || (ctx.arg(3), ctx.arg(1).unwrap_or(0)));
     }
     0
 }

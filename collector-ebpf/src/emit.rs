@@ -6,15 +6,15 @@ use aya_ebpf::helpers::{
     bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
 };
 use collector_common::{
-    CAPTURE_CLASSES, COMM_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent, RangeEvent,
-    WatchedInode,
+    CAPTURE_CLASSES, CAPTURE_LEN, COMM_LEN, CapturedWrite, Counter, EventHeader, EventKind, InodeKey, NameEvent,
+    READ_CAPTURE_PIECES, READ_CAPTURE_REACH, RangeEvent, WatchedInode,
 };
 
 use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_CONS_POS, BPF_RB_PROD_POS};
 
 use crate::{
     kernel::{Access, KPtr},
-    maps::{COUNTERS, EVENTS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends},
+    maps::{COUNTERS, EVENTS, READ_POSITIONS, WATCHED_DIRS, WATCHED_INODES, coalesce_appends},
 };
 
 #[inline(always)]
@@ -275,6 +275,30 @@ fn captured_write_in<const N: usize>(kind: EventKind, inode: InodeKey, pos: u64,
     }
     entry.submit(0);
     bump(Counter::Emitted);
+}
+
+/// Another task read `pos..pos + len` of a watched original into `buf` (user memory): what
+/// of it lies past the daemon's read position (and within `READ_CAPTURE_REACH` of it) goes
+/// in `ReadCaptured` events. False when nothing was captured.
+#[inline(always)]
+pub fn captured_read(inode: InodeKey, pos: u64, len: u64, buf: u64) -> bool {
+    let Some(read_to) = (unsafe { READ_POSITIONS.get(&inode) }).copied() else { return false };
+    let from = if pos > read_to { pos } else { read_to };
+    let end = pos + len;
+    let reach = read_to + READ_CAPTURE_REACH;
+    let to = if end < reach { end } else { reach };
+    if from >= to {
+        return false;
+    }
+    let mut at = from;
+    for _ in 0..READ_CAPTURE_PIECES {
+        if at < to {
+            let n = if to - at < CAPTURE_LEN as u64 { to - at } else { CAPTURE_LEN as u64 };
+            captured_write_in::<CAPTURE_LEN>(EventKind::ReadCaptured, inode, at, n, buf + (at - pos), CutBy(0));
+            at += n;
+        }
+    }
+    true
 }
 
 fn bump(counter: Counter) {

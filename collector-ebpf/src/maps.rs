@@ -56,6 +56,10 @@ pub fn tp_exit_ret() -> usize {
 /// Files whose changes are reported, keyed by kernel (dev, ino).
 #[map]
 pub static WATCHED_INODES: HashMap<InodeKey, WatchedInode> = HashMap::with_max_entries(65536, 0);
+/// Where the daemon has read each watched original to (it alone updates it): reads by
+/// other tasks past it carry their bytes (`EventKind::ReadCaptured`). No entry: none do.
+#[map]
+pub static READ_POSITIONS: HashMap<InodeKey, u64> = HashMap::with_max_entries(65536, 0);
 /// Directories where creations (and renames into) are reported.
 #[map]
 pub static WATCHED_DIRS: HashMap<InodeKey, u8> = HashMap::with_max_entries(16384, 0);

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collector_common::InodeKey;
+use collector_common::{CAPTURE_LEN, InodeKey};
 
 use anyhow::Context as _;
 
@@ -130,6 +130,8 @@ struct OpenFile {
     /// The kernel's number of the truncation being reported (`KernelEvent::Truncate`),
     /// from the event until the tracker's action for it.
     reported_truncation: Option<u64>,
+    /// The read position last given to the kernel (`Probe::set_read_position`).
+    read_position: Option<u64>,
 }
 
 /// The bytes a copytruncate cut from an original before they were read, up to `end`, are in
@@ -442,6 +444,7 @@ impl Daemon {
                     cuts: Cuts::default(),
                     reported_truncation: None,
                     held_copy: None,
+                    read_position: None,
                 };
                 // A file created while running is read on its first write: that write's
                 // task may show it is a copy, which must never be shipped.
@@ -450,11 +453,15 @@ impl Daemon {
                     self.dirty.insert(inode);
                 }
                 self.open.insert(inode, entry);
+                self.publish_read_position(inode);
             }
             Action::HoldDerived { inode, .. } => {
                 if let Some(f) = self.open.get_mut(&inode) {
                     f.derived = true;
                     self.dirty.remove(&inode);
+                    if f.read_position.take().is_some() {
+                        let _ = self.probe.forget_read_position(inode);
+                    }
                 } else if let Some(path) = self.tracker.get(&inode).map(|t| t.path.clone())
                     && let Some(file) = self.open_inode(inode, &path).or_else(|| {
                         // logrotate's copy, compress and delete can all pass before the
@@ -485,6 +492,7 @@ impl Daemon {
                             cuts: Cuts::default(),
                             reported_truncation: None,
                             held_copy: None,
+                            read_position: None,
                         },
                     );
                 }
@@ -564,6 +572,22 @@ impl Daemon {
         let f = self.open.get_mut(&inode).expect("checked");
         f.held = Some(held);
         f.held_copy = copy;
+    }
+
+    /// Tells the kernel where an original is read to, when that moved: what another task
+    /// reads past it comes with its bytes (see `collector_common::READ_CAPTURE_REACH`).
+    /// Not while a truncation is held or its copied tail read: offsets are the old
+    /// contents' then, and the kernel keeps 0 from the truncation's event.
+    fn publish_read_position(&mut self, inode: InodeKey) {
+        let Some(f) = self.open.get_mut(&inode) else { return };
+        let at = f.framer.next_offset();
+        if f.derived || f.held.is_some() || f.copied_tail.is_some() || f.read_position == Some(at) {
+            return;
+        }
+        f.read_position = Some(at);
+        if let Err(e) = self.probe.set_read_position(inode, at) {
+            tracing::debug!(ino = inode.ino, "{e:#}");
+        }
     }
 
     /// Whether the kernel reads a truncation's size before under the inode lock (fentry and
@@ -709,7 +733,15 @@ impl Daemon {
         // what lies beyond it is taken.
         let mut from_writes = 0;
         while recovered_to < size_before || recovered_to > size_after {
-            let Some((at, bytes)) = captured.range(..=recovered_to).next_back() else { break };
+            // Of the pieces that start by `recovered_to`, the one reaching furthest: a read's
+            // capture overlaps the writes' captures of the same bytes. No piece is longer
+            // than CAPTURE_LEN, so none starting earlier can reach it.
+            let Some((at, bytes)) = captured
+                .range(recovered_to.saturating_sub(CAPTURE_LEN as u64)..=recovered_to)
+                .max_by_key(|(at, bytes)| *at + bytes.len() as u64)
+            else {
+                break;
+            };
             let end = at + bytes.len() as u64;
             if end <= recovered_to {
                 break;
@@ -754,6 +786,7 @@ impl Daemon {
             // Offsets start again below: nothing after `resume` is durable yet.
             f.durable = f.durable.min(resume);
         }
+        self.publish_read_position(inode);
         self.checkpoint(inode, true);
         self.dirty.insert(inode);
     }
@@ -822,7 +855,20 @@ impl Daemon {
                 }
                 tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
             }
-            KernelEvent::Read { inode, origin, .. } => tracker::Event::Read { inode, pid: origin.pid },
+            KernelEvent::Read { inode, origin, pos, captured, .. } => {
+                // Bytes another task read before the daemon did (logrotate copying the file
+                // it is about to truncate): kept as the writes' captured bytes are.
+                if !captured.is_empty()
+                    && let Some(f) = self.open.get_mut(&inode)
+                    && !f.derived
+                    && (f.copied_tail.is_some()
+                        || f.held.is_some()
+                        || pos + captured.len() as u64 > f.framer.next_offset())
+                {
+                    f.captured.insert(pos, captured);
+                }
+                tracker::Event::Read { inode, pid: origin.pid }
+            }
             KernelEvent::Copy { source, destination, destination_pos, len, .. } => {
                 tracker::Event::Copy { source, destination, destination_end: destination_pos + len }
             }
@@ -833,6 +879,12 @@ impl Daemon {
             KernelEvent::Truncate { inode, size_before, size_after, truncation, .. } => {
                 if let Some(f) = self.open.get_mut(&inode) {
                     f.reported_truncation = Some(truncation);
+                    // Reads from here on are of the new contents: all their bytes count
+                    // until reading resumes in them (`finish_truncation`).
+                    if f.read_position.is_some_and(|at| at > 0) && !f.derived {
+                        f.read_position = Some(0);
+                        let _ = self.probe.set_read_position(inode, 0);
+                    }
                 }
                 // A copy's writes after its first may have been folded into earlier events
                 // (see COALESCE_APPENDS): how far it got is the kernel's known end of it.
@@ -985,6 +1037,7 @@ impl Daemon {
             let _ = self.deliver(c.inode, &framed);
             self.framed = framed;
             self.finish_copied_tail_if_read(c.inode);
+            self.publish_read_position(c.inode);
             self.checkpoint(c.inode, false);
         }
     }
@@ -1138,12 +1191,17 @@ impl Daemon {
     /// again from its checkpoint after a pause, as after a refused batch: records may be
     /// written twice, none is lost.
     fn durability_failed(&mut self, flow: usize, error: anyhow::Error) {
+        let mut reset = Vec::new();
         for (inode, f) in self.open.iter_mut() {
             if f.flow == flow && !f.derived && f.acknowledged > f.durable {
                 f.acknowledged = f.durable;
                 f.framer.reset(f.durable);
                 self.waiting.insert(*inode);
+                reset.push(*inode);
             }
+        }
+        for inode in reset {
+            self.publish_read_position(inode);
         }
         let e = format!("{error:#}");
         if self.sink_failed(flow, &e) {

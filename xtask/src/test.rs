@@ -160,7 +160,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
 fn guest_script(series: &str, mode: &str) -> String {
     let mut s = format!(
         "export PATH=/t:/usr/sbin:/usr/bin:/sbin:/bin COLLECTOR_BIN=/t/collector COLLECTOR_TEST_ATTACH_MODE={mode} \
-         COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer COLLECTOR_TEST_SLOW=1 \
+         COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer \
+         COLLECTOR_TEST_FAST_COPYTRUNCATE=/t/fast_copytruncate COLLECTOR_TEST_SLOW=1 \
          COLLECTOR_TEST_SCRATCH=/var/scratch RUST_BACKTRACE=1\nset -e\nuname -r -m\n\
          mkdir -p /var/scratch\n"
     );
@@ -202,6 +203,7 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
         fs::copy(exe, root.join("t").join(test))?;
     }
     fs::copy(release.join("uring_writer"), root.join("t/uring_writer"))?;
+    fs::copy(release.join("fast_copytruncate"), root.join("t/fast_copytruncate"))?;
     // The guest's root lives in its RAM: debug info (most of each binary) would take
     // hundreds of megabytes of it.
     for entry in fs::read_dir(root.join("t"))? {

@@ -29,11 +29,14 @@ pub enum KernelEvent {
         len: u64,
         captured: Vec<u8>,
     },
+    /// `captured`: the bytes read, as far as they lie past where the daemon had read (see
+    /// `collector_common::READ_CAPTURE_REACH`); empty otherwise.
     Read {
         origin: Origin,
         inode: InodeKey,
         pos: u64,
         len: u64,
+        captured: Vec<u8>,
     },
     Copy {
         origin: Origin,
@@ -142,7 +145,9 @@ impl KernelEvent {
                     EventKind::Write => {
                         KernelEvent::Write { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() }
                     }
-                    EventKind::Read => KernelEvent::Read { origin, inode, pos: r.pos, len: r.len },
+                    EventKind::Read => {
+                        KernelEvent::Read { origin, inode, pos: r.pos, len: r.len, captured: Vec::new() }
+                    }
                     EventKind::Truncate => KernelEvent::Truncate {
                         origin,
                         inode,
@@ -160,7 +165,7 @@ impl KernelEvent {
                     },
                 })
             }
-            EventKind::WriteCaptured | EventKind::WriteCut => {
+            EventKind::WriteCaptured | EventKind::WriteCut | EventKind::ReadCaptured => {
                 // The record is one of the CAPTURE_CLASSES sizes: a fixed head, then data.
                 if !CAPTURE_CLASSES.iter().any(|&n| bytes.len() == CAPTURED_WRITE_HEAD + n) {
                     // Named by the nearest class size at or above what came.
@@ -175,10 +180,12 @@ impl KernelEvent {
                 let data = &bytes[CAPTURED_WRITE_HEAD..];
                 let captured = data[..(w.captured as usize).min(data.len())].to_vec();
                 let (origin, inode, pos, len) = (origin(&w.header), w.header.inode, w.pos, w.len);
-                Ok(if kind == EventKind::WriteCut {
-                    KernelEvent::CutWrite { origin, inode, pos, len, captured, truncation: w.truncation }
-                } else {
-                    KernelEvent::Write { origin, inode, pos, len, captured }
+                Ok(match kind {
+                    EventKind::WriteCut => {
+                        KernelEvent::CutWrite { origin, inode, pos, len, captured, truncation: w.truncation }
+                    }
+                    EventKind::ReadCaptured => KernelEvent::Read { origin, inode, pos, len, captured },
+                    _ => KernelEvent::Write { origin, inode, pos, len, captured },
                 })
             }
             EventKind::Rename | EventKind::Create | EventKind::Unlink => {
@@ -334,6 +341,10 @@ mod tests {
             KernelEvent::CutWrite { pos, captured, truncation, .. } => {
                 assert_eq!((pos, captured.as_slice(), truncation), (10, &line[..], 3));
             }
+            other => panic!("{other:?}"),
+        }
+        match KernelEvent::decode(&record_of::<4096>(EventKind::ReadCaptured, line)).unwrap() {
+            KernelEvent::Read { pos, captured, .. } => assert_eq!((pos, captured.as_slice()), (10, &line[..])),
             other => panic!("{other:?}"),
         }
         let mut odd = record::<128>(line);

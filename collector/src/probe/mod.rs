@@ -148,8 +148,22 @@ impl Probe {
     }
 
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
+        self.forget_read_position(inode)?;
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
         absent_is_removed(map.remove(&inode)).context("removing a watched inode")
+    }
+
+    /// Where the daemon has read `inode` to: what other tasks read past it comes with its
+    /// bytes (a copytruncate's copy may be deleted before the daemon can open it).
+    pub fn set_read_position(&mut self, inode: InodeKey, offset: u64) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, u64> = self.map("READ_POSITIONS")?;
+        map.insert(inode, offset, 0).context("setting a read position (map full?)")
+    }
+
+    /// Reads of `inode` by other tasks carry no bytes any more (a derived file).
+    pub fn forget_read_position(&mut self, inode: InodeKey) -> anyhow::Result<()> {
+        let mut map: HashMap<_, InodeKey, u64> = self.map("READ_POSITIONS")?;
+        absent_is_removed(map.remove(&inode)).context("removing a read position")
     }
 
     /// Reports files created in (or renamed into) this directory.
