@@ -67,8 +67,13 @@ pub fn btrfs_subvolume(base: &Path) -> Mounted {
 }
 
 pub fn tmpfs(base: &Path) -> Mounted {
-    let dir = mount_point(base, "tmpfs-mnt");
-    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"]).arg(&dir));
+    tmpfs_of_size(base, "tmpfs-mnt", 256 << 10)
+}
+
+/// A tmpfs of `kib` KiB at `base/name`: a filesystem a test can fill.
+pub fn tmpfs_of_size(base: &Path, name: &str, kib: u64) -> Mounted {
+    let dir = mount_point(base, name);
+    run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(&dir));
     Mounted { dir: dir.clone(), mounts: vec![dir] }
 }
 

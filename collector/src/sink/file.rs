@@ -13,7 +13,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write as _,
     os::fd::AsRawFd as _,
-    path::Path,
+    path::{Path, PathBuf},
     sync::mpsc,
 };
 
@@ -29,18 +29,29 @@ const PIECES: usize = 3;
 
 pub struct FileSink {
     file: File,
+    /// Named in errors.
+    path: PathBuf,
     format: FileFormat,
     host: String,
     /// Piece buffers, kept from one batch to the next.
-    pieces: Vec<Vec<u8>>,
+    pieces: Vec<Piece>,
     /// Written since the last fsync.
     unsynced: bool,
 }
 
-/// Encoded records, and the batch index just past the last of them.
+/// Encoded records: where each ends in `bytes`, and the batch index of the first.
+#[derive(Default)]
 struct Piece {
     bytes: Vec<u8>,
-    records_through: usize,
+    ends: Vec<usize>,
+    first_record: usize,
+}
+
+impl Piece {
+    fn push(&mut self, head: Option<&envelope::Head>, r: &Outgoing<'_>) {
+        encode(&mut self.bytes, head, r);
+        self.ends.push(self.bytes.len());
+    }
 }
 
 impl FileSink {
@@ -53,57 +64,77 @@ impl FileSink {
             .create(true)
             .open(path)
             .with_context(|| format!("opening file sink {}", path.display()))?;
-        Ok(FileSink { file, format, host: host.to_owned(), pieces: Vec::new(), unsynced: false })
+        Ok(FileSink { file, path: path.to_owned(), format, host: host.to_owned(), pieces: Vec::new(), unsynced: false })
     }
 
     /// An empty piece buffer, from the pool when it has one.
-    fn take_piece(&mut self) -> Vec<u8> {
-        let mut bytes = self.pieces.pop().unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES + 4096));
-        bytes.clear();
-        bytes
+    fn take_piece(&mut self) -> Piece {
+        let mut piece = self
+            .pieces
+            .pop()
+            .unwrap_or_else(|| Piece { bytes: Vec::with_capacity(PIECE_BYTES + 4096), ..Piece::default() });
+        piece.bytes.clear();
+        piece.ends.clear();
+        piece
     }
 
     /// A batch that fits in one piece: encoded and written here.
     fn write_small(&mut self, batch: &Batch<'_>, head: Option<&envelope::Head>) -> Result<(), Refused> {
-        let mut bytes = self.take_piece();
+        let mut piece = self.take_piece();
+        piece.first_record = 0;
         for r in batch.records() {
-            encode(&mut bytes, head, &r);
+            piece.push(head, &r);
         }
-        let written = (&self.file).write_all(&bytes).context("writing to the file sink");
-        self.pieces.push(bytes);
-        Ok(written?)
+        let written = write_piece(&self.file, &piece);
+        self.pieces.push(piece);
+        written.map_err(|e| self.refused(e))
     }
 
     /// A batch of several pieces: encoded here, written by a second thread meanwhile.
     fn write_pieces(&mut self, batch: &Batch<'_>, head: Option<&envelope::Head>) -> Result<(), Refused> {
         let (to_write, filled) = mpsc::sync_channel::<Piece>(PIECES);
-        let (to_fill, free) = mpsc::channel::<Vec<u8>>();
+        let (to_fill, free) = mpsc::channel::<Piece>();
         for _ in 0..PIECES {
             let _ = to_fill.send(self.take_piece());
         }
         let file = &self.file;
         let written = std::thread::scope(|s| {
             let writer = s.spawn(move || write_in_order(file, filled, to_fill));
-            let mut bytes = free.recv().unwrap_or_default();
+            let mut piece = free.recv().unwrap_or_default();
+            piece.first_record = 0;
             for (i, r) in batch.records().enumerate() {
-                encode(&mut bytes, head, &r);
-                if bytes.len() >= PIECE_BYTES {
+                piece.push(head, &r);
+                if piece.bytes.len() >= PIECE_BYTES {
                     // The writer stopped on an error: it says how far it got.
-                    if to_write.send(Piece { bytes: std::mem::take(&mut bytes), records_through: i + 1 }).is_err() {
+                    if to_write.send(std::mem::take(&mut piece)).is_err() {
                         break;
                     }
-                    bytes = free.recv().unwrap_or_default();
+                    piece = free.recv().unwrap_or_default();
+                    piece.bytes.clear();
+                    piece.ends.clear();
+                    piece.first_record = i + 1;
                 }
             }
-            if !bytes.is_empty() {
-                let _ = to_write.send(Piece { bytes, records_through: batch.len() });
+            if !piece.ends.is_empty() {
+                let _ = to_write.send(piece);
             }
             drop(to_write);
             writer.join().expect("the file sink's writer thread")
         });
         self.pieces.extend(free.try_iter());
-        written
+        written.map_err(|e| self.refused(e))
     }
+
+    fn refused(&self, Failed { accepted, error }: Failed) -> Refused {
+        let error = anyhow::Error::new(error).context(format!("writing to the file sink {}", self.path.display()));
+        Refused { accepted, error }
+    }
+}
+
+/// A write that failed, and how many records of the batch are wholly in the file.
+struct Failed {
+    accepted: usize,
+    error: std::io::Error,
 }
 
 /// One record and its newline.
@@ -115,15 +146,43 @@ fn encode(out: &mut Vec<u8>, head: Option<&envelope::Head>, r: &Outgoing<'_>) {
     out.push(b'\n');
 }
 
+/// Appends a piece. When a write fails (a full disk) after some of its bytes landed, the
+/// file is cut back to the end of the last record written whole: it never holds a torn
+/// record, and what it holds whole is counted as accepted (the daemon does not send it
+/// again).
+fn write_piece(mut file: &File, piece: &Piece) -> Result<(), Failed> {
+    let mut done = 0;
+    while done < piece.bytes.len() {
+        let error = match file.write(&piece.bytes[done..]) {
+            Ok(0) => std::io::ErrorKind::WriteZero.into(),
+            Ok(n) => {
+                done += n;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        let whole = piece.ends.partition_point(|&end| end <= done);
+        let torn = done - whole.checked_sub(1).map_or(0, |last| piece.ends[last]);
+        if torn > 0 {
+            // O_APPEND: the file ends with what this call wrote (the sink is its only writer).
+            let cut = file.metadata().and_then(|m| file.set_len(m.len().saturating_sub(torn as u64)));
+            if let Err(e) = cut {
+                let error = std::io::Error::new(e.kind(), format!("{error}; then cutting back a torn record: {e}"));
+                return Err(Failed { accepted: piece.first_record + whole, error });
+            }
+        }
+        return Err(Failed { accepted: piece.first_record + whole, error });
+    }
+    Ok(())
+}
+
 /// Writes the pieces in order, handing each buffer back; on a failure, says how many
 /// records are wholly in the file.
-fn write_in_order(mut file: &File, pieces: mpsc::Receiver<Piece>, done: mpsc::Sender<Vec<u8>>) -> Result<(), Refused> {
-    let mut accepted = 0;
-    for Piece { mut bytes, records_through } in pieces {
-        file.write_all(&bytes).context("writing to the file sink").map_err(|error| Refused { accepted, error })?;
-        accepted = records_through;
-        bytes.clear();
-        let _ = done.send(bytes);
+fn write_in_order(file: &File, pieces: mpsc::Receiver<Piece>, done: mpsc::Sender<Piece>) -> Result<(), Failed> {
+    for piece in pieces {
+        write_piece(file, &piece)?;
+        let _ = done.send(piece);
     }
     Ok(())
 }
@@ -148,7 +207,7 @@ impl Sink for FileSink {
 
     fn make_durable(&mut self) -> anyhow::Result<()> {
         if std::mem::take(&mut self.unsynced) {
-            self.file.sync_data().context("fsync of the file sink")?;
+            self.file.sync_data().with_context(|| format!("fsync of the file sink {}", self.path.display()))?;
         }
         Ok(())
     }
