@@ -1,5 +1,6 @@
-//! The host's own resources failing under the collector: the file sink's filesystem full.
-//! On a real tmpfs of a few MiB that the test fills with a file of its own and frees again.
+//! The host's own resources failing under the collector: the file sink's filesystem full,
+//! the state directory full, read-only or removed. Each on a real tmpfs of a few hundred
+//! KiB or a few MiB that the test fills with a file of its own and frees again.
 
 use std::{
     io::Write as _,
@@ -8,7 +9,7 @@ use std::{
 };
 
 use collector_tests::{
-    Running, Scratch, assert_every_line_once_in_order, config, mounts, shipped, writer_process,
+    Running, Scratch, assert_every_line_once_in_order, config, http_get, mounts, sample, shipped, writer_process,
 };
 use serde_json::{Value, json};
 
@@ -108,4 +109,76 @@ fn a_full_output_disk_loses_and_repeats_nothing_in_raw_format() {
 #[test]
 fn a_full_output_disk_loses_and_repeats_nothing_in_json_format() {
     a_full_output_disk("json");
+}
+
+/// The state directory full, then freed, then read-only, then writable, then removed:
+/// shipping goes on throughout; each failure is logged once naming the directory and what it
+/// means, shows in /health and /metrics, and checkpoints are saved again by themselves when
+/// it is writable. A restart after that sends nothing again.
+#[test]
+fn a_state_directory_full_read_only_or_removed_stops_nothing_and_recovers() {
+    const LINES: u64 = 24_000;
+    let scratch = Scratch::new("state-faults");
+    let disk = mounts::tmpfs_of_size(&scratch.dir, "state-disk", 512);
+    let state = disk.dir.join("state");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&state, &[scratch.pattern("app.log")], &out, "")
+    );
+    let collector = Running::start(&scratch.dir, &text);
+    let checkpoints = state.join("checkpoints");
+    let health = || http_get(port, "/health");
+    let failures = || sample(&http_get(port, "/metrics"), "collector_checkpoint_failures_total").unwrap_or(0);
+    // 1,000 lines/s for the whole test.
+    let mut w = writer(&log, "state", LINES, 1_000);
+    let shipped_count = |out: &Path| shipped(out).len();
+    wait_until("the first lines", || shipped_count(&out) > 0);
+
+    // Full.
+    fill(&disk.dir);
+    let said = collector.wait_for_log("cannot save checkpoints");
+    assert!(said.contains(&checkpoints.display().to_string()) && said.contains("No space left"), "{said}");
+    assert!(said.contains("a restart sends again"), "the consequence is said: {said}");
+    wait_until("/health to say so", || health().contains("checkpoints not saved"));
+    let before = shipped_count(&out);
+    wait_until("shipping while full", || shipped_count(&out) > before + 1_000);
+    assert!(failures() > 0);
+    std::fs::remove_file(disk.dir.join("filler")).unwrap();
+    collector.wait_for_log("checkpoints are saved again");
+    wait_until("/health to recover", || health().contains("ok"));
+
+    // Read-only.
+    mounts::run(std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&disk.dir));
+    let said = collector.wait_for_log("cannot save checkpoints");
+    assert!(said.contains(&checkpoints.display().to_string()) && said.contains("Read-only"), "{said}");
+    let before = shipped_count(&out);
+    wait_until("shipping while read-only", || shipped_count(&out) > before + 1_000);
+    mounts::run(std::process::Command::new("mount").args(["-o", "remount,rw"]).arg(&disk.dir));
+    collector.wait_for_log("checkpoints are saved again");
+
+    // Removed.
+    std::fs::remove_dir_all(&state).unwrap();
+    wait_until("the checkpoint directory made again", || std::fs::read_dir(&checkpoints).is_ok_and(|d| d.count() > 0));
+    assert!(w.wait().unwrap().success());
+    wait_until("every line", || shipped_count(&out) as u64 >= LINES);
+    // The last checkpoint written covers everything: a restart sends nothing again.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(collector.kill(libc::SIGKILL).signal_of(), Some(libc::SIGKILL));
+    let collector = Running::start(&scratch.dir, &text);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(collector);
+    assert_every_line_once_in_order(&shipped(&out), "state", LINES);
+}
+
+trait SignalOf {
+    fn signal_of(&self) -> Option<i32>;
+}
+impl SignalOf for std::process::ExitStatus {
+    fn signal_of(&self) -> Option<i32> {
+        std::os::unix::process::ExitStatusExt::signal(self)
+    }
 }

@@ -144,15 +144,34 @@ impl Store {
     }
 
     /// Writes `checkpoint` durably: temp file, fsync, rename over the old one, fsync dir.
+    /// A failure leaves the checkpoint before it in place and no temp file behind; a
+    /// directory removed while running is made again.
     pub fn save(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         let path = self.path(InodeKey::new(checkpoint.dev, checkpoint.ino));
         let tmp = path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp).with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(checkpoint)?)?;
-        f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("renaming checkpoint to {}", path.display()))?;
-        fs::File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        let create = || fs::File::create(&tmp);
+        let mut f = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir).with_context(|| format!("making {} again", self.dir.display()))?;
+                create()
+            }
+            other => other,
+        }
+        .with_context(|| format!("creating {}", tmp.display()))?;
+        let written = f
+            .write_all(&serde_json::to_vec(checkpoint)?)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))
+            .and_then(|()| fs::rename(&tmp, &path).with_context(|| format!("renaming {} over it", tmp.display())));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync of {}", self.dir.display()))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn remove(&self, inode: InodeKey) {

@@ -183,6 +183,10 @@ pub struct Daemon {
     counters: Vec<FlowCounters>,
     /// Per flow: since when its sink refuses batches.
     failing_since: Vec<Option<Instant>>,
+    /// Checkpoints that could not be saved (a full or read-only state directory), and since
+    /// when they fail with which cause, logged once per cause.
+    checkpoint_failures: u64,
+    checkpoints_failing: Option<(Instant, String)>,
     /// Where the snapshot for /metrics, /health and /status goes, when they are served.
     metrics: Option<metrics::Shared>,
     /// Writers' cgroup paths, for flows that add them to records.
@@ -251,6 +255,8 @@ impl Daemon {
             deferred: InodeMap::default(),
             counters: vec![FlowCounters::default(); flows],
             failing_since: vec![None; flows],
+            checkpoint_failures: 0,
+            checkpoints_failing: None,
             metrics: None,
             cgroups: CgroupNames::default(),
             ec2,
@@ -1170,6 +1176,7 @@ impl Daemon {
             return;
         }
         f.durable = f.acknowledged;
+        let before = f.checkpointed.map_or(u64::MAX, |(_, at)| at);
         f.checkpointed = Some((Instant::now(), f.acknowledged));
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
@@ -1181,8 +1188,35 @@ impl Daemon {
             acknowledged: f.acknowledged,
             derived: false,
         };
-        if let Err(e) = self.store.save(&c) {
-            tracing::error!("checkpoint: {e:#}");
+        let saved = self.store.save(&c);
+        if saved.is_err()
+            && let Some(f) = self.open.get_mut(&inode)
+        {
+            // Tried again after CHECKPOINT_EVERY, also when no byte moves it further.
+            f.checkpointed = Some((Instant::now(), before));
+        }
+        self.checkpoint_saved(saved);
+    }
+
+    /// Counts and says (once per cause) that a checkpoint could not be saved, and when they
+    /// are saved again.
+    fn checkpoint_saved(&mut self, saved: anyhow::Result<()>) {
+        match saved {
+            Ok(()) => {
+                if let Some((since, _)) = self.checkpoints_failing.take() {
+                    tracing::info!(dir = %self.store.dir().display(), after = ?since.elapsed(), "checkpoints are saved again");
+                }
+            }
+            Err(e) => {
+                self.checkpoint_failures += 1;
+                let cause = e.root_cause().to_string();
+                if self.checkpoints_failing.as_ref().is_some_and(|(_, c)| *c == cause) {
+                    return;
+                }
+                tracing::error!(dir = %self.store.dir().display(), "cannot save checkpoints: {e:#}. Shipping goes on; until they are saved again, a restart sends again what was shipped since the last one saved");
+                let since = self.checkpoints_failing.take().map_or_else(Instant::now, |(since, _)| since);
+                self.checkpoints_failing = Some((since, cause));
+            }
         }
     }
 
@@ -1236,9 +1270,8 @@ impl Daemon {
             acknowledged: 0,
             derived: true,
         };
-        if let Err(e) = self.store.save(&c) {
-            tracing::error!("checkpoint: {e:#}");
-        }
+        let saved = self.store.save(&c);
+        self.checkpoint_saved(saved);
     }
 
     fn expire(&mut self) {
@@ -1408,6 +1441,11 @@ impl Daemon {
             kernel_events: counters.emitted,
             flows,
             files,
+            checkpoint_failures: self.checkpoint_failures,
+            checkpoints_failing: self
+                .checkpoints_failing
+                .as_ref()
+                .map(|(since, cause)| (*since, format!("{}: {cause}", self.store.dir().display()))),
         };
         *shared.lock().expect("metrics snapshot") = Some(snapshot);
         Ok(())

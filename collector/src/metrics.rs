@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub ring_buffer_lost: u64,
     pub flows: Vec<FlowStatus>,
     pub files: Vec<FileStatus>,
+    /// Checkpoints that could not be saved so far.
+    pub checkpoint_failures: u64,
+    /// Since when checkpoints fail, with the directory and cause.
+    pub checkpoints_failing: Option<(Instant, String)>,
 }
 
 pub type Shared = Arc<Mutex<Option<Snapshot>>>;
@@ -124,15 +128,18 @@ async fn answer(mut stream: tokio::net::TcpStream, shared: &Shared) -> std::io::
     stream.shutdown().await
 }
 
-/// Flows whose sink has refused batches for STALLED_AFTER, with their error.
+/// Flows whose sink has refused batches for STALLED_AFTER, with their error, and failing
+/// checkpoints (a restart would send again what was shipped since).
 fn stalled(s: &Snapshot) -> Vec<String> {
-    s.flows
-        .iter()
-        .filter_map(|f| {
-            let (since, error) = f.failing.as_ref()?;
-            (since.elapsed() >= STALLED_AFTER).then(|| format!("flow {} for {:.0?}: {error}", f.name, since.elapsed()))
-        })
-        .collect()
+    let flows = s.flows.iter().filter_map(|f| {
+        let (since, error) = f.failing.as_ref()?;
+        (since.elapsed() >= STALLED_AFTER).then(|| format!("flow {} for {:.0?}: {error}", f.name, since.elapsed()))
+    });
+    let checkpoints = s
+        .checkpoints_failing
+        .as_ref()
+        .map(|(since, error)| format!("checkpoints not saved for {:.0?}: {error}", since.elapsed()));
+    flows.chain(checkpoints).collect()
 }
 
 fn render_metrics(s: &Snapshot) -> String {
@@ -187,6 +194,16 @@ fn render_metrics(s: &Snapshot) -> String {
     family("sink_failing", "gauge", "1 while the sink refuses batches.", &|f| u64::from(f.failing.is_some()));
     let _ = writeln!(
         out,
+        "# HELP collector_checkpoint_failures_total Checkpoints that could not be saved (state directory full, \
+         read-only or gone): until one is, a restart sends again what was shipped since.\n\
+         # TYPE collector_checkpoint_failures_total counter\ncollector_checkpoint_failures_total {}\n\
+         # HELP collector_checkpoints_failing 1 while checkpoints cannot be saved.\n\
+         # TYPE collector_checkpoints_failing gauge\ncollector_checkpoints_failing {}",
+        s.checkpoint_failures,
+        u64::from(s.checkpoints_failing.is_some())
+    );
+    let _ = writeln!(
+        out,
         "# HELP collector_kernel_events_total Events the kernel programs reported (appends of one process to a file \
          made while its last event was unread are folded into that event).\n\
          # TYPE collector_kernel_events_total counter\ncollector_kernel_events_total {}",
@@ -229,6 +246,8 @@ mod tests {
                 failing: None,
             }],
             files: Vec::new(),
+            checkpoint_failures: 0,
+            checkpoints_failing: None,
         }
     }
 
@@ -250,5 +269,18 @@ mod tests {
         assert!(stalled(&s).is_empty(), "not yet");
         s.flows[0].failing = Some((Instant::now() - STALLED_AFTER, "AccessDenied".into()));
         assert!(stalled(&s)[0].contains("AccessDenied"));
+    }
+
+    #[test]
+    fn failing_checkpoints_show_in_health_and_metrics() {
+        let mut s = snapshot();
+        s.checkpoint_failures = 4;
+        s.checkpoints_failing =
+            Some((Instant::now(), "/var/lib/collector/checkpoints: No space left on device".into()));
+        let stalled = stalled(&s);
+        assert!(stalled[0].contains("checkpoints not saved") && stalled[0].contains("No space left"), "{stalled:?}");
+        let text = render_metrics(&s);
+        assert!(text.contains("collector_checkpoint_failures_total 4\n"), "{text}");
+        assert!(text.contains("collector_checkpoints_failing 1\n"), "{text}");
     }
 }
