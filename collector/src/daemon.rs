@@ -1451,6 +1451,21 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGHUP: sinks that write to a path open it again (logrotate's `create` rotated it,
+    /// then `postrotate` sent the signal, as for rsyslog or nginx).
+    fn reopen_sinks(&mut self) {
+        for flow in 0..self.sinks.len() {
+            match self.sinks[flow].reopen() {
+                Ok(Some(path)) => {
+                    tracing::info!(flow = %self.config.flows[flow].name, %path, "SIGHUP: reopened the output")
+                }
+                Ok(None) => {}
+                // Nothing of the old file is known durable: read again from the checkpoints.
+                Err(e) => self.durability_failed(flow, e.context("SIGHUP: reopening the output")),
+            }
+        }
+    }
+
     /// Flows whose pause after a sink failure is over read again.
     fn resume_paused(&mut self) {
         let now = Instant::now();
@@ -1499,6 +1514,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     // Before anything can say it runs: a SIGTERM from then on stops it cleanly.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut daemon = Daemon::new(config, probe)?;
     if daemon.config.metrics_listen.is_some() || daemon.config.cloudwatch.is_some() {
         daemon.metrics = Some(metrics::Shared::default());
@@ -1553,6 +1569,7 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
                 let quiet = last_event.elapsed() >= QUIET_AFTER && daemon.has_nothing_pending();
                 next_tick = Instant::now() + if quiet { QUIET_TICK } else { TICK };
             }
+            _ = hangup.recv() => daemon.reopen_sinks(),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }

@@ -56,15 +56,14 @@ impl Piece {
 
 impl FileSink {
     pub fn open(path: &Path, format: FileFormat, host: &str) -> anyhow::Result<FileSink> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .with_context(|| format!("opening file sink {}", path.display()))?;
-        Ok(FileSink { file, path: path.to_owned(), format, host: host.to_owned(), pieces: Vec::new(), unsynced: false })
+        Ok(FileSink {
+            file: open_output(path)?,
+            path: path.to_owned(),
+            format,
+            host: host.to_owned(),
+            pieces: Vec::new(),
+            unsynced: false,
+        })
     }
 
     /// An empty piece buffer, from the pool when it has one.
@@ -129,6 +128,19 @@ impl FileSink {
         let error = anyhow::Error::new(error).context(format!("writing to the file sink {}", self.path.display()));
         Refused { accepted, error }
     }
+}
+
+/// The output, appended to: each write lands at the file's end as it is then, also after
+/// another process truncated it (logrotate's copytruncate).
+fn open_output(path: &Path) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("opening file sink {}", path.display()))
 }
 
 /// A write that failed, and how many records of the batch are wholly in the file.
@@ -210,6 +222,11 @@ impl Sink for FileSink {
             self.file.sync_data().with_context(|| format!("fsync of the file sink {}", self.path.display()))?;
         }
         Ok(())
+    }
+
+    fn reopen(&mut self) -> anyhow::Result<Option<String>> {
+        self.file = open_output(&self.path)?;
+        Ok(Some(self.path.display().to_string()))
     }
 }
 

@@ -147,4 +147,11 @@ pub trait Sink {
     fn retried(&self) -> u64 {
         0
     }
+
+    /// SIGHUP: a sink writing to a path opens it again (its file was rotated away); the
+    /// caller made what it wrote durable first. Returns what was reopened, if anything; on
+    /// an error it writes on where it did.
+    fn reopen(&mut self) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
