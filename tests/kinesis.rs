@@ -127,6 +127,33 @@ fn a_server_down_for_thirty_seconds_loses_nothing() {
     );
 }
 
+/// SIGKILL while the server is down, with a rename + create rotation in the outage, then a
+/// restart once it is back: nothing was accepted before the kill, so every line arrives
+/// exactly once (the rotated file found again by its inode).
+#[test]
+fn a_sigkill_during_an_outage_then_a_restart_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LINES: u64 = 2_000;
+    let port = collector_tests::kinesis_server::free_port();
+    let scratch = Scratch::new("kinesis-down-kill");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let config = kinesis_config(&scratch, "app.log*", &endpoint, "logs");
+    let collector = start_collector(&scratch, &config);
+    let mut w = writer(&log, "w", LINES, 1_000, true);
+    std::thread::sleep(Duration::from_secs(1));
+    collector_tests::logrotate_once(&scratch, "create\nrotate 5");
+    assert!(w.wait().unwrap().success());
+    collector.wait_for_log("sink refused a batch");
+    let status = collector.kill(libc::SIGKILL);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let server = KinesisServer::start_on(port, "logs");
+    let _collector = start_collector(&scratch, &config);
+    let records = server.wait_for_records(LINES as usize);
+    assert_every_line_once_in_order(&records, "w", LINES);
+}
+
 /// A copytruncate while the server is down: the bytes not yet shipped (more than one read's
 /// worth) are gone from the original and only in the copy. They are read from the copy once
 /// the server is back, not held in memory and dropped when the sink refuses them.
