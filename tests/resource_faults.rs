@@ -283,3 +283,69 @@ fn an_output_rotated_by_copytruncate_is_written_from_its_new_start() {
     // shipped() parses every line of the live output: each is a whole record.
     assert_every_line_once_in_order(&shipped(&out), "tail", 10);
 }
+
+/// The collector in a memory cgroup limited to 64 MiB (the kernel's maps count in it too),
+/// its Kinesis endpoint stalled for 60 s (requests read and never answered) while a writer
+/// appends 10,000 lines/s: no OOM kill, and every line accepted exactly once when the
+/// endpoint answers again. The endpoint is collector_tests::acceptor, not kinesis-mock,
+/// which would take 15 minutes to store 700,000 records.
+#[test]
+fn a_stalled_endpoint_under_a_64_mib_memory_limit_loses_nothing() {
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 70;
+    const LINES: u64 = RATE * SECONDS;
+    let scratch = Scratch::new("memory-limit");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    // (line number, inode, offset) of each record accepted.
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64, u64)>::new()));
+    let taken = accepted.clone();
+    let endpoint = collector_tests::acceptor::Acceptor::start(Box::new(move |data: &[u8]| {
+        let r: Value = serde_json::from_slice(data).expect("a json envelope");
+        let n = r["data"].as_str().and_then(|d| d.strip_prefix("mem ")?.parse().ok()).expect("a numbered line");
+        taken.lock().unwrap().push((n, r["ino"].as_u64().unwrap(), r["offset"].as_u64().unwrap()));
+    }))
+    .unwrap();
+    let config = format!(
+        "[collector]\nstate_dir = {:?}\nhost = \"test\"\n\n[[flow]]\nname = \"app\"\npaths = [{:?}]\n\n\
+         [flow.sink]\nkind = \"kinesis\"\nstream = \"bench\"\nregion = \"us-east-1\"\nendpoint_url = {:?}\nenvelope = \"json\"\n",
+        scratch.path("state"),
+        log,
+        endpoint.endpoint()
+    );
+    let config_path = scratch.path("collector.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let cgroup =
+        collector_tests::memory_cgroup::MemoryCgroup::new(&format!("collector-test-{}", std::process::id()), 64 << 20);
+    let credentials =
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")];
+    let collector = Running::start_in_cgroup(&config_path, &credentials, &cgroup);
+    let mut w = writer(&log, "mem", LINES, RATE);
+    std::thread::sleep(Duration::from_secs(5));
+    endpoint.set_stalled(true);
+    std::thread::sleep(Duration::from_secs(60));
+    endpoint.set_stalled(false);
+    assert!(w.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while (accepted.lock().unwrap().len() as u64) < LINES && Instant::now() < deadline && cgroup.oom_kills() == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("peak memory of the collector's cgroup: {:.1} MiB", cgroup.peak() as f64 / (1 << 20) as f64);
+    assert_eq!(cgroup.oom_kills(), 0, "the collector was OOM-killed");
+    assert_eq!(unsafe { libc::kill(collector.pid() as i32, 0) }, 0, "the collector is gone");
+    let got = std::mem::take(&mut *accepted.lock().unwrap());
+    let mut seen = vec![0u8; LINES as usize + 1];
+    for (n, _, _) in &got {
+        seen[*n as usize] = seen[*n as usize].saturating_add(1);
+    }
+    let missing = (1..=LINES).filter(|n| seen[*n as usize] == 0).count();
+    let twice = (1..=LINES).filter(|n| seen[*n as usize] > 1).count();
+    assert!(missing == 0 && twice == 0, "{missing} lines missing, {twice} accepted twice, of {LINES}");
+    let mut last = std::collections::HashMap::new();
+    for (n, ino, offset) in got {
+        if let Some((m, at)) = last.insert(ino, (n, offset)) {
+            assert!(n > m && offset > at, "line {n} at {offset} after line {m} at {at}");
+        }
+    }
+}

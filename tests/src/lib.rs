@@ -1,10 +1,12 @@
 //! Harness for the integration tests: runs the real collector binary as a root process,
 //! reads the JSON lines it prints, and waits for sentinel events instead of sleeping.
 
+pub mod acceptor;
 #[cfg(feature = "kinesis")]
 pub mod fault_proxy;
 #[cfg(feature = "kinesis")]
 pub mod kinesis_server;
+pub mod memory_cgroup;
 #[cfg(feature = "kinesis")]
 pub mod moto_server;
 pub mod mounts;
@@ -195,13 +197,22 @@ impl Running {
 
     /// With extra environment variables for the collector process.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(collector_bin())
-            .args(["--attach-mode", &attach_mode(), "run", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start collector");
+        Running::start_in(config, env, None)
+    }
+
+    /// In `cgroup` (its `cgroup.procs`) from its first instruction, so all it allocates,
+    /// the kernel's maps included, counts against that cgroup's limits.
+    pub fn start_in_cgroup(config: &Path, env: &[(&str, &str)], cgroup: &memory_cgroup::MemoryCgroup) -> Running {
+        Running::start_in(config, env, Some(cgroup))
+    }
+
+    fn start_in(config: &Path, env: &[(&str, &str)], cgroup: Option<&memory_cgroup::MemoryCgroup>) -> Running {
+        let mut command = Command::new(collector_bin());
+        command.args(["--attach-mode", &attach_mode(), "run", "--config"]).arg(config).envs(env.iter().copied());
+        if let Some(cgroup) = cgroup {
+            cgroup.join_on_exec(&mut command);
+        }
+        let mut child = command.stderr(Stdio::piped()).spawn().expect("start collector");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, log) = channel();
         let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -1,6 +1,6 @@
 //! `cargo xtask bench kinesis`: the Kinesis sink's throughput and latency.
 //!
-//! Against a minimal PutRecords acceptor written for the bench (below: it answers every
+//! Against a minimal PutRecords acceptor (collector_tests::acceptor: it answers every
 //! record as accepted and keeps nothing), because kinesis-mock takes ~750 records/s and
 //! moto ~10k/s: the figures are the collector's, not a test server's. Each line the bench
 //! writes carries the wall-clock time of its write(2); the acceptor subtracts it from the
@@ -9,155 +9,40 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
+use collector_tests::acceptor::Acceptor;
 
 use crate::shell;
-
-/// What the acceptor saw.
-#[derive(Default)]
-struct Accepted {
-    records: AtomicU64,
-    bytes: AtomicU64,
-    calls: AtomicU64,
-    /// write() → accepted, nanoseconds, of lines that carry a timestamp.
-    latencies: Mutex<Vec<u64>>,
-    /// While set, requests are read and never answered (a hung endpoint); their connection
-    /// is closed when it is cleared.
-    stall: AtomicBool,
-}
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Starts the acceptor on a free port of 127.0.0.1.
-fn acceptor() -> anyhow::Result<(u16, Arc<Accepted>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let accepted = Arc::new(Accepted::default());
-    let shared = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let accepted = shared.clone();
-            std::thread::spawn(move || {
-                let _ = serve(stream, &accepted);
-            });
-        }
-    });
-    Ok((port, accepted))
-}
+/// write() → accepted, nanoseconds, of the lines that carry a timestamp (`t=<ns> `).
+type Latencies = Arc<Mutex<Vec<u64>>>;
 
-fn serve(stream: TcpStream, accepted: &Accepted) -> anyhow::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    loop {
-        let mut target = String::new();
-        let mut length = 0usize;
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        loop {
-            line.clear();
-            input.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse()?,
-                    "x-amz-target" => target = v.trim().to_owned(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        input.read_exact(&mut body)?;
-        if accepted.stall.load(Ordering::Relaxed) {
-            while accepted.stall.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            return Ok(());
-        }
-        let response = if target.ends_with(".PutRecords") {
-            put_records(&body, accepted)?
-        } else if target.ends_with(".DescribeStreamSummary") {
-            format!(
-                "{{\"StreamDescriptionSummary\":{{\"StreamName\":\"bench\",\"StreamARN\":\"arn:aws:kinesis:us-east-1:123456789012:stream/bench\",\
-                 \"StreamStatus\":\"ACTIVE\",\"RetentionPeriodHours\":24,\"StreamCreationTimestamp\":{},\
-                 \"EnhancedMonitoring\":[{{\"ShardLevelMetrics\":[]}}],\"OpenShardCount\":1}}}}",
-                now_ns() / 1_000_000_000
-            )
-        } else {
-            bail!("unexpected call {target}");
-        };
-        // One write: a response split over two segments meets the client's delayed ACK (40 ms).
-        let message = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{response}",
-            response.len()
-        );
-        out.write_all(message.as_bytes())?;
-    }
-}
-
-fn put_records(body: &[u8], accepted: &Accepted) -> anyhow::Result<String> {
-    let request: serde_json::Value = serde_json::from_slice(body)?;
-    let records = request["Records"].as_array().context("Records")?;
-    let now = now_ns();
-    let mut latencies = Vec::new();
-    let mut bytes = 0;
-    for r in records {
-        let data = base64_decode(r["Data"].as_str().context("Data")?)?;
-        bytes += data.len() as u64;
-        // Lines written by the latency runs start with "t=<ns> ".
+/// The shared acceptor (collector_tests::acceptor), taking each line's latency.
+fn acceptor() -> anyhow::Result<(Acceptor, Latencies)> {
+    let latencies = Latencies::default();
+    let taken = latencies.clone();
+    let acceptor = Acceptor::start(Box::new(move |data: &[u8]| {
         if let Some(t) = data.strip_prefix(b"t=")
             && let Some(end) = t.iter().position(|b| *b == b' ')
             && let Some(written) = std::str::from_utf8(&t[..end]).ok().and_then(|s| s.parse::<u64>().ok())
         {
-            latencies.push(now.saturating_sub(written));
+            taken.lock().expect("latencies").push(now_ns().saturating_sub(written));
         }
-    }
-    accepted.latencies.lock().expect("latencies").extend(latencies);
-    accepted.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-    accepted.bytes.fetch_add(bytes, Ordering::Relaxed);
-    accepted.calls.fetch_add(1, Ordering::Relaxed);
-    let one = "{\"SequenceNumber\":\"1\",\"ShardId\":\"shardId-000000000000\"}";
-    Ok(format!("{{\"FailedRecordCount\":0,\"Records\":[{}]}}", vec![one; records.len()].join(",")))
-}
-
-pub(crate) fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
-    let value = |c: u8| -> anyhow::Result<u32> {
-        Ok(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("not base64: {c}"),
-        } as u32)
-    };
-    let text = text.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    for chunk in text.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    Ok(out)
+    }))?;
+    Ok((acceptor, latencies))
 }
 
 pub(crate) struct Collector {
@@ -236,7 +121,8 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     let dir = shell::work_dir().join("bench-kinesis");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("logs"))?;
-    let (port, accepted) = acceptor()?;
+    let (accepted, latencies) = acceptor()?;
+    let port = accepted.port;
 
     // Throughput: an existing log read from its start, null sink (baseline) then kinesis.
     let log = dir.join("logs/app.log");
@@ -249,15 +135,12 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     let bytes = fs::metadata(&log)?.len();
     let gib = bytes as f64 / (1u64 << 30) as f64;
     let baseline = throughput_null(collector, &dir, bytes)?;
-    let started_records = accepted.records.load(Ordering::Relaxed);
+    let started_records = accepted.records();
     let running = Collector::start(collector, &dir, "", &kinesis_sink(port))?;
     let started = Instant::now();
-    while accepted.records.load(Ordering::Relaxed) - started_records < THROUGHPUT_LINES {
+    while accepted.records() - started_records < THROUGHPUT_LINES {
         if started.elapsed() > Duration::from_secs(600) {
-            bail!(
-                "the acceptor got {} of {THROUGHPUT_LINES} records in 10 minutes",
-                accepted.records.load(Ordering::Relaxed)
-            );
+            bail!("the acceptor got {} of {THROUGHPUT_LINES} records in 10 minutes", accepted.records());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -265,7 +148,7 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     let (cpu, rss) = crate::bench::process_usage(running.pid())?;
     let rss_end = crate::bench::current_rss_kib(running.pid())?;
     drop(running);
-    let calls = accepted.calls.swap(0, Ordering::Relaxed);
+    let calls = accepted.take_calls();
     let secs = elapsed.as_secs_f64();
     let mut s = format!(
         "\n## kinesis\n\n`cargo xtask bench kinesis`: the Kinesis sink against a minimal local PutRecords acceptor written for \
@@ -307,25 +190,25 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
             let live = dir.join("logs/live.log");
             let _ = fs::remove_file(&live);
             fs::File::create(&live)?;
-            accepted.latencies.lock().expect("latencies").clear();
-            accepted.calls.store(0, Ordering::Relaxed);
+            latencies.lock().expect("latencies").clear();
+            accepted.take_calls();
             let running = Collector::start(collector, &dir, flow, &kinesis_sink(port))?;
             let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while (accepted.latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
+            while (latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let (cpu, _) = crate::bench::process_usage(running.pid())?;
             let rss = crate::bench::current_rss_kib(running.pid())?;
             drop(running);
-            let mut l = std::mem::take(&mut *accepted.latencies.lock().expect("latencies"));
+            let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
             if (l.len() as u64) < lines {
                 bail!("{} of {lines} lines reached the acceptor at {rate} lines/s", l.len());
             }
             let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
             s.push_str(&format!(
                 "| {rate}/s | {age} | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {cpu:.2} s | {:.1} MiB |\n",
-                accepted.calls.load(Ordering::Relaxed),
+                accepted.take_calls(),
                 rss as f64 / 1024.0
             ));
         }
@@ -336,7 +219,7 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
          writer, the collector and the acceptor share the machine's 2 cores.\n",
     );
     s.push_str(&file_sink_latency(collector, &dir)?);
-    s.push_str(&stalled(collector, &dir, port, &accepted)?);
+    s.push_str(&stalled(collector, &dir, &accepted, &latencies)?);
     Ok(s)
 }
 
@@ -417,11 +300,12 @@ const STALL: Duration = Duration::from_secs(60);
 
 /// Memory while the endpoint hangs for a minute and a writer goes on at 10,000 lines/s:
 /// the bytes wait on disk, not in memory; then the time to catch up once it answers.
-fn stalled(collector: &Path, dir: &Path, port: u16, accepted: &Arc<Accepted>) -> anyhow::Result<String> {
+fn stalled(collector: &Path, dir: &Path, accepted: &Acceptor, latencies: &Latencies) -> anyhow::Result<String> {
+    let port = accepted.port;
     let live = dir.join("logs/live.log");
     let _ = fs::remove_file(&live);
     fs::File::create(&live)?;
-    accepted.latencies.lock().expect("latencies").clear();
+    latencies.lock().expect("latencies").clear();
     let running = Collector::start(collector, dir, "", &kinesis_sink(port))?;
     let seconds = STALL.as_secs() + 10;
     let writer = {
@@ -430,30 +314,27 @@ fn stalled(collector: &Path, dir: &Path, port: u16, accepted: &Arc<Accepted>) ->
     };
     std::thread::sleep(Duration::from_secs(5));
     let before = crate::bench::current_rss_kib(running.pid())?;
-    accepted.stall.store(true, Ordering::Relaxed);
+    accepted.set_stalled(true);
     let mut peak = before;
     let stalled_at = Instant::now();
     while stalled_at.elapsed() < STALL {
         std::thread::sleep(Duration::from_secs(1));
         peak = peak.max(crate::bench::current_rss_kib(running.pid())?);
     }
-    accepted.stall.store(false, Ordering::Relaxed);
+    accepted.set_stalled(false);
     let resumed = Instant::now();
     let lines = writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (accepted.latencies.lock().expect("latencies").len() as u64) < lines {
+    while (latencies.lock().expect("latencies").len() as u64) < lines {
         if Instant::now() > deadline {
-            bail!(
-                "{} of {lines} lines accepted 5 minutes after the stall",
-                accepted.latencies.lock().expect("l").len()
-            );
+            bail!("{} of {lines} lines accepted 5 minutes after the stall", latencies.lock().expect("l").len());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let caught_up = resumed.elapsed();
     let after = crate::bench::current_rss_kib(running.pid())?;
     drop(running);
-    let got = accepted.latencies.lock().expect("latencies").len() as u64;
+    let got = latencies.lock().expect("latencies").len() as u64;
     Ok(format!(
         "\nStalled endpoint: a writer at {STALL_RATE} lines/s for {seconds} s; after 5 s the endpoint reads requests and \
          never answers for {} s (the collector's calls time out after 10 s and are retried), then answers again.\n\n\
@@ -496,15 +377,4 @@ pub(crate) fn write_at_rate(path: &Path, rate: u64, duration: Duration) -> anyho
         file.write_all(line.as_bytes())?;
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_round_trips() {
-        assert_eq!(super::base64_decode("aGVsbG8gd29ybGQ=").unwrap(), b"hello world");
-        assert_eq!(super::base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(super::base64_decode("YWI=").unwrap(), b"ab");
-        assert_eq!(super::base64_decode("YWJj").unwrap(), b"abc");
-    }
 }

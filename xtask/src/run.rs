@@ -205,7 +205,8 @@ impl StreamReader {
         }
         let mut records = Vec::new();
         for r in out["Records"].as_array().into_iter().flatten() {
-            let data = crate::bench_kinesis::base64_decode(r["Data"].as_str().unwrap_or(""))?;
+            let data = collector_tests::acceptor::base64_decode(r["Data"].as_str().unwrap_or(""))
+                .ok_or_else(|| anyhow::anyhow!("a record's Data is not base64"))?;
             records.push(serde_json::from_slice(&data)?);
         }
         Ok(records)

@@ -57,8 +57,13 @@ pub struct Stats {
 
 /// Sends every entry with `call`, which answers, per entry of its request, None when
 /// accepted or the error. `notes` collects retried failures for the caller to log.
+///
+/// Entries are taken from `entries` as requests need them, about one request's worth at a
+/// time: a large batch (a megabyte of short lines is tens of thousands of records) is never
+/// encoded whole. `total`: the batch's record count, returned when all are accepted.
 pub async fn send_all<F, Fut>(
-    entries: Vec<Entry>,
+    entries: impl Iterator<Item = Entry>,
+    total: usize,
     limits: &Limits,
     mut call: F,
     stats: &mut Stats,
@@ -68,11 +73,13 @@ where
     F: FnMut(&[Entry]) -> Fut,
     Fut: Future<Output = Result<Vec<Option<String>>, CallFailed>>,
 {
-    let total = entries.len();
-    let mut pending: VecDeque<Entry> = entries.into();
+    let mut entries = entries.fuse();
+    let mut pending: VecDeque<Entry> = VecDeque::new();
     let mut retry = Retry { started: Instant::now(), backoff: BACKOFF_FIRST };
+    top_up(&mut pending, &mut entries, limits);
     while !pending.is_empty() {
         let request = take_request(&mut pending, limits);
+        top_up(&mut pending, &mut entries, limits);
         stats.requests += 1;
         let what = match call(&request).await {
             Ok(results) if results.len() == request.len() => {
@@ -124,6 +131,16 @@ where
 
 fn first_index(pending: &VecDeque<Entry>, total: usize) -> usize {
     pending.front().map_or(total, |e| e.index)
+}
+
+/// Entries from `source` until `pending` holds a request's worth.
+fn top_up(pending: &mut VecDeque<Entry>, source: &mut impl Iterator<Item = Entry>, limits: &Limits) {
+    let mut bytes: usize = pending.iter().map(Entry::size).sum();
+    while pending.len() < limits.records && bytes < limits.bytes {
+        let Some(e) = source.next() else { break };
+        bytes += e.size();
+        pending.push_back(e);
+    }
 }
 
 /// A request's worth from the front.
@@ -187,8 +204,38 @@ mod tests {
     {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         let mut stats = Stats::default();
-        let result = runtime.block_on(send_all(entries, &limits, call, &mut stats, &mut Vec::new()));
+        let total = entries.len();
+        let result = runtime.block_on(send_all(entries.into_iter(), total, &limits, call, &mut stats, &mut Vec::new()));
         (result, stats)
+    }
+
+    #[test]
+    fn entries_are_taken_a_request_at_a_time() {
+        // 10,000 entries, 500 a request: when a request goes out, at most one more
+        // request's worth has been encoded beyond it.
+        let pulled = std::cell::Cell::new(0usize);
+        let source = (0..10_000).map(|index| {
+            pulled.set(pulled.get() + 1);
+            Entry { index, key: "k".into(), data: vec![b'x'; 10] }
+        });
+        let mut sent = 0;
+        let limits = Limits { records: 500, bytes: 1 << 20 };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let result = runtime.block_on(send_all(
+            source,
+            10_000,
+            &limits,
+            |request: &[Entry]| {
+                sent += request.len();
+                assert!(pulled.get() <= sent + 500, "{} encoded when {sent} were sent", pulled.get());
+                let answers = vec![None; request.len()];
+                async move { Ok(answers) }
+            },
+            &mut Stats::default(),
+            &mut Vec::new(),
+        ));
+        assert!(result.is_ok());
+        assert_eq!(sent, 10_000);
     }
 
     #[test]

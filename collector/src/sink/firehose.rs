@@ -9,7 +9,7 @@
 use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
 
 use super::{
-    Batch, Refused, Sink,
+    Batch, Outgoing, Refused, Sink,
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope,
 };
@@ -64,7 +64,9 @@ impl FirehoseSink {
 
 impl Sink for FirehoseSink {
     fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
-        let entries = pack(batch, &self.host, self.config.envelope, self.config.aggregate, &mut self.stats.records_cut);
+        let head = self.config.envelope.then(|| envelope::Head::new(&self.host, &batch.origin));
+        let mut records_cut = 0;
+        let entries = pack(batch, head.as_ref(), self.config.aggregate, &mut records_cut);
         let FirehoseSink { runtime, client, config, stats, .. } = &mut *self;
         let mut notes = Vec::new();
         let call = |request: &[Entry]| {
@@ -84,7 +86,8 @@ impl Sink for FirehoseSink {
                     .collect())
             }
         };
-        let result = runtime.block_on(send_all(entries, &LIMITS, call, stats, &mut notes))?;
+        let result = runtime.block_on(send_all(entries, batch.len(), &LIMITS, call, stats, &mut notes))?;
+        self.stats.records_cut += records_cut;
         self.retries.outcome(&self.config.delivery_stream, &notes, result)
     }
 
@@ -101,20 +104,34 @@ impl Sink for FirehoseSink {
 
 /// The batch as Firehose records, each of the daemon's records newline-terminated;
 /// aggregated, packed whole into Firehose records of at most FIREHOSE_RECORD_LIMIT.
-fn pack(batch: &Batch<'_>, host: &str, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
-    let head = wrap.then(|| envelope::Head::new(host, &batch.origin));
-    let mut entries: Vec<Entry> = Vec::new();
-    for (index, r) in batch.records().enumerate() {
-        let mut data = envelope::encode_within(&batch.origin, head.as_ref(), &r, FIREHOSE_RECORD_LIMIT - 1, cut);
+fn pack<'a>(
+    batch: &'a Batch<'a>,
+    head: Option<&'a envelope::Head>,
+    aggregate: bool,
+    cut: &'a mut u64,
+) -> impl Iterator<Item = Entry> + 'a {
+    let mut records = batch.records().enumerate();
+    // A record that did not fit the entry before it: it starts the next one.
+    let mut carried: Option<(usize, Vec<u8>)> = None;
+    let mut encode = move |r: &Outgoing<'_>| {
+        let mut data = envelope::encode_within(&batch.origin, head, r, FIREHOSE_RECORD_LIMIT - 1, cut);
         data.push(b'\n');
-        match entries.last_mut() {
-            Some(last) if aggregate && last.data.len() + data.len() <= FIREHOSE_RECORD_LIMIT => {
-                last.data.extend_from_slice(&data);
+        data
+    };
+    std::iter::from_fn(move || {
+        let (index, mut data) = carried.take().or_else(|| records.next().map(|(i, r)| (i, encode(&r))))?;
+        if aggregate {
+            for (i, r) in records.by_ref() {
+                let more = encode(&r);
+                if data.len() + more.len() > FIREHOSE_RECORD_LIMIT {
+                    carried = Some((i, more));
+                    break;
+                }
+                data.extend_from_slice(&more);
             }
-            _ => entries.push(Entry { index, key: String::new(), data }),
         }
-    }
-    entries
+        Some(Entry { index, key: String::new(), data })
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +141,7 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
-    use crate::sink::{Origin, Outgoing};
+    use crate::sink::Origin;
 
     fn records(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
         let mut offset = 0;
@@ -138,6 +155,12 @@ mod tests {
             .collect()
     }
 
+    /// Every entry of `batch`, with the envelope (host "h") when `wrap`.
+    fn packed(batch: &Batch<'_>, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {
+        let head = wrap.then(|| envelope::Head::new("h", &batch.origin));
+        pack(batch, head.as_ref(), aggregate, cut).collect()
+    }
+
     fn batch<'a>(records: &'a [Outgoing<'a>]) -> Batch<'a> {
         Batch::listed(Origin { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records)
     }
@@ -145,7 +168,7 @@ mod tests {
     #[test]
     fn each_record_ends_with_a_newline() {
         let lines = vec![b"a".to_vec(), b"bb".to_vec()];
-        let entries = pack(&batch(&records(&lines)), "h", false, false, &mut 0);
+        let entries = packed(&batch(&records(&lines)), false, false, &mut 0);
         let data: Vec<&[u8]> = entries.iter().map(|e| e.data.as_slice()).collect();
         assert_eq!(data, vec![&b"a\n"[..], &b"bb\n"[..]]);
         assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1]);
@@ -155,7 +178,7 @@ mod tests {
     fn aggregation_packs_whole_records_up_to_the_limit() {
         // Three records of 400 KiB: two fit in 1,000 KiB, the third starts a new one.
         let lines = vec![vec![b'x'; 400 * 1024]; 3];
-        let entries = pack(&batch(&records(&lines)), "h", false, true, &mut 0);
+        let entries = packed(&batch(&records(&lines)), false, true, &mut 0);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].data.len(), 2 * (400 * 1024 + 1));
         assert_eq!((entries[0].index, entries[1].index), (0, 2));
@@ -166,7 +189,7 @@ mod tests {
     fn an_envelope_too_large_is_cut_to_fit_and_counted() {
         let lines = vec![vec![b'y'; FIREHOSE_RECORD_LIMIT - 1]];
         let mut cut = 0;
-        let entries = pack(&batch(&records(&lines)), "h", true, true, &mut cut);
+        let entries = packed(&batch(&records(&lines)), true, true, &mut cut);
         assert_eq!(cut, 1);
         assert!(entries[0].data.len() <= FIREHOSE_RECORD_LIMIT);
         let v: serde_json::Value = serde_json::from_slice(&entries[0].data).unwrap();

@@ -77,31 +77,30 @@ impl KinesisSink {
         });
         report_destination("kinesis stream", stream, checked);
     }
+}
 
-    /// `file_key`: the batch's file as a partition key (all its records share it).
-    fn entry(
-        &mut self,
-        index: usize,
-        origin: &Origin<'_>,
-        head: Option<&Head>,
-        file_key: &str,
-        r: &Outgoing<'_>,
-    ) -> Entry {
-        let key = match self.config.partition_key {
-            PartitionKey::File => file_key.to_owned(),
-            PartitionKey::Deterministic => format!("{:016x}", fnv1a(r.data)),
-            PartitionKey::Random => {
-                // xorshift64: spread, not secrecy.
-                self.random ^= self.random << 13;
-                self.random ^= self.random >> 7;
-                self.random ^= self.random << 17;
-                format!("{:016x}", self.random)
-            }
-        };
-        let data =
-            envelope::encode_within(origin, head, r, KINESIS_RECORD_LIMIT - key.len(), &mut self.stats.records_cut);
-        Entry { index, key, data }
-    }
+/// A record as PutRecords takes it. `file_key`: the batch's file as a partition key (all
+/// its records share it); `random`: the state of the random keys.
+fn entry(
+    config: &KinesisConfig,
+    random: &mut u64,
+    records_cut: &mut u64,
+    (index, origin, head, file_key): (usize, &Origin<'_>, Option<&Head>, &str),
+    r: &Outgoing<'_>,
+) -> Entry {
+    let key = match config.partition_key {
+        PartitionKey::File => file_key.to_owned(),
+        PartitionKey::Deterministic => format!("{:016x}", fnv1a(r.data)),
+        PartitionKey::Random => {
+            // xorshift64: spread, not secrecy.
+            *random ^= *random << 13;
+            *random ^= *random >> 7;
+            *random ^= *random << 17;
+            format!("{:016x}", *random)
+        }
+    };
+    let data = envelope::encode_within(origin, head, r, KINESIS_RECORD_LIMIT - key.len(), records_cut);
+    Entry { index, key, data }
 }
 
 impl Sink for KinesisSink {
@@ -109,9 +108,13 @@ impl Sink for KinesisSink {
         let origin = &batch.origin;
         let head = self.config.envelope.then(|| Head::new(&self.host, origin));
         let file_key = format!("{}-{}", user_dev(origin.inode.dev), origin.inode.ino);
-        let entries: Vec<Entry> =
-            batch.records().enumerate().map(|(i, r)| self.entry(i, origin, head.as_ref(), &file_key, &r)).collect();
-        let KinesisSink { runtime, client, config, stats, .. } = &mut *self;
+        let KinesisSink { runtime, client, config, stats, random, .. } = &mut *self;
+        let mut records_cut = 0;
+        let entries = batch
+            .records()
+            .enumerate()
+            .map(|(i, r)| entry(config, random, &mut records_cut, (i, origin, head.as_ref(), &file_key), &r));
+        let config = &*config;
         let mut notes = Vec::new();
         let call = |request: &[Entry]| {
             let records = request
@@ -132,7 +135,8 @@ impl Sink for KinesisSink {
                     .collect())
             }
         };
-        let result = runtime.block_on(send_all(entries, &LIMITS, call, stats, &mut notes))?;
+        let result = runtime.block_on(send_all(entries, batch.len(), &LIMITS, call, stats, &mut notes))?;
+        self.stats.records_cut += records_cut;
         self.retries.outcome(&self.config.stream, &notes, result)
     }
 
