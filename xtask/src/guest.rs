@@ -88,10 +88,19 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
     base_initramfs()
 }
 
+/// Modules the guests load for the filesystem matrix (tests/filesystems.rs); what they
+/// depend on comes along.
+const GUEST_MODULES: &[&str] = &["loop", "xfs", "btrfs", "overlay"];
+
+/// A series' modules, uncompressed, and `order`: their names, each after what it needs.
+pub fn kernel_modules(series: &str) -> PathBuf {
+    dir().join("kernels").join(series).join("modules")
+}
+
 /// Downloads and unpacks one kernel series, unless it is there.
 pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     let image = kernel_image(series);
-    if image.exists() {
+    if image.exists() && kernel_modules(series).join("order").exists() {
         return Ok(());
     }
     let apt = apt_options(series)?;
@@ -117,9 +126,78 @@ pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     fs::copy(unpacked.join(format!("boot/vmlinuz-{release}")), &image)?;
     fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
     fs::write(target.join("release"), release)?;
+    extract_modules(&unpacked.join("lib/modules").join(release).join("kernel"), &kernel_modules(series))?;
     extract_elf(&image, &kernel_elf(series));
     fs::remove_dir_all(&scratch)?;
     Ok(())
+}
+
+/// GUEST_MODULES and their dependencies from a kernel package's module tree into `out`.
+/// A module not in the tree is built in.
+fn extract_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut files = std::collections::HashMap::new();
+    let mut dirs = vec![tree.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Some((stem, _)) = name.split_once(".ko") {
+                files.insert(stem.replace('-', "_"), path);
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(out);
+    fs::create_dir_all(out)?;
+    let mut order = Vec::new();
+    let mut wanted: Vec<String> = GUEST_MODULES.iter().rev().map(|m| (*m).to_owned()).collect();
+    // Depth first: a module is written down once everything it depends on is.
+    let mut expanded = std::collections::HashSet::new();
+    while let Some(name) = wanted.pop() {
+        if order.contains(&name) {
+            continue;
+        }
+        let Some(file) = files.get(&name) else { continue };
+        let bytes = module_bytes(file)?;
+        let depends = modinfo_depends(&bytes);
+        let missing: Vec<String> = depends.into_iter().filter(|d| !order.contains(d)).collect();
+        if !missing.is_empty() && expanded.insert(name.clone()) {
+            wanted.push(name);
+            wanted.extend(missing);
+            continue;
+        }
+        fs::write(out.join(format!("{name}.ko")), bytes)?;
+        order.push(name);
+    }
+    fs::write(out.join("order"), order.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// A module file's contents, uncompressed (.ko, .ko.xz, .ko.zst).
+fn module_bytes(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = file.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else {
+        return Ok(fs::read(file)?);
+    };
+    let out = Command::new(tool).arg("-dc").arg(file).output().with_context(|| format!("{tool} -dc"))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// The `depends=` of a module's .modinfo section.
+fn modinfo_depends(module: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = module.windows(key.len()).position(|w| w == key) else { return Vec::new() };
+    let value = &module[at + key.len()..];
+    let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")).collect()
 }
 
 /// The versioned image package a meta package points at (versions leave the archive).

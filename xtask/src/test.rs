@@ -48,9 +48,9 @@ const GUEST_TESTS: &[GuestSuite] = &[
         filter: "full_output state_directory output_rotated",
         before_6_9: "",
     },
-    // The filesystems the guest has without modules or mkfs tools (xfs, btrfs and overlay
-    // are modules of Debian's cloud kernels, not in the guest's root).
-    GuestSuite { name: "filesystems", modes: &["fentry"], filter: "tmpfs a_bind_mount", before_6_9: "" },
+    // Every row: the payload carries mkfs.xfs, mkfs.btrfs and the modules (loop, xfs, btrfs,
+    // overlay are modules of Debian's cloud kernels).
+    GuestSuite { name: "filesystems", modes: &["fentry"], filter: "", before_6_9: "" },
 ];
 const GUEST_MODES: &[&str] = &["fentry", "kprobe"];
 /// Guests run at once (each has one virtual CPU).
@@ -170,8 +170,10 @@ fn guest_script(series: &str, mode: &str) -> String {
          COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer \
          COLLECTOR_TEST_FAST_COPYTRUNCATE=/t/fast_copytruncate COLLECTOR_TEST_SLOW=1 \
          COLLECTOR_TEST_SCRATCH=/var/scratch RUST_BACKTRACE=1\nset -e\nuname -r -m\n\
-         mkdir -p /var/scratch\n"
+         mkdir -p /var/scratch\n\
+         for m in $(cat /lib/guest-modules/{series}/order); do insmod /lib/guest-modules/{series}/$m.ko; done\n"
     );
+    // (A kernel fetched on demand before its modules were kept has no list: a failed run.)
     // XTASK_GUEST_TESTS=rotation:copytruncate runs one test binary, filtered (debugging).
     let only = std::env::var("XTASK_GUEST_TESTS").ok();
     for suite in GUEST_TESTS {
@@ -217,6 +219,18 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
         shell::run(Command::new("strip").arg("--strip-debug").arg(entry?.path()))?;
     }
     guest::add_program(&root, Path::new("/usr/sbin/logrotate"))?;
+    // The filesystem matrix: its mkfs tools, and each series' modules for loop, xfs, btrfs
+    // and overlay (loaded by the guest script).
+    for program in ["/usr/sbin/mkfs.xfs", "/usr/sbin/mkfs.btrfs", "/usr/bin/btrfs"] {
+        guest::add_program(&root, Path::new(program))?;
+    }
+    fs::create_dir_all(root.join("lib/guest-modules"))?;
+    for (series, _) in guest::KERNELS.iter().chain(guest::ON_DEMAND) {
+        let modules = guest::kernel_modules(series);
+        if modules.exists() {
+            shell::run(Command::new("cp").arg("-a").arg(modules).arg(root.join("lib/guest-modules").join(series)))?;
+        }
+    }
     // security and startup_errors run as nobody through setpriv; observability's HTTP client.
     guest::add_program(&root, Path::new("/usr/bin/setpriv"))?;
     guest::add_program(&root, Path::new("/usr/bin/curl"))?;
