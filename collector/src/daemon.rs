@@ -856,7 +856,7 @@ impl Daemon {
                             || f.held.is_some()
                             || pos + captured.len() as u64 > f.framer.next_offset())
                     {
-                        f.captured.insert(pos, captured);
+                        keep_captured(&mut f.captured, pos, captured);
                     }
                 }
                 tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
@@ -871,7 +871,7 @@ impl Daemon {
                         || f.held.is_some()
                         || pos + captured.len() as u64 > f.framer.next_offset())
                 {
-                    f.captured.insert(pos, captured);
+                    keep_captured(&mut f.captured, pos, captured);
                 }
                 tracker::Event::Read { inode, pid: origin.pid }
             }
@@ -1455,13 +1455,18 @@ impl Daemon {
     /// then `postrotate` sent the signal, as for rsyslog or nginx).
     fn reopen_sinks(&mut self) {
         for flow in 0..self.sinks.len() {
+            // Checkpoints may pass what went to the file being let go.
+            if let Err(e) = self.sinks[flow].make_durable() {
+                self.durability_failed(flow, e);
+                continue;
+            }
+            let name = &self.config.flows[flow].name;
             match self.sinks[flow].reopen() {
-                Ok(Some(path)) => {
-                    tracing::info!(flow = %self.config.flows[flow].name, %path, "SIGHUP: reopened the output")
-                }
+                Ok(Some(path)) => tracing::info!(flow = %name, %path, "SIGHUP: reopened the output"),
                 Ok(None) => {}
-                // Nothing of the old file is known durable: read again from the checkpoints.
-                Err(e) => self.durability_failed(flow, e.context("SIGHUP: reopening the output")),
+                Err(e) => {
+                    tracing::error!(flow = %name, "SIGHUP: cannot reopen the output, writing on to the file it had: {e:#}")
+                }
             }
         }
     }
@@ -1584,6 +1589,20 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes the kernel carried for offset `pos`: a write's and a read's capture of the same
+/// bytes may start at one offset, and the longer one is kept.
+fn keep_captured(captured: &mut std::collections::BTreeMap<u64, Vec<u8>>, pos: u64, bytes: Vec<u8>) {
+    match captured.entry(pos) {
+        std::collections::btree_map::Entry::Occupied(mut e) if e.get().len() < bytes.len() => {
+            e.insert(bytes);
+        }
+        std::collections::btree_map::Entry::Occupied(_) => {}
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(bytes);
+        }
+    }
 }
 
 /// Events came: housekeeping is back to every `TICK`.
