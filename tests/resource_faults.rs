@@ -349,3 +349,67 @@ fn a_stalled_endpoint_under_a_64_mib_memory_limit_loses_nothing() {
         }
     }
 }
+
+/// Started with a soft open-files limit of 256 (hard 4,096), as a shell or a service manager
+/// may start it, the collector raises it and ships 600 files, each held open.
+#[test]
+fn a_low_soft_open_files_limit_is_raised_for_six_hundred_files() {
+    const FILES: usize = 600;
+    let scratch = Scratch::new("open-files");
+    let logs = scratch.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for i in 0..FILES {
+        std::fs::write(logs.join(format!("f{i}.log")), format!("files {i}\n")).unwrap();
+    }
+    let out = scratch.path("out.jsonl");
+    let config_path = scratch.path("collector.toml");
+    std::fs::write(&config_path, config(&scratch.path("state"), &[format!("{}/*.log", logs.display())], &out, ""))
+        .unwrap();
+    let collector = Running::start_with_open_files(&config_path, 256, 4096);
+    wait_until("every file", || collector_tests::numbered(&shipped(&out), "files").len() >= FILES);
+    let records = shipped(&out);
+    let mut got: Vec<u64> = collector_tests::numbered(&records, "files").into_iter().map(|(n, _, _)| n).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..FILES as u64).collect::<Vec<_>>(), "each file's line once");
+    let log = collector.log_lines(Duration::ZERO);
+    assert!(log.iter().any(|l| l.contains("raised the open-files limit")), "the raise is logged");
+}
+
+/// CPU seconds (user + system) the process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Out of descriptors, the metrics server cannot accept a connection: it says so once and
+/// tries again every 100 ms, instead of spinning on accept (the connection waits in the
+/// backlog, so accept fails again at once).
+#[test]
+fn the_metrics_server_out_of_descriptors_does_not_spin() {
+    let scratch = Scratch::new("metrics-emfile");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "")
+    );
+    let collector = Running::start(&scratch.dir, &text);
+    let pid = collector.pid();
+    // Room for three more descriptors.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let limit = libc::rlimit { rlim_cur: open + 3, rlim_max: open + 3 };
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) }, 0);
+    // Connections that send nothing: each accepted one holds a descriptor for 5 s.
+    let _connections: Vec<_> = (0..20).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.5, "the collector used {used:.2} CPU seconds in 2 s, out of descriptors");
+    collector.wait_for_log("metrics: cannot accept a connection");
+}

@@ -1520,6 +1520,13 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    match crate::open_files::raise_to_hard_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-files limit (one descriptor per file held)")
+        }
+        Ok((_, limit)) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let mut daemon = Daemon::new(config, probe)?;
     if daemon.config.metrics_listen.is_some() || daemon.config.cloudwatch.is_some() {
         daemon.metrics = Some(metrics::Shared::default());

@@ -19,6 +19,7 @@ mod inode_map;
 mod links;
 mod metrics;
 mod newlines;
+mod open_files;
 mod probe;
 mod sink;
 mod status;

@@ -15,6 +15,9 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// After a failed accept (out of descriptors), the next try waits this long.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// A flow whose sink has refused everything for this long is reported stalled by /health.
 pub const STALLED_AFTER: Duration = Duration::from_secs(30);
 
@@ -85,8 +88,21 @@ pub async fn serve(listen: SocketAddr, shared: Shared) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("metrics: cannot listen on {listen}"))?;
     tracing::info!(%listen, "metrics, health and status served");
     tokio::spawn(async move {
+        let mut said = None;
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (EMFILE): the connection waits in the backlog and
+                    // accept fails again at once; without a pause this loop would spin.
+                    if said != Some(e.kind()) {
+                        tracing::warn!("metrics: cannot accept a connection: {e} (trying again every 100 ms)");
+                        said = Some(e.kind());
+                    }
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let _ = answer(stream, &shared).await;

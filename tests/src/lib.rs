@@ -197,20 +197,43 @@ impl Running {
 
     /// With extra environment variables for the collector process.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Running {
-        Running::start_in(config, env, None)
+        Running::start_in(config, env, None, None)
+    }
+
+    /// With RLIMIT_NOFILE at (`soft`, `hard`), as a service manager may start it.
+    pub fn start_with_open_files(config: &Path, soft: u64, hard: u64) -> Running {
+        Running::start_in(config, &[], None, Some((soft, hard)))
     }
 
     /// In `cgroup` (its `cgroup.procs`) from its first instruction, so all it allocates,
     /// the kernel's maps included, counts against that cgroup's limits.
     pub fn start_in_cgroup(config: &Path, env: &[(&str, &str)], cgroup: &memory_cgroup::MemoryCgroup) -> Running {
-        Running::start_in(config, env, Some(cgroup))
+        Running::start_in(config, env, Some(cgroup), None)
     }
 
-    fn start_in(config: &Path, env: &[(&str, &str)], cgroup: Option<&memory_cgroup::MemoryCgroup>) -> Running {
+    fn start_in(
+        config: &Path,
+        env: &[(&str, &str)],
+        cgroup: Option<&memory_cgroup::MemoryCgroup>,
+        open_files: Option<(u64, u64)>,
+    ) -> Running {
         let mut command = Command::new(collector_bin());
         command.args(["--attach-mode", &attach_mode(), "run", "--config"]).arg(config).envs(env.iter().copied());
         if let Some(cgroup) = cgroup {
             cgroup.join_on_exec(&mut command);
+        }
+        if let Some((soft, hard)) = open_files {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command.stderr(Stdio::piped()).spawn().expect("start collector");
         let stderr = child.stderr.take().expect("stderr");

@@ -45,7 +45,7 @@ const GUEST_TESTS: &[GuestSuite] = &[
     GuestSuite {
         name: "resource_faults",
         modes: &["fentry"],
-        filter: "full_output state_directory output_rotated",
+        filter: "full_output state_directory output_rotated open_files descriptors",
         before_6_9: "",
     },
     // Every row: the payload carries mkfs.xfs, mkfs.btrfs and the modules (loop, xfs, btrfs,
