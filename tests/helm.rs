@@ -96,7 +96,9 @@ fn the_daemonset_mounts_what_the_kernel_programs_need_with_only_their_capabiliti
     let varlog = mounts.iter().find(|m| m["mountPath"] == "/var/log").unwrap();
     assert_eq!(varlog["readOnly"], true, "logs are only read");
     assert_eq!(container["ports"][0]["containerPort"], 9108);
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    // A sink that is down makes the pod unready, never restarts it.
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/live");
 }
 
 #[test]
@@ -118,7 +120,12 @@ fn the_default_flow_ships_a_pods_log_parsed_with_its_kubernetes_names() {
     for (name, text) in of_kind(&docs, "ConfigMap")["data"].as_object().unwrap() {
         std::fs::write(config_dir.join(name), text.as_str().unwrap()).unwrap();
     }
-    let check = Command::new(collector_bin()).args(["check-config", "--config"]).arg(&config_dir).output().unwrap();
+    let check = Command::new(collector_bin())
+        .args(["check-config", "--config"])
+        .arg(&config_dir)
+        .env("NODE_NAME", "node-7")
+        .output()
+        .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert!(String::from_utf8_lossy(&check.stdout).contains("(2 flows)"));
 
@@ -142,6 +149,8 @@ fn the_default_flow_ships_a_pods_log_parsed_with_its_kubernetes_names() {
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        // As the DaemonSet sets it from spec.nodeName.
+        ("NODE_NAME", "node-7".into()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _collector = Running::start_with_env(&config_dir, &env);
@@ -155,4 +164,5 @@ fn the_default_flow_ships_a_pods_log_parsed_with_its_kubernetes_names() {
     assert_eq!((k["namespace"].as_str(), k["container"].as_str()), (Some("shop"), Some("nginx")));
     assert_eq!(k["pod"].as_str(), Some(format!("web-7d9f-{}", std::process::id()).as_str()));
     assert_eq!(k["pod_uid"], "0f6e2c1a-9b7d-4c1e-8a2b-3c4d5e6f7a8b");
+    assert_eq!(records[0]["host"], "node-7", "records name the node, which outlives the pod");
 }

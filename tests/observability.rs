@@ -1,4 +1,4 @@
-//! What an operator sees: /metrics, /health and /status on the `[metrics] listen` address,
+//! What an operator sees: /metrics, /health, /live and /status on the `[metrics] listen` address,
 //! read with curl (a real HTTP client), and `collector status`.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -38,6 +38,7 @@ fn metrics_health_and_status_show_what_was_shipped() {
     assert!(metrics.contains("collector_attach_mode{mode=\""), "{metrics}");
 
     assert_eq!(curl(&format!("{base}/health")), (200, "ok\n".to_owned()));
+    assert_eq!(curl(&format!("{base}/live")), (200, "alive\n".to_owned()));
     assert_eq!(curl(&format!("{base}/nothing")).0, 404);
 
     let status = Command::new(collector_bin()).args(["status", "--config"]).arg(&config_path).output().unwrap();

@@ -1436,6 +1436,7 @@ impl Daemon {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let counters = self.probe.counters()?;
         let snapshot = Snapshot {
+            published: Instant::now(),
             attach_mode: self.probe.mode().to_string(),
             ring_buffer_lost: counters.lost,
             kernel_events: counters.emitted,

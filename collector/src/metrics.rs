@@ -1,6 +1,7 @@
 //! What the collector is doing, over HTTP on `[metrics] listen` (bind it to localhost unless
 //! a scraper elsewhere needs it): `/metrics` in Prometheus text, `/health` (200 when running
-//! and no flow is stalled, 503 naming the stalled flows), `/status` (JSON: every tracked
+//! and no flow is stalled, 503 naming the stalled flows), `/live` (200 while the daemon's
+//! loop turns: the liveness probe), `/status` (JSON: every tracked
 //! file, for `collector status`). The daemon publishes a snapshot every tick; requests only
 //! read it, so a slow scraper never slows shipping.
 
@@ -14,6 +15,11 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// /live fails when the daemon's loop has not published a snapshot for this long. A turn
+/// waits at most for its sink calls (each retried for up to 20 s), so a loop that turns
+/// takes far less.
+pub const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 /// After a failed accept (out of descriptors), the next try waits this long.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -68,6 +74,8 @@ pub struct FlowStatus {
 
 #[derive(Clone, Debug)]
 pub struct Snapshot {
+    /// When the daemon's loop published it: a loop that stopped turning is not alive.
+    pub published: Instant,
     pub attach_mode: String,
     /// Events the kernel programs put in the ring (a process's appends folded into one).
     pub kernel_events: u64,
@@ -126,22 +134,33 @@ async fn answer(mut stream: tokio::net::TcpStream, shared: &Shared) -> std::io::
     let line = String::from_utf8_lossy(&request);
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let snapshot = shared.lock().expect("metrics snapshot").clone();
-    let (status, kind, body) = match (path, snapshot) {
-        (_, None) => ("503 Service Unavailable", "text/plain", "starting\n".to_owned()),
-        ("/metrics", Some(s)) => ("200 OK", "text/plain; version=0.0.4", render_metrics(&s)),
-        ("/health", Some(s)) => match stalled(&s) {
-            stalled if stalled.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
-            stalled => ("503 Service Unavailable", "text/plain", format!("stalled: {}\n", stalled.join("; "))),
-        },
-        ("/status", Some(s)) => ("200 OK", "application/json", serde_json::to_string(&s.files).unwrap_or_default()),
-        _ => ("404 Not Found", "text/plain", "try /metrics, /health or /status\n".to_owned()),
-    };
+    let (status, kind, body) = respond(path, snapshot);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Status line, content type and body for a request of `path`.
+fn respond(path: &str, snapshot: Option<Snapshot>) -> (&'static str, &'static str, String) {
+    match (path, snapshot) {
+        (_, None) => ("503 Service Unavailable", "text/plain", "starting\n".to_owned()),
+        ("/metrics", Some(s)) => ("200 OK", "text/plain; version=0.0.4", render_metrics(&s)),
+        ("/health", Some(s)) => match stalled(&s) {
+            stalled if stalled.is_empty() => ("200 OK", "text/plain", "ok\n".to_owned()),
+            stalled => ("503 Service Unavailable", "text/plain", format!("stalled: {}\n", stalled.join("; "))),
+        },
+        ("/live", Some(s)) if s.published.elapsed() < STUCK_AFTER => ("200 OK", "text/plain", "alive\n".to_owned()),
+        ("/live", Some(s)) => (
+            "503 Service Unavailable",
+            "text/plain",
+            format!("the daemon's loop has not turned for {:.0?}\n", s.published.elapsed()),
+        ),
+        ("/status", Some(s)) => ("200 OK", "application/json", serde_json::to_string(&s.files).unwrap_or_default()),
+        _ => ("404 Not Found", "text/plain", "try /metrics, /health, /live or /status\n".to_owned()),
+    }
 }
 
 /// Flows whose sink has refused batches for STALLED_AFTER, with their error, and failing
@@ -250,6 +269,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         Snapshot {
+            published: Instant::now(),
             attach_mode: "tracepoint".into(),
             kernel_events: 12,
             ring_buffer_lost: 3,
@@ -285,6 +305,20 @@ mod tests {
         assert!(stalled(&s).is_empty(), "not yet");
         s.flows[0].failing = Some((Instant::now() - STALLED_AFTER, "AccessDenied".into()));
         assert!(stalled(&s)[0].contains("AccessDenied"));
+    }
+
+    #[test]
+    fn live_while_the_loop_turns() {
+        let mut s = snapshot();
+        assert_eq!(respond("/live", Some(s.clone())).0, "200 OK");
+        s.published = Instant::now() - STUCK_AFTER;
+        let (status, _, body) = respond("/live", Some(s));
+        assert!(status.starts_with("503") && body.contains("has not turned"), "{status} {body}");
+        // A sink that refuses everything is not a reason to restart the process.
+        let mut s = snapshot();
+        s.flows[0].failing = Some((Instant::now() - STALLED_AFTER, "AccessDenied".into()));
+        assert_eq!(respond("/live", Some(s.clone())).0, "200 OK");
+        assert!(respond("/health", Some(s)).0.starts_with("503"));
     }
 
     #[test]

@@ -26,6 +26,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "collector.config" -}}
 [collector]
 state_dir = {{ .Values.stateDir | quote }}
+# The node, not the pod: it stays the same across pod restarts, so (host, dev, ino, offset)
+# names a record for good.
+host = "${NODE_NAME}"
 
 [metrics]
 listen = {{ .Values.metrics.listen | quote }}
