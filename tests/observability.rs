@@ -11,11 +11,8 @@ fn metrics_health_and_status_show_what_was_shipped() {
     let log = scratch.path("app.log");
     let out = scratch.path("out.jsonl");
     std::fs::write(&log, b"").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "")
-    );
+    let (text, port) =
+        collector_tests::with_metrics(&config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
     let config_path = scratch.path("collector.toml");
     std::fs::write(&config_path, text).unwrap();
     let collector = Running::start_with(&config_path);

@@ -124,11 +124,7 @@ fn a_state_directory_full_read_only_or_removed_stops_nothing_and_recovers() {
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&state, &[scratch.pattern("app.log")], &out, "")
-    );
+    let (text, port) = collector_tests::with_metrics(&config(&state, &[scratch.pattern("app.log")], &out, ""));
     let collector = Running::start(&scratch.dir, &text);
     let checkpoints = state.join("checkpoints");
     let health = || http_get(port, "/health");
@@ -393,11 +389,8 @@ fn the_metrics_server_out_of_descriptors_does_not_spin() {
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
     let out = scratch.path("out.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "")
-    );
+    let (text, port) =
+        collector_tests::with_metrics(&config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, ""));
     let collector = Running::start(&scratch.dir, &text);
     let pid = collector.pid();
     // Room for three more descriptors.

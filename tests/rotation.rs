@@ -84,11 +84,8 @@ fn copytruncate_one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// The collector shipping `app.log*` to `out`, serving /metrics on the port returned.
 fn collector_with_metrics(scratch: &Scratch, out: &Path) -> (Running, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        config(&scratch.path("state"), &[scratch.pattern("app.log*")], out, "")
-    );
+    let (text, port) =
+        collector_tests::with_metrics(&config(&scratch.path("state"), &[scratch.pattern("app.log*")], out, ""));
     (Running::start(&scratch.dir, &text), port)
 }
 

@@ -299,6 +299,12 @@ pub fn config(state_dir: &Path, paths: &[String], out: &Path, extra: &str) -> St
     )
 }
 
+/// `config` with `[metrics]` served on a free port of 127.0.0.1, and that port.
+pub fn with_metrics(config: &str) -> (String, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    (format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{config}"), port)
+}
+
 /// The records the file sink wrote so far.
 pub fn shipped(out: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(out).unwrap_or_default();
