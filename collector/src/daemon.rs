@@ -39,6 +39,8 @@ use crate::{
     watch::WatchSet,
 };
 
+/// How far reading must move before the kernel is told (`publish_read_position`).
+const READ_POSITION_STEP: u64 = 64 << 10;
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
 const READ_PER_TURN: usize = 1 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
@@ -584,10 +586,18 @@ impl Daemon {
     /// reads past it comes with its bytes (see `collector_common::READ_CAPTURE_REACH`).
     /// Not while a truncation is held or its copied tail read: offsets are the old
     /// contents' then, and the kernel keeps 0 from the truncation's event.
+    ///
+    /// A map update is a syscall, and a file is read many times a second: the position is
+    /// raised only by READ_POSITION_STEP or more (one lower than the truth only makes other
+    /// tasks' reads carry a little more), and lowered at once.
     fn publish_read_position(&mut self, inode: InodeKey) {
         let Some(f) = self.open.get_mut(&inode) else { return };
         let at = f.framer.next_offset();
-        if f.derived || f.held.is_some() || f.copied_tail.is_some() || f.read_position == Some(at) {
+        if f.derived
+            || f.held.is_some()
+            || f.copied_tail.is_some()
+            || f.read_position.is_some_and(|p| p <= at && at - p < READ_POSITION_STEP)
+        {
             return;
         }
         f.read_position = Some(at);

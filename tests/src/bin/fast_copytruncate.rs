@@ -32,5 +32,4 @@ fn main() {
         original.set_len(0).expect("truncate the log");
         std::fs::remove_file(&copy_path).expect("delete the copy");
     }
-    println!("{rotations}");
 }
