@@ -105,7 +105,7 @@ fn the_daemonset_mounts_what_the_kernel_programs_need_with_only_their_capabiliti
 fn the_default_flow_ships_a_pods_log_parsed_with_its_kubernetes_names() {
     let scratch = Scratch::new("helm");
     let server = KinesisServer::start("pods");
-    let port = collector_tests::kinesis_server::free_port();
+    let port = collector_tests::free_port();
     let state = scratch.path("state");
     let docs = render(&[
         "sink.stream=pods",

@@ -93,11 +93,11 @@ fn copytruncate_rotation_reaches_kinesis_once() {
 fn a_server_down_for_thirty_seconds_loses_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LINES: u64 = 3_000;
-    let port = collector_tests::kinesis_server::free_port();
+    let port = collector_tests::servers::free_port();
     let scratch = Scratch::new("kinesis-down");
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = collector_tests::servers::endpoint(port);
     let collector = start_collector(&scratch, &kinesis_config(&scratch, "app.log", &endpoint, "logs"));
     assert!(writer(&log, "w", LINES, 1_000, false).wait().unwrap().success());
     // Down: the collector keeps failing, logs it once, and holds the bytes on disk only.
@@ -134,11 +134,11 @@ fn a_server_down_for_thirty_seconds_loses_nothing() {
 fn a_sigkill_during_an_outage_then_a_restart_loses_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LINES: u64 = 2_000;
-    let port = collector_tests::kinesis_server::free_port();
+    let port = collector_tests::servers::free_port();
     let scratch = Scratch::new("kinesis-down-kill");
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = collector_tests::servers::endpoint(port);
     let config = kinesis_config(&scratch, "app.log*", &endpoint, "logs");
     let collector = start_collector(&scratch, &config);
     let mut w = writer(&log, "w", LINES, 1_000, true);
@@ -164,11 +164,11 @@ fn a_copytruncate_while_the_server_is_down_loses_nothing() {
     const BEFORE: u64 = 10_500;
     const AFTER: u64 = 500;
     let before_tag = "b".repeat(100);
-    let port = collector_tests::kinesis_server::free_port();
+    let port = collector_tests::servers::free_port();
     let scratch = Scratch::new("kinesis-down-copytruncate");
     let log = scratch.path("app.log");
     std::fs::write(&log, b"").unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = collector_tests::servers::endpoint(port);
     let collector = start_collector(&scratch, &kinesis_config(&scratch, "app.log", &endpoint, "logs"));
     assert!(writer(&log, &before_tag, BEFORE, 100_000, false).wait().unwrap().success());
     collector.wait_for_log("sink refused a batch");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use collector_tests::{
-    Running, Scratch, kinesis_server::free_port, moto_server::MotoServer, sample, wait_for_metric, wait_for_records,
+    Running, Scratch, free_port, moto_server::MotoServer, sample, wait_for_metric, wait_for_records,
 };
 use serde_json::Value;
 

@@ -75,7 +75,8 @@ fn plan(n: u64) -> Fault {
 }
 
 impl FaultProxy {
-    /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (127.0.0.1).
+    /// Listens on a free port of 127.0.0.1 and forwards to port `upstream` of the servers'
+    /// host.
     pub fn start(upstream: u16, hang_for: Duration) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
@@ -171,7 +172,7 @@ fn read_message(input: &mut BufReader<TcpStream>, to_eof: bool) -> std::io::Resu
 
 /// One round trip to the server on a connection of its own.
 fn forward(request: &Message, body: &[u8], upstream: u16) -> std::io::Result<Message> {
-    let stream = TcpStream::connect(("127.0.0.1", upstream))?;
+    let stream = TcpStream::connect((crate::servers::host(), upstream))?;
     let mut writer = stream.try_clone()?;
     request.write_to(&mut writer, body, "close")?;
     read_message(&mut BufReader::new(stream), true)?.ok_or_else(|| std::io::Error::other("no response"))

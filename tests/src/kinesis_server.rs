@@ -1,67 +1,35 @@
 //! A real Kinesis Data Streams server for the tests: kinesis-mock (npm kinesis-local, put
-//! in place by `cargo xtask setup`) on 127.0.0.1, and a client that reads every shard back.
+//! in place by `cargo xtask setup`; started where `servers` says), and a client that reads
+//! every shard back.
 
-use std::{
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::{Client, types::ShardIteratorType};
 use serde_json::Value;
 
+use crate::servers::{self, Server};
+
 pub struct KinesisServer {
-    child: Child,
+    _server: Server,
     pub port: u16,
     pub stream: String,
 }
 
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn main_js() -> PathBuf {
-    std::env::var_os("KINESIS_LOCAL_MAIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xtask/node/node_modules/kinesis-local/main.js")
-    })
-}
-
 impl KinesisServer {
-    /// Starts the server on `port` with `stream` (2 shards) and waits until it answers.
+    /// Starts the server on `port` (of the servers' host) with `stream` (2 shards) and waits
+    /// until the stream is ACTIVE.
     pub fn start_on(port: u16, stream: &str) -> KinesisServer {
-        let main = main_js();
-        assert!(main.exists(), "{} is missing: run `cargo xtask setup`", main.display());
-        let child = Command::new("node")
-            .arg(&main)
-            // It reads its TLS certificate (server.json) from the working directory.
-            .current_dir(main.parent().expect("package dir"))
-            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
-            .env("INITIALIZE_STREAMS", format!("{stream}:2"))
-            .env("CREATE_STREAM_DURATION", "0ms")
-            .env("LOG_LEVEL", "WARN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting node (kinesis-local)");
-        let server = KinesisServer { child, port, stream: stream.to_owned() };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "kinesis-local did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let server = KinesisServer { _server: Server::kinesis_local(port, stream), port, stream: stream.to_owned() };
         server.wait_active();
         server
     }
 
     pub fn start(stream: &str) -> KinesisServer {
-        KinesisServer::start_on(free_port(), stream)
+        KinesisServer::start_on(servers::free_port(), stream)
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        servers::endpoint(self.port)
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -155,12 +123,5 @@ impl KinesisServer {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-    }
-}
-
-impl Drop for KinesisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -10,6 +10,7 @@ pub mod memory_cgroup;
 #[cfg(feature = "kinesis")]
 pub mod moto_server;
 pub mod mounts;
+pub mod servers;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,
@@ -299,9 +300,14 @@ pub fn config(state_dir: &Path, paths: &[String], out: &Path, extra: &str) -> St
     )
 }
 
+/// A port nothing listens on now, on 127.0.0.1 here (test servers: `servers::free_port`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
 /// `config` with `[metrics]` served on a free port of 127.0.0.1, and that port.
 pub fn with_metrics(config: &str) -> (String, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = free_port();
     (format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{config}"), port)
 }
 

@@ -42,7 +42,14 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     let mut figures = Figures::new();
     for mode in &modes {
         eprintln!("+ guest {SERIES} writer-overhead, {mode} mode");
-        let run = guest::run_with(SERIES, &root, &script(mode), Duration::from_secs(1200), &["-icount", "shift=0"])?;
+        let run = guest::run_with(
+            SERIES,
+            &root,
+            &script(mode),
+            Duration::from_secs(1200),
+            guest::Network::None,
+            &["-icount", "shift=0"],
+        )?;
         if run.status != 0 {
             bail!("guest writer-overhead in {mode} mode failed (status {}):\n{}", run.status, run.output);
         }

@@ -28,8 +28,20 @@ pub fn ebpf() -> anyhow::Result<()> {
 
 /// The release daemon; returns its path.
 pub fn collector() -> anyhow::Result<PathBuf> {
+    release_all()?;
+    Ok(shell::root().join("target/release/collector"))
+}
+
+/// Builds every release target; returns cargo's JSON messages (where each artifact is).
+pub fn release_all() -> anyhow::Result<String> {
     // The same selection `cargo test --release` builds (every default member, tests
     // included): one feature resolution, so the AWS stack is compiled once, not twice.
-    shell::run(Command::new("cargo").args(["build", "--release", "--all-targets"]).current_dir(shell::root()))?;
-    Ok(shell::root().join("target/release/collector"))
+    eprintln!("+ cargo build --release --all-targets");
+    shell::output(
+        Command::new("cargo")
+            .args(["build", "--release", "--all-targets", "--message-format=json-render-diagnostics"])
+            // Progress and errors as they come.
+            .stderr(std::process::Stdio::inherit())
+            .current_dir(shell::root()),
+    )
 }

@@ -88,9 +88,9 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
     base_initramfs()
 }
 
-/// Modules the guests load for the filesystem matrix (tests/filesystems.rs); what they
-/// depend on comes along.
-const GUEST_MODULES: &[&str] = &["loop", "xfs", "btrfs", "overlay"];
+/// Modules the guests load: the filesystem matrix's (tests/filesystems.rs), and the network
+/// card that reaches the test servers on this host. What they depend on comes along.
+const GUEST_MODULES: &[&str] = &["loop", "xfs", "btrfs", "overlay", "virtio_pci", "virtio_net"];
 
 /// A series' modules, uncompressed, and `order`: their names, each after what it needs.
 pub fn kernel_modules(series: &str) -> PathBuf {
@@ -100,7 +100,9 @@ pub fn kernel_modules(series: &str) -> PathBuf {
 /// Downloads and unpacks one kernel series, unless it is there.
 pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     let image = kernel_image(series);
-    if image.exists() && kernel_modules(series).join("order").exists() {
+    // Extracted again when GUEST_MODULES changed since.
+    let wanted = kernel_modules(series).join("wanted");
+    if image.exists() && fs::read_to_string(&wanted).is_ok_and(|w| w == GUEST_MODULES.join(" ")) {
         return Ok(());
     }
     let apt = apt_options(series)?;
@@ -171,6 +173,7 @@ fn extract_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
         order.push(name);
     }
     fs::write(out.join("order"), order.join("\n") + "\n")?;
+    fs::write(out.join("wanted"), GUEST_MODULES.join(" "))?;
     Ok(())
 }
 
@@ -286,8 +289,8 @@ pub fn static_build(args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-/// The collector built static for the guests. Without the AWS SDK: the guests have no
-/// network, and it would double the build time.
+/// The collector built static for the benchmark guest (without the AWS SDK, which it does
+/// not use).
 pub fn static_collector() -> anyhow::Result<PathBuf> {
     static_build(&["build", "-p", "collector", "--no-default-features"])?;
     Ok(shell::work_dir().join("static-target/x86_64-unknown-linux-gnu/release/collector"))
@@ -299,9 +302,20 @@ pub fn build_c_program(name: &str, out: &Path) -> anyhow::Result<()> {
     shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(source))
 }
 
+/// Where the guest reaches the test-server agent (tests/src/servers.rs); QEMU's user network
+/// runs `xtask guest-agent` for each connection to it. The host itself is 10.0.2.2 there.
+pub const AGENT_ADDRESS: &str = "10.0.2.100:7000";
+
+/// The guest's network: none, or QEMU's user network with the test-server agent.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Network {
+    None,
+    TestServers,
+}
+
 /// Boots `series` with `root` laid over the guest's / and runs `command` (sh) in /t.
-pub fn run(series: &str, root: &Path, command: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
-    run_with(series, root, command, timeout, &[])
+pub fn run(series: &str, root: &Path, command: &str, timeout: Duration, network: Network) -> anyhow::Result<GuestRun> {
+    run_with(series, root, command, timeout, network, &[])
 }
 
 /// `run` with more QEMU arguments (`-icount` for the benchmarks).
@@ -310,8 +324,19 @@ pub fn run_with(
     root: &Path,
     command: &str,
     timeout: Duration,
+    network: Network,
     qemu_args: &[&str],
 ) -> anyhow::Result<GuestRun> {
+    let nic = match network {
+        Network::None => "none".to_owned(),
+        Network::TestServers => {
+            let xtask = std::env::current_exe().context("xtask's own path")?;
+            let (ip, port) = AGENT_ADDRESS.split_once(':').expect("ip:port");
+            // (QEMU splits its options at commas.)
+            let agent = format!("{} guest-agent", xtask.display()).replace(',', ",,");
+            format!("user,model=virtio-net-pci,guestfwd=tcp:{ip}:{port}-cmd:{agent}")
+        }
+    };
     // Several guests may run at once.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -329,6 +354,9 @@ pub fn run_with(
     let results = run_dir.join("results.log");
     let console = run_dir.join("console.log");
     let status = Command::new("timeout")
+        // For the agent QEMU runs (Network::TestServers): where the servers are installed.
+        .env("KINESIS_LOCAL_MAIN", crate::setup::kinesis_local_main())
+        .env("MOTO_VENV", crate::setup::moto_venv())
         .arg(timeout.as_secs().to_string())
         .arg("qemu-system-x86_64")
         .args([
@@ -351,7 +379,7 @@ pub fn run_with(
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", results.display()))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nic", "none", "-kernel"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nic", &nic, "-kernel"])
         .arg(kernel_image(series))
         .arg("-initrd")
         .arg(&initrd)
@@ -391,14 +419,21 @@ fn console_tail(console: &Path, lines: usize) -> String {
 /// Copies a dynamically linked host program and the libraries it loads into `root`, at the
 /// same paths, so it runs in the guest.
 pub fn add_program(root: &Path, program: &Path) -> anyhow::Result<()> {
-    let mut files = vec![program.to_owned()];
+    copy_at_same_paths(root, std::iter::once(program.to_owned()).chain(libraries(program)?))
+}
+
+/// Copies the libraries a dynamically linked program (or library) loads into `root`, at
+/// the same paths.
+pub fn add_libraries(root: &Path, program: &Path) -> anyhow::Result<()> {
+    copy_at_same_paths(root, libraries(program)?)
+}
+
+fn libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let ldd = shell::output(Command::new("ldd").arg(program))?;
-    for line in ldd.lines() {
-        let path = line.split_whitespace().find(|w| w.starts_with('/'));
-        if let Some(path) = path {
-            files.push(PathBuf::from(path));
-        }
-    }
+    Ok(ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))).map(PathBuf::from).collect())
+}
+
+fn copy_at_same_paths(root: &Path, files: impl IntoIterator<Item = PathBuf>) -> anyhow::Result<()> {
     for file in files {
         let target = root.join(file.strip_prefix("/").expect("absolute"));
         fs::create_dir_all(target.parent().expect("parent"))?;

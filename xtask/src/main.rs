@@ -53,6 +53,10 @@ enum Command {
         /// Which benchmark (default: all).
         name: Option<String>,
     },
+    /// Serve one guest connection on stdin/stdout: start a test server on this host, or run
+    /// a boto3 script (QEMU runs this for the guests; tests/src/servers.rs).
+    #[command(hide = true)]
+    GuestAgent,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run { seconds } => run::run(seconds),
         Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
         Command::Bench { name } => bench::run(name.as_deref()),
+        Command::GuestAgent => Ok(collector_tests::servers::serve(std::io::stdin(), std::io::stdout())?),
     }
 }

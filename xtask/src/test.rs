@@ -14,9 +14,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, guest, setup, shell};
 
-/// Integration tests that run in the guests (they need only the kernel, busybox, logrotate
-/// and the test programs there): the core suites in every guest mode; the others in fentry
-/// mode, the one production kernels pick. Each with a libtest filter ("" = all).
+/// Integration tests that run in the guests: the core suites in every guest mode; the
+/// others in fentry mode, the one production kernels pick. Each with a libtest filter
+/// ("" = all). Not there: helm and packaging, which load no kernel program.
 const GUEST_TESTS: &[GuestSuite] = &[
     GuestSuite { name: "kernel_events", modes: GUEST_MODES, filter: "", before_6_9: "" },
     GuestSuite { name: "ring_buffer_loss", modes: GUEST_MODES, filter: "", before_6_9: "" },
@@ -51,6 +51,13 @@ const GUEST_TESTS: &[GuestSuite] = &[
     // Every row: the payload carries mkfs.xfs, mkfs.btrfs and the modules (loop, xfs, btrfs,
     // overlay are modules of Debian's cloud kernels).
     GuestSuite { name: "filesystems", modes: &["fentry"], filter: "", before_6_9: "" },
+    // The suites with a server: kinesis-local and moto run on this host, started for the
+    // guest by `xtask guest-agent` (tests/src/servers.rs) over QEMU's user network.
+    GuestSuite { name: "kinesis", modes: &["fentry"], filter: "", before_6_9: "" },
+    GuestSuite { name: "firehose", modes: &["fentry"], filter: "", before_6_9: "" },
+    GuestSuite { name: "transforms", modes: &["fentry"], filter: "", before_6_9: "" },
+    GuestSuite { name: "config_sources", modes: &["fentry"], filter: "", before_6_9: "" },
+    GuestSuite { name: "cloudwatch", modes: &["fentry"], filter: "", before_6_9: "" },
 ];
 const GUEST_MODES: &[&str] = &["fentry", "kprobe"];
 /// Guests run at once (each has one virtual CPU).
@@ -136,7 +143,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
                 loop {
                     let Some((series, mode)) = queue.lock().expect("queue").next() else { break };
                     let started = Instant::now();
-                    let run = guest::run(series, &root, &guest_script(series, mode), GUEST_TIMEOUT);
+                    let script = guest_script(series, mode);
+                    let run = guest::run(series, &root, &script, GUEST_TIMEOUT, guest::Network::TestServers);
                     // Printed whole, one guest at a time.
                     let mut out = std::io::stdout().lock();
                     let status = match run {
@@ -169,9 +177,13 @@ fn guest_script(series: &str, mode: &str) -> String {
         "export PATH=/t:/usr/sbin:/usr/bin:/sbin:/bin COLLECTOR_BIN=/t/collector COLLECTOR_TEST_ATTACH_MODE={mode} \
          COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer \
          COLLECTOR_TEST_FAST_COPYTRUNCATE=/t/fast_copytruncate COLLECTOR_TEST_SLOW=1 \
-         COLLECTOR_TEST_SCRATCH=/var/scratch RUST_BACKTRACE=1\nset -e\nuname -r -m\n\
+         COLLECTOR_TEST_SCRATCH=/var/scratch RUST_BACKTRACE=1 \
+         COLLECTOR_TEST_SERVER_AGENT={agent} COLLECTOR_TEST_SERVER_HOST=10.0.2.2\nset -e\nuname -r -m\n\
          mkdir -p /var/scratch\n\
-         for m in $(cat /lib/guest-modules/{series}/order); do insmod /lib/guest-modules/{series}/$m.ko; done\n"
+         for m in $(cat /lib/guest-modules/{series}/order); do insmod /lib/guest-modules/{series}/$m.ko; done\n\
+         ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
+         mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
+        agent = guest::AGENT_ADDRESS
     );
     // (A kernel fetched on demand before its modules were kept has no list: a failed run.)
     // XTASK_GUEST_TESTS=rotation:copytruncate runs one test binary, filtered (debugging).
@@ -194,33 +206,34 @@ fn guest_script(series: &str, mode: &str) -> String {
     s
 }
 
-/// A root tree for the guests: static builds of the collector and the guest tests in /t,
-/// and logrotate, setpriv and curl with their libraries.
+/// A root tree for the guests: the release collector, the test programs and the guest
+/// suites in /t (as built for the native run: the libraries they load come along), and
+/// logrotate, rsyslog, the mkfs tools, setpriv and curl with theirs.
 fn guest_payload() -> anyhow::Result<PathBuf> {
-    eprintln!("+ building static collector and guest tests");
-    let collector = guest::static_collector()?;
-    let messages = guest::static_build(&["test", "-p", "collector-tests", "--no-default-features", "--no-run"])?;
+    let messages = build::release_all()?;
     let root = guest::dir().join("payload");
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("t"))?;
-    let release = collector.parent().expect("release dir");
-    fs::copy(&collector, root.join("t/collector"))?;
-    fs::copy(release.join("log_writer"), root.join("t/log_writer"))?;
+    let release = shell::root().join("target/release");
+    let mut programs: Vec<(String, PathBuf)> = ["collector", "log_writer", "uring_writer", "fast_copytruncate"]
+        .map(|p| (p.to_owned(), release.join(p)))
+        .into();
     for suite in GUEST_TESTS {
-        let test = suite.name;
-        let exe = test_executable(&messages, test).with_context(|| format!("no test executable for {test}"))?;
-        fs::copy(exe, root.join("t").join(test))?;
+        let exe =
+            test_executable(&messages, suite.name).with_context(|| format!("no test executable for {}", suite.name))?;
+        programs.push((suite.name.to_owned(), exe));
     }
-    fs::copy(release.join("uring_writer"), root.join("t/uring_writer"))?;
-    fs::copy(release.join("fast_copytruncate"), root.join("t/fast_copytruncate"))?;
-    // The guest's root lives in its RAM: debug info (most of each binary) would take
-    // hundreds of megabytes of it.
-    for entry in fs::read_dir(root.join("t"))? {
-        shell::run(Command::new("strip").arg("--strip-debug").arg(entry?.path()))?;
+    for (name, program) in &programs {
+        let target = root.join("t").join(name);
+        fs::copy(program, &target).with_context(|| format!("copying {}", program.display()))?;
+        guest::add_libraries(&root, program)?;
+        // The guest's root lives in its RAM: debug info (most of each binary) would take
+        // hundreds of megabytes of it.
+        shell::run(Command::new("strip").arg("--strip-debug").arg(&target))?;
     }
     guest::add_program(&root, Path::new("/usr/sbin/logrotate"))?;
     // The filesystem matrix: its mkfs tools, and each series' modules for loop, xfs, btrfs
-    // and overlay (loaded by the guest script).
+    // and overlay (loaded by the guest script), and the network card's.
     for program in ["/usr/sbin/mkfs.xfs", "/usr/sbin/mkfs.btrfs", "/usr/bin/btrfs"] {
         guest::add_program(&root, Path::new(program))?;
     }
@@ -234,14 +247,25 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
     // security and startup_errors run as nobody through setpriv; observability's HTTP client.
     guest::add_program(&root, Path::new("/usr/bin/setpriv"))?;
     guest::add_program(&root, Path::new("/usr/bin/curl"))?;
+    // transforms: rsyslogd, its plugins (loaded at run time, so not in its ldd), and logger.
+    guest::add_program(&root, Path::new("/usr/sbin/rsyslogd"))?;
+    guest::add_program(&root, Path::new("/usr/bin/logger"))?;
+    for plugin in fs::read_dir(RSYSLOG_PLUGINS).with_context(|| format!("reading {RSYSLOG_PLUGINS} (rsyslog)"))? {
+        guest::add_program(&root, &plugin?.path())?;
+    }
     Ok(root)
 }
+
+const RSYSLOG_PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/rsyslog";
 
 /// The executable of integration test `name` among cargo's JSON messages.
 fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
     messages.lines().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v["reason"] == "compiler-artifact" && v["target"]["name"] == name && v["profile"]["test"] == true)
+        (v["reason"] == "compiler-artifact"
+            && v["package_id"].as_str().is_some_and(|p| p.contains("collector-tests"))
+            && v["target"]["name"] == name
+            && v["profile"]["test"] == true)
             .then(|| v["executable"].as_str().map(PathBuf::from))?
     })
 }
