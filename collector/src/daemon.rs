@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collector_common::{CAPTURE_LEN, InodeKey};
+use collector_common::InodeKey;
 
 use anyhow::Context as _;
 
@@ -25,17 +25,17 @@ use crate::{
     cgroup::CgroupNames,
     checkpoint::{self, Checkpoint, Identity, Loaded, Store},
     config::{Config, InitialPosition, SinkConfig},
-    cut::{self, CutWrite, Cuts, Held, Placed},
     devices,
     event_queue::EventQueue,
     framer::{Framed, Framer, FramerConfig},
     inode_map::{InodeMap, InodeSet},
     metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
     probe::{AttachMode, Probe, event::KernelEvent},
-    sink::{Batch, Origin, Outgoing, Refused, Sink, Writer, file::FileSink, null::NullSink},
+    sink::{Batch, Outgoing, Refused, Sink, Source, Writer, file::FileSink, null::NullSink},
     sweep::{Look, Sweep},
     tracker::{self, Action, Tracker},
     transform,
+    truncation::{self, Captures, CutWrite, Cuts, Held, Placed, Truncation},
     watch::WatchSet,
 };
 
@@ -86,12 +86,15 @@ fn read_new(file: &File, at: u64, want: usize) -> std::io::Result<Vec<u8>> {
             return Err(e);
         }
     };
+    // SAFETY: pread reported writing `n` bytes (n <= want <= capacity) into the spare
+    // capacity, so the first `n` bytes are initialised.
     unsafe { buf.set_len(n) };
     Ok(buf)
 }
 
 fn boot_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a local timespec that clock_gettime fills in; no other memory is passed.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -114,14 +117,15 @@ struct OpenFile {
     checkpointed: Option<(Instant, u64)>,
     /// Bytes the kernel carried with writes during a capture window, by file offset: what
     /// a copytruncate's truncation would otherwise take before they are read.
-    captured: std::collections::BTreeMap<u64, Vec<u8>>,
+    captured: Captures,
     /// The process that last wrote the file, as the kernel reported it.
     writer: Option<Writer>,
     /// Found by the sweep with bytes no event announced: the next read counts them.
     swept: bool,
     /// After a copytruncate: the unread tail, read from the copy before the file itself.
     copied_tail: Option<CopiedTail>,
-    /// A truncation waiting for the writes it cut (see `cut`); nothing is read meanwhile.
+    /// A truncation waiting for the writes it cut (see `truncation`); nothing is read
+    /// meanwhile.
     held: Option<Held>,
     /// The copy that held truncation recovers from, its descriptor taken when the
     /// truncation came: logrotate's `compress` deletes the copy (and the daemon releases it)
@@ -136,27 +140,30 @@ struct OpenFile {
     read_position: Option<u64>,
 }
 
+impl OpenFile {
+    /// Keeps bytes the kernel captured at `pos` unless they were read already. While a
+    /// copied tail is read or a truncation held, reading is at offsets of the old contents;
+    /// the bytes captured then belong to the new ones, for the next truncation.
+    fn keep_captured(&mut self, pos: u64, bytes: Vec<u8>) {
+        if !bytes.is_empty()
+            && (self.copied_tail.is_some()
+                || self.held.is_some()
+                || pos + bytes.len() as u64 > self.framer.next_offset())
+        {
+            self.captured.keep(pos, bytes);
+        }
+    }
+}
+
 /// The bytes a copytruncate cut from an original before they were read, up to `end`, are in
 /// the copy: they are read from there like any file (in pieces, and again after a sink
 /// refused them), so a long tail takes no memory and a sink that is down loses none of it.
-/// Then the rest of the truncation is done (`Truncation`).
+/// Then the rest of the truncation is done (`Truncation::verdict`).
 struct CopiedTail {
     /// The copy's own handle: the copy may be released, renamed or deleted meanwhile.
     copy: File,
     end: u64,
     truncation: Truncation,
-}
-
-/// A truncation of a tracked file, as the kernel reported it.
-struct Truncation {
-    /// Where reading had got to when it was reported.
-    read_to: u64,
-    size_before: u64,
-    size_after: u64,
-    /// The bytes the kernel captured with writes just before it (see `OpenFile::captured`).
-    captured: std::collections::BTreeMap<u64, Vec<u8>>,
-    /// Where among them lie the bytes of writes it cut before their exit hook ran.
-    cut: Vec<std::ops::Range<u64>>,
 }
 
 pub struct Daemon {
@@ -568,7 +575,7 @@ impl Daemon {
             // Taken now: what is captured from here on belongs to the new contents.
             captured: std::mem::take(&mut f.captured),
             cuts,
-            due: Instant::now() + cut::HOLD,
+            due: Instant::now() + truncation::HOLD,
         };
         if truncation.is_none() || exact && held.is_filled() {
             self.apply_truncation(inode, held);
@@ -662,16 +669,14 @@ impl Daemon {
         let Some(f) = self.open.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         let pinned_copy = f.held_copy.take();
-        let (size_after, recover_from, cuts) = (held.size_after, held.recover_from, held.cuts.len());
-        let cut::Settled { size_before, captured, cut } = held.settle();
+        let (recover_from, cuts) = (held.recover_from, held.cuts.len());
+        let truncation = held.settle(read_to);
+        let (size_before, size_after) = (truncation.size_before, truncation.size_after);
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, cuts, "truncated");
-        let truncation = Truncation { read_to, size_before, size_after, captured, cut };
-        if read_to < size_before
-            && let Some((copy, copied)) = recover_from
+        if let Some((copy, copied)) = recover_from
+            && let Some(end) = truncation.copied_tail_end(copied)
             && let Some(copy) = pinned_copy.map(Ok).or_else(|| self.open.get(&copy).map(|c| c.file.try_clone()))
-            && copied.min(size_before) > read_to
         {
-            let end = copied.min(size_before);
             match copy {
                 Ok(copy) => {
                     let f = self.open.get_mut(&inode).expect("checked");
@@ -734,61 +739,36 @@ impl Daemon {
     }
 
     /// The steps of a truncation after the copy's bytes (if any) were read: the bytes the
-    /// kernel captured, loss accounting, and where reading resumes.
+    /// kernel captured, loss accounting, and where reading resumes (`Truncation::verdict`).
     fn finish_truncation(&mut self, inode: InodeKey, t: Truncation) {
         let Some(f) = self.open.get_mut(&inode) else { return };
-        let Truncation { read_to, size_before, size_after, captured, cut } = t;
-        let mut records = Framed::default();
+        let read_to = t.read_to;
         // Only these bytes are in memory alone if the sink refuses them below.
         let in_memory_from = f.framer.settled_offset();
-        let mut recovered_to = f.framer.next_offset();
-        // What was written after the copy was made, from the bytes the kernel carried. They
-        // may go on past `size_before`: in tracepoint mode it is read at the syscall's entry,
-        // and a write can land before the truncation itself takes the inode lock. Such writes
-        // continue the old contents exactly; the new contents start at `size_after`, so only
-        // what lies beyond it is taken.
+        let verdict = t.verdict(f.framer.next_offset());
+        let mut records = Framed::default();
         let mut from_writes = 0;
-        while recovered_to < size_before || recovered_to > size_after {
-            // Of the pieces that start by `recovered_to`, the one reaching furthest: a read's
-            // capture overlaps the writes' captures of the same bytes. No piece is longer
-            // than CAPTURE_LEN, so none starting earlier can reach it.
-            let Some((at, bytes)) = captured
-                .range(recovered_to.saturating_sub(CAPTURE_LEN as u64)..=recovered_to)
-                .max_by_key(|(at, bytes)| *at + bytes.len() as u64)
-            else {
-                break;
-            };
-            let end = at + bytes.len() as u64;
-            if end <= recovered_to {
-                break;
-            }
-            let piece = &bytes[(recovered_to - at) as usize..];
-            self.counters[f.flow].bytes_cut_recovered += cut::overlap(recovered_to..end, &cut);
-            f.framer.push(recovered_to, piece.to_vec(), &mut records);
-            recovered_to += piece.len() as u64;
-            from_writes += piece.len();
+        for (at, bytes) in verdict.recovered {
+            from_writes += bytes.len();
+            f.framer.push(at, bytes, &mut records);
         }
+        self.counters[f.flow].bytes_cut_recovered += verdict.cut_recovered;
         if from_writes > 0 {
             tracing::info!(
                 bytes = from_writes,
                 "recovered bytes written just before a truncation from the kernel's capture"
             );
         }
-        // Captured bytes belong to the contents that were just cut: never to a later gap
-        // (`captured` was taken from the file and ends here).
-        // Unread bytes below the new size are still on disk: read them from there.
-        let resume = recovered_to.min(size_after);
-        // Unless reading simply goes on where it was, what the framer holds ends here.
-        let restart = recovered_to > read_to || resume < read_to;
-        if restart {
+        if verdict.restart {
             f.framer.flush(&mut records);
         }
-        let lost = size_before.saturating_sub(recovered_to.max(size_after));
+        let lost = verdict.lost;
         self.counters[f.flow].bytes_lost += lost;
         if lost > 0 {
             let path = self.path_of(&inode);
             tracing::warn!(%path, lost, "truncated before these bytes could be read; they are gone from disk");
         }
+        let recovered_to = verdict.recovered_to;
         if !self.deliver(inode, &records) && recovered_to > in_memory_from.max(read_to) {
             // Known gap: these bytes (captured by the kernel, or the last line of the copy
             // without its newline) exist only in memory.
@@ -796,11 +776,13 @@ impl Daemon {
             let path = self.path_of(&inode);
             tracing::error!(%path, lost, "the sink refused bytes recovered from a truncation; they are gone from disk");
         }
-        if restart && let Some(f) = self.open.get_mut(&inode) {
-            f.framer.reset(resume);
-            f.acknowledged = resume;
+        if verdict.restart
+            && let Some(f) = self.open.get_mut(&inode)
+        {
+            f.framer.reset(verdict.resume);
+            f.acknowledged = verdict.resume;
             // Offsets start again below: nothing after `resume` is durable yet.
-            f.durable = f.durable.min(resume);
+            f.durable = f.durable.min(verdict.resume);
         }
         self.publish_read_position(inode);
         self.checkpoint(inode, true);
@@ -858,30 +840,17 @@ impl Daemon {
                             cgroup,
                         });
                     }
-                    // While a copied tail is read or a truncation held, reading is at offsets of
-                    // the old contents; the bytes captured now belong to the new ones, for the
-                    // next truncation.
-                    if !captured.is_empty()
-                        && (f.copied_tail.is_some()
-                            || f.held.is_some()
-                            || pos + captured.len() as u64 > f.framer.next_offset())
-                    {
-                        keep_captured(&mut f.captured, pos, captured);
-                    }
+                    f.keep_captured(pos, captured);
                 }
                 tracker::Event::Write { inode, pid: origin.pid, end: pos + len }
             }
             KernelEvent::Read { inode, origin, pos, captured, .. } => {
                 // Bytes another task read before the daemon did (logrotate copying the file
                 // it is about to truncate): kept as the writes' captured bytes are.
-                if !captured.is_empty()
-                    && let Some(f) = self.open.get_mut(&inode)
+                if let Some(f) = self.open.get_mut(&inode)
                     && !f.derived
-                    && (f.copied_tail.is_some()
-                        || f.held.is_some()
-                        || pos + captured.len() as u64 > f.framer.next_offset())
                 {
-                    keep_captured(&mut f.captured, pos, captured);
+                    f.keep_captured(pos, captured);
                 }
                 tracker::Event::Read { inode, pid: origin.pid }
             }
@@ -1048,7 +1017,7 @@ impl Daemon {
             f.framer.push(c.at, c.bytes, &mut framed);
             let read_to = f.framer.next_offset();
             if f.copied_tail.is_none() {
-                f.captured.retain(|at, bytes| at + bytes.len() as u64 > read_to);
+                f.captured.forget_read(read_to);
             }
             let _ = self.deliver(c.inode, &framed);
             self.framed = framed;
@@ -1116,7 +1085,7 @@ impl Daemon {
             };
             outgoing.push(Outgoing { offset: r.offset, data, json });
         }
-        let origin = Origin { flow: &flow.name, path: &path, inode, writer: f.writer.as_ref() };
+        let origin = Source { flow: &flow.name, path: &path, inode, writer: f.writer.as_ref() };
         let batch =
             if transformed.is_empty() { Batch::framed(origin, framed) } else { Batch::listed(origin, &outgoing) };
         let sink = &mut self.sinks[f.flow];
@@ -1549,6 +1518,8 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
     daemon.start()?;
     daemon.publish()?;
     // Loading parsed the kernel's BTF (megabytes of it); give the freed heap back.
+    // SAFETY: malloc_trim takes no pointers; it only hands free heap pages back to the
+    // system, and glibc allows it from any thread.
     unsafe { libc::malloc_trim(0) };
     tracing::info!(files = daemon.open.len(), mode = %daemon.probe.mode(), "collector running");
     let mut next_tick = Instant::now() + TICK;
@@ -1607,20 +1578,6 @@ pub async fn run(config: Config, probe: Probe) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Bytes the kernel carried for offset `pos`: a write's and a read's capture of the same
-/// bytes may start at one offset, and the longer one is kept.
-fn keep_captured(captured: &mut std::collections::BTreeMap<u64, Vec<u8>>, pos: u64, bytes: Vec<u8>) {
-    match captured.entry(pos) {
-        std::collections::btree_map::Entry::Occupied(mut e) if e.get().len() < bytes.len() => {
-            e.insert(bytes);
-        }
-        std::collections::btree_map::Entry::Occupied(_) => {}
-        std::collections::btree_map::Entry::Vacant(e) => {
-            e.insert(bytes);
-        }
-    }
 }
 
 /// Events came: housekeeping is back to every `TICK`.

@@ -165,10 +165,10 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
-    use crate::probe::event::Origin;
+    use crate::probe::event::Task;
 
     fn write(pid: u32, ino: u64, pos: u64, len: u64, captured: &[u8]) -> KernelEvent {
-        let origin = Origin { tid: pid, pid, comm: "app".into(), cgroup_id: 1, boot_ns: pos };
+        let origin = Task { tid: pid, pid, comm: "app".into(), cgroup_id: 1, boot_ns: pos };
         KernelEvent::Write { origin, inode: InodeKey::new(1, ino), pos, len, captured: captured.to_vec() }
     }
 

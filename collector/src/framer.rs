@@ -115,7 +115,7 @@ pub struct Framer {
     /// Bytes of the current line dropped past the size limit (they still count as read).
     line_dropped: u64,
     /// Multiline: the record being gathered, waiting for the next start line.
-    held: Option<Held>,
+    held: Option<Gathering>,
     lines_seen: u64,
     /// Bytes dropped by the size limit.
     pub dropped_bytes: u64,
@@ -232,7 +232,7 @@ impl Framer {
             None => &self.line[..],
         };
         if starts.is_match(&String::from_utf8_lossy(data)) {
-            let next = Held { offset, end, data: data.to_vec(), truncated };
+            let next = Gathering { offset, end, data: data.to_vec(), truncated };
             if let Some(held) = self.held.replace(next) {
                 held.emit(out);
             }
@@ -284,14 +284,14 @@ impl Framer {
 }
 
 /// A multiline record being gathered: continuation lines are appended to it.
-struct Held {
+struct Gathering {
     offset: u64,
     end: u64,
     data: Vec<u8>,
     truncated: bool,
 }
 
-impl Held {
+impl Gathering {
     fn emit(self, out: &mut Framed) {
         let bytes = out.gather(&self.data);
         out.add(Record::new(self.offset, self.end, self.truncated, bytes));

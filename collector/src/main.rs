@@ -9,7 +9,6 @@ mod cli;
 #[cfg(feature = "kinesis")]
 mod cloudwatch;
 mod config;
-mod cut;
 mod daemon;
 mod devices;
 mod event_queue;
@@ -26,6 +25,7 @@ mod status;
 mod sweep;
 mod tracker;
 mod transform;
+mod truncation;
 mod watch;
 
 use std::process::ExitCode;

@@ -17,7 +17,7 @@ use crate::{devices, inode_map::InodeMap, links};
 
 /// A file the patterns picked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tracked {
+pub struct Watched {
     pub path: PathBuf,
     /// Its last name was removed; it lives on while someone holds it open.
     pub unlinked: bool,
@@ -28,7 +28,7 @@ pub struct Tracked {
 pub struct WatchSet {
     patterns: Vec<glob::Pattern>,
     exclude: Vec<glob::Pattern>,
-    files: InodeMap<Tracked>,
+    files: InodeMap<Watched>,
     dirs: InodeMap<PathBuf>,
     /// Targets of trusted symlinks that match, and the link: a file created at a target's
     /// path later (rotation by rename and create) is picked up as the link's.
@@ -150,7 +150,7 @@ impl WatchSet {
         if self.scans > 1 && (via_link || young_dir) {
             scan.late.push((id.key, path.clone()));
         }
-        self.files.insert(id.key, Tracked { path, unlinked: false, known_size: id.size });
+        self.files.insert(id.key, Watched { path, unlinked: false, known_size: id.size });
         scan.files.push((id.key, id.size));
     }
 
@@ -177,15 +177,15 @@ impl WatchSet {
         }
     }
 
-    pub fn tracked(&self, inode: &InodeKey) -> Option<&Tracked> {
+    pub fn tracked(&self, inode: &InodeKey) -> Option<&Watched> {
         self.files.get(inode)
     }
 
-    pub fn tracked_mut(&mut self, inode: &InodeKey) -> Option<&mut Tracked> {
+    pub fn tracked_mut(&mut self, inode: &InodeKey) -> Option<&mut Watched> {
         self.files.get_mut(inode)
     }
 
-    pub fn tracked_files(&self) -> impl Iterator<Item = (&InodeKey, &Tracked)> {
+    pub fn tracked_files(&self) -> impl Iterator<Item = (&InodeKey, &Watched)> {
         self.files.iter()
     }
 
@@ -218,7 +218,7 @@ impl WatchSet {
     }
 
     pub fn track(&mut self, inode: InodeKey, path: PathBuf, size: u64) {
-        self.files.insert(inode, Tracked { path, unlinked: false, known_size: size });
+        self.files.insert(inode, Watched { path, unlinked: false, known_size: size });
     }
 
     /// Where a name in a watched directory lands (creations: the kernel names the parent).

@@ -6,9 +6,9 @@ use collector_common::{
     RangeEvent,
 };
 
-/// Who caused an event.
+/// The task that caused an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
+pub struct Task {
     pub tid: u32,
     pub pid: u32,
     pub comm: String,
@@ -23,7 +23,7 @@ pub enum KernelEvent {
     /// `captured`: the first bytes written, when the kernel side carried them (a capture
     /// window after another task read the file); empty otherwise.
     Write {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         pos: u64,
         len: u64,
@@ -32,14 +32,14 @@ pub enum KernelEvent {
     /// `captured`: the bytes read, as far as they lie past where the daemon had read (see
     /// `collector_common::READ_CAPTURE_REACH`); empty otherwise.
     Read {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         pos: u64,
         len: u64,
         captured: Vec<u8>,
     },
     Copy {
-        origin: Origin,
+        origin: Task,
         source: InodeKey,
         pos: u64,
         len: u64,
@@ -50,7 +50,7 @@ pub enum KernelEvent {
     /// ran: they were at `pos` in the contents before it. `captured`: as much of them as
     /// the kernel side carried (nothing for a write from an iovec).
     CutWrite {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         pos: u64,
         len: u64,
@@ -60,7 +60,7 @@ pub enum KernelEvent {
     /// `truncation`: which truncation of the file this is, counting from when the kernel
     /// side started watching it.
     Truncate {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         size_before: u64,
         size_after: u64,
@@ -70,7 +70,7 @@ pub enum KernelEvent {
     /// `dfd`). `new_parent` is zero where the attach mode cannot see it; `inode` is zero on
     /// kernels where tracepoint mode cannot see which inode moved.
     Rename {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         new_parent: InodeKey,
         old_parent: InodeKey,
@@ -79,13 +79,13 @@ pub enum KernelEvent {
         name: Vec<u8>,
     },
     Create {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         parent: InodeKey,
         name: Vec<u8>,
     },
     Unlink {
-        origin: Origin,
+        origin: Task,
         inode: InodeKey,
         parent: InodeKey,
         name: Vec<u8>,
@@ -103,7 +103,7 @@ pub enum DecodeError {
 }
 
 impl KernelEvent {
-    pub fn origin(&self) -> &Origin {
+    pub fn origin(&self) -> &Task {
         match self {
             KernelEvent::Write { origin, .. }
             | KernelEvent::CutWrite { origin, .. }
@@ -220,9 +220,9 @@ fn read_record<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError>
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn origin(h: &EventHeader) -> Origin {
+fn origin(h: &EventHeader) -> Task {
     let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
-    Origin {
+    Task {
         tid: h.tid,
         pid: h.tgid,
         comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
@@ -252,6 +252,8 @@ mod tests {
     }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: `v` is a live reference to size_of::<T>() bytes, and the tests pass only #[repr(C)]
+        // records without implicit padding, so every byte is initialised.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
@@ -268,7 +270,7 @@ mod tests {
         assert_eq!(
             e,
             KernelEvent::Truncate {
-                origin: Origin { tid: 7, pid: 6, comm: "gzip".into(), cgroup_id: 5, boot_ns: 99 },
+                origin: Task { tid: 7, pid: 6, comm: "gzip".into(), cgroup_id: 5, boot_ns: 99 },
                 inode: InodeKey::new(3, 42),
                 size_before: 100,
                 size_after: 0,

@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 
-use super::{Origin, Outgoing};
+use super::{Outgoing, Source};
 use crate::devices::user_dev;
 
 /// The fields a batch's records share (they come from one file, read at once): escaped
@@ -21,7 +21,7 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(host: &str, o: &Origin<'_>) -> Head {
+    pub fn new(host: &str, o: &Source<'_>) -> Head {
         let mut origin = b"{\"host\":".to_vec();
         string(&mut origin, host);
         origin.extend_from_slice(b",\"flow\":");
@@ -69,7 +69,7 @@ impl Head {
 /// in `cut`, and logged.
 #[cfg_attr(not(feature = "kinesis"), allow(dead_code))]
 pub fn encode_within(
-    origin: &Origin<'_>,
+    origin: &Source<'_>,
     head: Option<&Head>,
     r: &Outgoing<'_>,
     limit: usize,
@@ -196,11 +196,11 @@ mod tests {
         let path = std::path::Path::new("/var/log/a \"b\".log");
         let writer = crate::sink::Writer { pid: 1234, comm: "nginx \"w\"".into(), ..Default::default() };
         let origin =
-            Origin { flow: "app", path, inode: collector_common::InodeKey::new(0xfe00001, 42), writer: Some(&writer) };
+            Source { flow: "app", path, inode: collector_common::InodeKey::new(0xfe00001, 42), writer: Some(&writer) };
         let r = Outgoing { offset: 7, data: b"", json: false };
         let mut out = Vec::new();
         Head::new("h", &origin).write(&mut out, &r, b"line \"quoted\"\t\x01");
-        Head::new("h", &Origin { writer: None, ..origin }).write(&mut out, &r, b"caf\xe9");
+        Head::new("h", &Source { writer: None, ..origin }).write(&mut out, &r, b"caf\xe9");
         let object = br#"{"status":"200"}"#;
         Head::new("h", &origin).write(&mut out, &Outgoing { json: true, data: object, ..r }, object);
         let text = String::from_utf8(out).unwrap();

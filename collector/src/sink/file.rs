@@ -213,6 +213,7 @@ impl Sink for FileSink {
         // Starts writing the batch to disk without waiting for it, so the fsync before the
         // next checkpoint has little left to wait for (a hint only: its errors, like ESPIPE
         // on a FIFO, leave that fsync to tell).
+        // SAFETY: no memory is passed: only the descriptor `self.file` keeps open, and plain integers.
         unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         Ok(())
     }
@@ -255,7 +256,7 @@ mod tests {
         let mut framer = Framer::new(config, 0);
         let mut framed = Default::default();
         framer.push(0, input.clone(), &mut framed);
-        let origin = super::super::Origin {
+        let origin = super::super::Source {
             flow: "f",
             path: Path::new("/x"),
             inode: collector_common::InodeKey::new(1, 2),

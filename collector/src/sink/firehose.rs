@@ -141,7 +141,7 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
-    use crate::sink::Origin;
+    use crate::sink::Source;
 
     fn records(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
         let mut offset = 0;
@@ -162,7 +162,7 @@ mod tests {
     }
 
     fn batch<'a>(records: &'a [Outgoing<'a>]) -> Batch<'a> {
-        Batch::listed(Origin { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records)
+        Batch::listed(Source { flow: "f", path: Path::new("/x"), inode: InodeKey::new(1, 2), writer: None }, records)
     }
 
     #[test]

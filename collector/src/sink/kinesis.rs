@@ -18,7 +18,7 @@
 use aws_sdk_kinesis::{Client, primitives::Blob, types::PutRecordsRequestEntry};
 
 use super::{
-    Batch, Origin, Outgoing, Refused, Sink,
+    Batch, Outgoing, Refused, Sink, Source,
     batch::{CallFailed, Entry, Limits, Stats, send_all},
     envelope::{self, Head},
 };
@@ -85,7 +85,7 @@ fn entry(
     config: &KinesisConfig,
     random: &mut u64,
     records_cut: &mut u64,
-    (index, origin, head, file_key): (usize, &Origin<'_>, Option<&Head>, &str),
+    (index, origin, head, file_key): (usize, &Source<'_>, Option<&Head>, &str),
     r: &Outgoing<'_>,
 ) -> Entry {
     let key = match config.partition_key {

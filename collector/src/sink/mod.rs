@@ -20,7 +20,7 @@ use crate::framer::Framed;
 /// Records on their way out, all from one file (read at once).
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
-    pub origin: Origin<'a>,
+    pub origin: Source<'a>,
     records: Records<'a>,
 }
 
@@ -33,11 +33,11 @@ enum Records<'a> {
 }
 
 impl<'a> Batch<'a> {
-    pub fn framed(origin: Origin<'a>, framed: &'a Framed) -> Batch<'a> {
+    pub fn framed(origin: Source<'a>, framed: &'a Framed) -> Batch<'a> {
         Batch { origin, records: Records::Framed(framed) }
     }
 
-    pub fn listed(origin: Origin<'a>, records: &'a [Outgoing<'a>]) -> Batch<'a> {
+    pub fn listed(origin: Source<'a>, records: &'a [Outgoing<'a>]) -> Batch<'a> {
         Batch { origin, records: Records::Listed(records) }
     }
 
@@ -78,7 +78,7 @@ impl<'a> Batch<'a> {
 
 /// Where a batch's records come from.
 #[derive(Clone, Copy)]
-pub struct Origin<'a> {
+pub struct Source<'a> {
     pub flow: &'a str,
     pub path: &'a Path,
     pub inode: InodeKey,

@@ -61,7 +61,8 @@ pub enum Output {
     Unparsed,
 }
 
-enum Record {
+/// A record between two steps of a pipeline.
+enum Content {
     Text(Vec<u8>),
     Object(Map<String, Value>),
 }
@@ -80,47 +81,47 @@ impl Pipeline {
     }
 
     pub fn apply(&self, data: &[u8], cx: &Context<'_>) -> Output {
-        let mut record = Record::Text(data.to_vec());
+        let mut record = Content::Text(data.to_vec());
         for step in &self.steps {
             record = match (step, record) {
-                (Step::SingleLine, Record::Text(text)) => Record::Text(single_line(&text)),
-                (Step::SingleLine, Record::Object(mut o)) => {
+                (Step::SingleLine, Content::Text(text)) => Content::Text(single_line(&text)),
+                (Step::SingleLine, Content::Object(mut o)) => {
                     for v in o.values_mut() {
                         if let Value::String(s) = v {
                             *s = String::from_utf8(single_line(s.as_bytes())).expect("trimmed UTF-8 stays UTF-8");
                         }
                     }
-                    Record::Object(o)
+                    Content::Object(o)
                 }
-                (Step::CsvToJson { fields, delimiter }, Record::Text(text)) => {
+                (Step::CsvToJson { fields, delimiter }, Content::Text(text)) => {
                     match csv::split(&String::from_utf8_lossy(&text), *delimiter) {
                         Some(values) if values.len() == fields.len() => {
-                            Record::Object(fields.iter().cloned().zip(values.into_iter().map(Value::String)).collect())
+                            Content::Object(fields.iter().cloned().zip(values.into_iter().map(Value::String)).collect())
                         }
                         _ => return Output::Unparsed,
                     }
                 }
-                (Step::LogToJson(parser), Record::Text(text)) => match parser.parse(&String::from_utf8_lossy(&text)) {
-                    Some(o) => Record::Object(o),
+                (Step::LogToJson(parser), Content::Text(text)) => match parser.parse(&String::from_utf8_lossy(&text)) {
+                    Some(o) => Content::Object(o),
                     None => return Output::Unparsed,
                 },
                 // A record already parsed is not parsed twice.
                 (Step::CsvToJson { .. } | Step::LogToJson(_), record) => record,
                 (add, record) => {
                     let mut o = match record {
-                        Record::Object(o) => o,
-                        Record::Text(text) => {
+                        Content::Object(o) => o,
+                        Content::Text(text) => {
                             Map::from_iter([("message".to_owned(), String::from_utf8_lossy(&text).into_owned().into())])
                         }
                     };
                     add_fields(add, &mut o, cx);
-                    Record::Object(o)
+                    Content::Object(o)
                 }
             };
         }
         match record {
-            Record::Text(text) => Output::Text(text),
-            Record::Object(o) => Output::Json(serde_json::to_vec(&o).expect("a JSON map serializes")),
+            Content::Text(text) => Output::Text(text),
+            Content::Object(o) => Output::Json(serde_json::to_vec(&o).expect("a JSON map serializes")),
         }
     }
 }
