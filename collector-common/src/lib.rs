@@ -6,6 +6,37 @@
 //! these bytes, the daemon reads them back as the same struct.
 #![no_std]
 
+/// The names of the kernel programs' maps and globals: collector-ebpf's statics, whose
+/// names aya takes from their identifiers. The daemon finds them by these; its tests check
+/// that the built object defines each (`probe::tests`).
+pub mod names {
+    /// Maps.
+    pub const WATCHED_INODES: &str = "WATCHED_INODES";
+    pub const READ_POSITIONS: &str = "READ_POSITIONS";
+    pub const WATCHED_DIRS: &str = "WATCHED_DIRS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Globals, set at load time.
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const SELF_TGID: &str = "SELF_TGID";
+    pub const TP_ENTER_ARGS: &str = "TP_ENTER_ARGS";
+    pub const TP_EXIT_RET: &str = "TP_EXIT_RET";
+    pub const COALESCE_APPENDS: &str = "COALESCE_APPENDS";
+
+    pub const ALL: &[&str] = &[
+        WATCHED_INODES,
+        READ_POSITIONS,
+        WATCHED_DIRS,
+        EVENTS,
+        COUNTERS,
+        OFFSETS,
+        SELF_TGID,
+        TP_ENTER_ARGS,
+        TP_EXIT_RET,
+        COALESCE_APPENDS,
+    ];
+}
+
 /// Bytes of a name carried in an event (rename target, created file, unlinked path).
 pub const NAME_LEN: usize = 256;
 /// Length of a task's `comm`, as the kernel keeps it.

@@ -17,6 +17,8 @@ const SLOTS: u32 = 6;
 
 #[inline(always)]
 fn read_slot(ctx: *mut core::ffi::c_void, byte_offset: usize) -> u64 {
+    // SAFETY: the offset is an argument slot or a pt_regs register of the context, and
+    // bpf_probe_read_kernel accepts any address, returning an error on a fault.
     unsafe { bpf_probe_read_kernel((ctx as *const u8).add(byte_offset) as *const u64).unwrap_or(0) }
 }
 

@@ -19,6 +19,8 @@ use crate::{
 #[inline(always)]
 fn capture(inode: u64) {
     let Some(call) = pending::current() else { return };
+    // SAFETY: `call` is this thread's PENDING value pointer from a map lookup, valid for this
+    // program's run; the verifier checks each access.
     unsafe {
         if !matches!((*call).op, Op::Rename | Op::Unlink | Op::Truncate) {
             return;

@@ -83,6 +83,8 @@ fn user_offset(ptr: i64) -> i64 {
     if ptr == 0 {
         return -1;
     }
+    // SAFETY: bpf_probe_read_user accepts any user address (here the syscall's offset pointer) and
+    // returns an error on a fault, read as -1.
     unsafe { bpf_probe_read_user(ptr as *const i64) }.unwrap_or(-1)
 }
 

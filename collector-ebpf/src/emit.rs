@@ -27,11 +27,15 @@ pub fn is_watched(key: &InodeKey) -> bool {
 #[inline(always)]
 pub fn watched_entry(key: &InodeKey) -> Option<*mut WatchedInode> {
     let w = WATCHED_INODES.get_ptr_mut(key)?;
+    // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+    // run; the verifier checks the access.
     (unsafe { (*w).flags } & WatchedInode::WATCHED != 0).then_some(w)
 }
 
 #[inline(always)]
 pub fn is_watched_dir(key: &InodeKey) -> bool {
+    // SAFETY: the value is a plain u8 read once: an entry the daemon removes meanwhile can only
+    // give a stale or reused value, not a bad access (the verifier checks it).
     unsafe { WATCHED_DIRS.get(key) }.is_some_and(|v| *v != 0)
 }
 
@@ -53,12 +57,16 @@ pub fn watch_moved(key: &InodeKey, size: u64) {
 
 #[inline(always)]
 pub fn known_end(key: &InodeKey) -> u64 {
+    // SAFETY: only the plain u64 known_end is read: an entry the daemon removes meanwhile can only
+    // give a stale or reused value, not a bad access (the verifier checks it).
     unsafe { WATCHED_INODES.get(key) }.map_or(0, |w| w.known_end)
 }
 
 #[inline(always)]
 pub fn set_known_end(key: &InodeKey, end: u64, only_grow: bool) {
     if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
+        // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+        // run; the verifier checks each access.
         unsafe {
             if !only_grow || end > (*w).known_end {
                 (*w).known_end = end;
@@ -71,6 +79,8 @@ pub fn set_known_end(key: &InodeKey, end: u64, only_grow: bool) {
 #[inline(always)]
 pub fn open_capture_window(key: &InodeKey) {
     if let Some(w) = WATCHED_INODES.get_ptr_mut(key) {
+        // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+        // run; the verifier checks the access.
         unsafe { (*w).capture_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::CAPTURE_WINDOW_NS };
     }
 }
@@ -81,6 +91,8 @@ pub fn open_capture_window(key: &InodeKey) {
 pub fn begin_truncation(key: &InodeKey) -> u64 {
     let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
     // Two truncations of one file at once are not told apart anyway: a plain increment.
+    // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+    // run; the verifier checks each access.
     unsafe {
         (*w).truncations += 1;
         (*w).truncations
@@ -93,6 +105,8 @@ pub fn begin_truncation(key: &InodeKey) -> u64 {
 #[inline(always)]
 pub fn end_truncation(key: &InodeKey, size_after: u64) -> u64 {
     let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
+    // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+    // run; the verifier checks each access.
     unsafe {
         (*w).known_end = size_after;
         (*w).capture_until_ns = 0;
@@ -152,6 +166,8 @@ pub fn note_write<A: Access>(
     end: u64,
 ) -> WriteNote {
     let Some(w) = entry.or_else(|| WATCHED_INODES.get_ptr_mut(key)) else { return WriteNote::Event(Foldable::NOT) };
+    // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
+    // run (the verifier checks each access), so `coalesced` is a valid u64 for locked_increment.
     unsafe {
         let (capture_until, cut_watch_until) = ((*w).capture_until_ns, (*w).cut_watch_until_ns);
         if capture_until != 0 || cut_watch_until != 0 {
@@ -189,8 +205,13 @@ pub fn note_write<A: Access>(
 }
 
 /// A write ending at `end` landed in the file as it is now.
+///
+/// # Safety
+/// `w` is a WATCHED_INODES value pointer from a map lookup in this program run.
 #[inline(always)]
-fn grow_known_end(w: *mut WatchedInode, end: u64) {
+unsafe fn grow_known_end(w: *mut WatchedInode, end: u64) {
+    // SAFETY: `w` is a map value pointer (the caller's promise); the verifier checks each
+    // access.
     unsafe {
         if end > (*w).known_end {
             (*w).known_end = end;
@@ -202,8 +223,14 @@ fn grow_known_end(w: *mut WatchedInode, end: u64) {
 /// barrier. (arm64's JIT emits an unordered add, so the daemon folds only on x86-64; the
 /// fully ordered BPF_FETCH form would do there, but 5.10's verifier refuses it even on a
 /// path it never takes.) Written out so the compiler keeps it as it is.
+///
+/// # Safety
+///
+/// `counter` must point to a u64 writable for the program's run (a map value's field).
 #[inline(always)]
 unsafe fn locked_increment(counter: *mut u64) {
+    // SAFETY: the caller passes a valid u64 pointer; the asm only adds 1 to it atomically and
+    // does not touch the stack.
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({at} + 0) += {one}",
@@ -218,6 +245,8 @@ unsafe fn locked_increment(counter: *mut u64) {
 #[inline(always)]
 pub fn range_of_write(inode: InodeKey, pos: u64, len: u64, foldable: Foldable) {
     if range(EventKind::Write, inode, pos, len, InodeKey::default(), 0) && !foldable.entry.is_null() {
+        // SAFETY: a non-null `entry` is the WATCHED_INODES value pointer note_write looked up in this
+        // same program run, still valid; the verifier checks each access.
         unsafe {
             (*foldable.entry).notified_at = foldable.at;
             (*foldable.entry).notified_end = pos + len;
@@ -262,8 +291,11 @@ fn captured_write_in<const N: usize>(kind: EventKind, inode: InodeKey, pos: u64,
     // cannot fold the mask away), then ((n - 1) & (N - 1)) + 1, which is n for n <= N
     // (N is a power of two).
     let n = if len > N as u64 { N } else { len as usize };
+    // SAFETY: `&n` refers to a local, valid and aligned; the volatile read only hides its value.
     let n = unsafe { core::ptr::read_volatile(&n) };
     let n = (n.wrapping_sub(1) & (N - 1)) + 1;
+    // SAFETY: `p` points to the CapturedWrite<N> reserved above, writable until submitted; the
+    // helper fills at most `n` <= N bytes of `data` and returns an error on a bad user address.
     unsafe {
         fill_header(&raw mut (*p).header, kind, inode);
         (*p).pos = pos;
@@ -282,6 +314,8 @@ fn captured_write_in<const N: usize>(kind: EventKind, inode: InodeKey, pos: u64,
 /// in `ReadCaptured` events. False when nothing was captured.
 #[inline(always)]
 pub fn captured_read(inode: InodeKey, pos: u64, len: u64, buf: u64) -> bool {
+    // SAFETY: the value is a plain u64 copied at once: an entry the daemon removes meanwhile can
+    // only give a stale or reused value, not a bad access (the verifier checks it).
     let Some(read_to) = (unsafe { READ_POSITIONS.get(&inode) }).copied() else { return false };
     let from = if pos > read_to { pos } else { read_to };
     let end = pos + len;
@@ -304,15 +338,23 @@ pub fn captured_read(inode: InodeKey, pos: u64, len: u64, buf: u64) -> bool {
 fn bump(counter: Counter) {
     // Per-CPU slots: a plain increment is race-free, the daemon sums the CPUs.
     if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: `c` is this CPU's slot from the per-CPU array lookup, valid for this program's run;
+        // the verifier checks the access.
         unsafe { *c += 1 };
     }
 }
 
 /// Fills an event's header where it lies in the ring (no copy through the stack, and the
 /// comm is written by the helper, which pads it, so it needs no zeroing first).
+///
+/// # Safety
+///
+/// `h` must point to memory writable as an EventHeader (a record reserved in the ring).
 #[inline(always)]
 unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, inode: InodeKey) {
     let id = bpf_get_current_pid_tgid();
+    // SAFETY: the caller guarantees `h` is writable for an EventHeader; only its fields are
+    // written, and the comm helper writes at most COMM_LEN bytes into `comm`.
     unsafe {
         (*h).kind = kind as u32;
         (*h).tid = id as u32;
@@ -335,6 +377,8 @@ pub fn range(kind: EventKind, inode: InodeKey, pos: u64, len: u64, peer: InodeKe
         return false;
     };
     let p = entry.as_mut_ptr();
+    // SAFETY: `p` points to the RangeEvent reserved above, writable until submitted, so its
+    // header field is a valid place for fill_header.
     unsafe {
         fill_header(&raw mut (*p).header, kind, inode);
         (*p).pos = pos;
@@ -369,6 +413,8 @@ pub fn named(kind: EventKind, inode: InodeKey, dirs: Dirs, name: Name) {
         return;
     };
     let p = entry.as_mut_ptr();
+    // SAFETY: `p` points to the NameEvent reserved above, writable until submitted; the string
+    // helpers write at most NAME_LEN bytes into `name` and return an error on a bad address.
     unsafe {
         fill_header(&raw mut (*p).header, kind, inode);
         (*p).new_parent = dirs.new_parent;

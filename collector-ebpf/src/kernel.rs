@@ -67,6 +67,8 @@ impl Access for Probe {
         if base == 0 {
             return None;
         }
+        // SAFETY: bpf_probe_read_kernel accepts any address and returns an error on a fault, which
+        // becomes None here.
         unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
     }
 
@@ -108,6 +110,8 @@ impl Access for Typed {
         if base == 0 {
             return None;
         }
+        // SAFETY: only used on BTF-typed kernel pointers: the verifier checks the load against the
+        // type, and the JIT makes it a load that reads 0 on a fault.
         Some(unsafe { core::ptr::read((base + offset as u64) as *const T) })
     }
 }
@@ -120,6 +124,8 @@ pub fn file_of_fd(fd: i64) -> Option<KPtr> {
         return None;
     }
     let o = offsets();
+    // SAFETY: the helper takes no arguments; the task address it returns is only read through
+    // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
     let files: KPtr = read(task, o.task_files)?;
     let fdt: KPtr = read(files, o.files_fdt)?;
@@ -204,6 +210,8 @@ pub fn base_dir_of(dfd: i64) -> Option<InodeKey> {
     let dfd = dfd as i32;
     let dentry = if dfd == AT_FDCWD {
         let o = offsets();
+        // SAFETY: the helper takes no arguments; the task address it returns is only read through
+        // bpf_probe_read_kernel.
         let task = unsafe { bpf_get_current_task() };
         let fs: KPtr = read(task, o.task_fs)?;
         read::<KPtr>(fs, o.fs_pwd_dentry)?

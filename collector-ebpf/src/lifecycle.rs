@@ -165,6 +165,8 @@ pub fn tp_sys_enter_openat(ctx: TracePointContext) {
 #[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
 pub fn tp_sys_enter_openat2(ctx: TracePointContext) {
     let how = arg(&ctx, 2) as *const u64;
+    // SAFETY: bpf_probe_read_user accepts any user address (here the syscall's `how` argument) and
+    // returns an error on a fault, read as no flags.
     begin_open(unsafe { bpf_probe_read_user(how) }.unwrap_or(0) as u32);
 }
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]

@@ -1,4 +1,6 @@
-//! Maps shared with the daemon, and the globals it sets before load.
+//! Maps shared with the daemon, and the globals it sets before load. Their names (the
+//! statics' identifiers) are the daemon's `collector_common::names`: renaming one here
+//! means renaming it there (the daemon's tests check the built object has each).
 
 use aya_ebpf::{
     macros::map,
@@ -10,6 +12,7 @@ use crate::pending::PendingCall;
 
 /// Struct member offsets of the running kernel, from its BTF (set by the daemon).
 #[unsafe(no_mangle)]
+// SAFETY: KernelOffsets is only u32 fields, for which all-zero bytes are a valid value.
 static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 /// The daemon's own process: its reads of watched files are not events.
 #[unsafe(no_mangle)]
@@ -34,22 +37,32 @@ pub fn offsets() -> &'static KernelOffsets {
     // to, so only the members a program uses are loaded (a volatile read of the whole struct
     // loaded all 28 at every call, on every hot path).
     let at: *const KernelOffsets = &OFFSETS;
+    // SAFETY: `at` is a local holding the address of the static OFFSETS, so the pointer read
+    // back is valid, aligned and lives for 'static.
     unsafe { &*core::ptr::read_volatile(&at) }
 }
 #[inline(always)]
 pub fn self_tgid() -> u32 {
+    // SAFETY: a volatile read of a static, valid and aligned; volatile because the loader sets
+    // it before the programs run, so the compiler must not fold it to its initial 0.
     unsafe { core::ptr::read_volatile(&SELF_TGID) }
 }
 #[inline(always)]
 pub fn coalesce_appends() -> bool {
+    // SAFETY: a volatile read of a static, valid and aligned; volatile because the loader sets
+    // it before the programs run, so the compiler must not fold it to its initial 0.
     unsafe { core::ptr::read_volatile(&COALESCE_APPENDS) != 0 }
 }
 #[inline(always)]
 pub fn tp_enter_args() -> usize {
+    // SAFETY: a volatile read of a static, valid and aligned; volatile because the loader sets
+    // it before the programs run, so the compiler must not fold it to its initial 0.
     unsafe { core::ptr::read_volatile(&TP_ENTER_ARGS) as usize }
 }
 #[inline(always)]
 pub fn tp_exit_ret() -> usize {
+    // SAFETY: a volatile read of a static, valid and aligned; volatile because the loader sets
+    // it before the programs run, so the compiler must not fold it to its initial 0.
     unsafe { core::ptr::read_volatile(&TP_EXIT_RET) as usize }
 }
 

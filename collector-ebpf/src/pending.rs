@@ -93,6 +93,8 @@ pub fn begin(call: &PendingCall) {
 #[inline(always)]
 pub fn finish(op: Op) -> Option<PendingCall> {
     let id = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is keyed by this thread's pid_tgid, and only this thread inserts or
+    // removes it, so it cannot be removed or reused while it is copied out.
     let call = unsafe { PENDING.get(id) }.copied()?;
     if call.op != op {
         return None;
@@ -110,5 +112,7 @@ pub fn current() -> Option<*mut PendingCall> {
 /// Whether this thread is inside a sendfile/copy_file_range that copy.rs reports whole.
 #[inline(always)]
 pub fn copy_in_progress() -> bool {
+    // SAFETY: the entry is keyed by this thread's pid_tgid, and only this thread inserts or
+    // removes it, so it cannot be removed or reused while `op` is read.
     unsafe { PENDING.get(bpf_get_current_pid_tgid()) }.is_some_and(|c| c.op == Op::Copy)
 }

@@ -139,6 +139,8 @@ fn vfs_rename_begin(rd: KPtr) {
     let Some(call) = pending::current() else { return };
     let Some(dentry) = kernel::renamedata_old_dentry(rd) else { return };
     let Some(inode) = kernel::dentry_inode(dentry) else { return };
+    // SAFETY: `call` is this thread's PENDING value pointer from a map lookup, valid for this
+    // program's run; the verifier checks each access.
     unsafe {
         if (*call).op != Op::Rename || !kernel::inode_is_regular(inode) {
             return;
@@ -155,6 +157,8 @@ fn vfs_rename_begin(rd: KPtr) {
 #[inline(always)]
 fn vfs_rename_end(result: i64) {
     let Some(call) = pending::current() else { return };
+    // SAFETY: `call` is this thread's PENDING value pointer from a map lookup, valid for this
+    // program's run; the verifier checks each access.
     unsafe {
         if (*call).op != Op::Rename || (*call).file == 0 || result != 0 {
             return;

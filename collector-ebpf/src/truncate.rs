@@ -155,14 +155,18 @@ pub fn kretprobe_do_truncate(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn size_change_begins(dentry: KPtr) {
     let Some(call) = pending::current() else { return };
+    // SAFETY: `call` is this thread's PENDING value pointer from a map lookup, valid for this
+    // program's run; the verifier checks the access.
     if unsafe { (*call).op } != Op::Truncate {
         return;
     }
     let Some(inode_ptr) = kernel::dentry_inode(dentry) else { return };
+    // SAFETY: `call` is the PENDING value pointer from above, still valid in this program run.
     if unsafe { (*call).captured_inode } != inode_ptr {
         return;
     }
     if let Some(size) = kernel::inode_size(inode_ptr) {
+        // SAFETY: `call` is the PENDING value pointer from above, still valid in this program run.
         unsafe { (*call).size_before = size };
     }
 }

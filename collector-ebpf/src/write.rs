@@ -21,11 +21,15 @@ use crate::{
 
 #[inline(always)]
 pub fn arg(ctx: &TracePointContext, n: usize) -> i64 {
+    // SAFETY: the offset is inside the tracepoint record (from its format file), and read_at
+    // copies with bpf_probe_read_kernel, which returns an error on a fault.
     unsafe { ctx.read_at::<i64>(tp_enter_args() + 8 * n) }.unwrap_or(-1)
 }
 
 #[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: the offset is inside the tracepoint record (from its format file), and read_at
+    // copies with bpf_probe_read_kernel, which returns an error on a fault.
     unsafe { ctx.read_at::<i64>(tp_exit_ret()) }.unwrap_or(-1)
 }
 

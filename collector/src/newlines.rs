@@ -41,6 +41,10 @@ mod x86 {
     }
 
     /// Newlines in the whole 32-byte blocks of `bytes`; returns where the blocks end.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub unsafe fn find_avx2(bytes: &[u8], out: &mut Vec<usize>) -> usize {
         let newline = _mm256_set1_epi8(b'\n' as i8);

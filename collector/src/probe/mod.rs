@@ -16,7 +16,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
-use collector_common::{Counter, InodeKey, WatchedInode};
+use collector_common::{Counter, InodeKey, WatchedInode, names};
 
 pub use attach::AttachMode;
 use attach::{Planned, Target};
@@ -86,13 +86,13 @@ impl Probe {
 
         let mut loader = EbpfLoader::new();
         loader
-            .override_global("OFFSETS", &kernel_offsets, true)
-            .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("TP_ENTER_ARGS", &layout.enter_args, true)
-            .override_global("TP_EXIT_RET", &layout.exit_ret, true)
-            .override_global("COALESCE_APPENDS", &coalesce_appends, true);
+            .override_global(names::OFFSETS, &kernel_offsets, true)
+            .override_global(names::SELF_TGID, &self_tgid, true)
+            .override_global(names::TP_ENTER_ARGS, &layout.enter_args, true)
+            .override_global(names::TP_EXIT_RET, &layout.exit_ret, true)
+            .override_global(names::COALESCE_APPENDS, &coalesce_appends, true);
         if let Some(bytes) = options.ring_buffer_bytes {
-            loader.map_max_entries("EVENTS", bytes);
+            loader.map_max_entries(names::EVENTS, bytes);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object").map_err(StartError::Load)?;
 
@@ -133,7 +133,7 @@ impl Probe {
     /// race with the writes landing while the daemon looked at the file (a copy's known end
     /// set back to the size the daemon saw, the folded writes after it forgotten).
     pub fn watch_inode(&mut self, inode: InodeKey, known_end: u64) -> anyhow::Result<()> {
-        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
+        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map(names::WATCHED_INODES)?;
         match map.insert(inode, WatchedInode::new(known_end), BPF_NOEXIST) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -143,42 +143,42 @@ impl Probe {
 
     /// The highest end the kernel saw written to a watched inode (`WatchedInode::known_end`).
     pub fn known_end(&self, inode: InodeKey) -> Option<u64> {
-        let map: HashMap<_, InodeKey, WatchedInode> = HashMap::try_from(self.ebpf.map("WATCHED_INODES")?).ok()?;
+        let map: HashMap<_, InodeKey, WatchedInode> = HashMap::try_from(self.ebpf.map(names::WATCHED_INODES)?).ok()?;
         map.get(&inode, 0).ok().map(|w| w.known_end)
     }
 
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
         self.forget_read_position(inode)?;
-        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map("WATCHED_INODES")?;
+        let mut map: HashMap<_, InodeKey, WatchedInode> = self.map(names::WATCHED_INODES)?;
         absent_is_removed(map.remove(&inode)).context("removing a watched inode")
     }
 
     /// Where the daemon has read `inode` to: what other tasks read past it comes with its
     /// bytes (a copytruncate's copy may be deleted before the daemon can open it).
     pub fn set_read_position(&mut self, inode: InodeKey, offset: u64) -> anyhow::Result<()> {
-        let mut map: HashMap<_, InodeKey, u64> = self.map("READ_POSITIONS")?;
+        let mut map: HashMap<_, InodeKey, u64> = self.map(names::READ_POSITIONS)?;
         map.insert(inode, offset, 0).context("setting a read position (map full?)")
     }
 
     /// Reads of `inode` by other tasks carry no bytes any more (a derived file).
     pub fn forget_read_position(&mut self, inode: InodeKey) -> anyhow::Result<()> {
-        let mut map: HashMap<_, InodeKey, u64> = self.map("READ_POSITIONS")?;
+        let mut map: HashMap<_, InodeKey, u64> = self.map(names::READ_POSITIONS)?;
         absent_is_removed(map.remove(&inode)).context("removing a read position")
     }
 
     /// Reports files created in (or renamed into) this directory.
     pub fn unwatch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
-        let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
+        let mut map: HashMap<_, InodeKey, u8> = self.map(names::WATCHED_DIRS)?;
         absent_is_removed(map.remove(&dir)).context("removing a watched directory")
     }
 
     pub fn watch_dir(&mut self, dir: InodeKey) -> anyhow::Result<()> {
-        let mut map: HashMap<_, InodeKey, u8> = self.map("WATCHED_DIRS")?;
+        let mut map: HashMap<_, InodeKey, u8> = self.map(names::WATCHED_DIRS)?;
         map.insert(dir, 1, 0).context("adding a watched directory (map full?)")
     }
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
-        let map = self.ebpf.map("COUNTERS").context("COUNTERS map")?;
+        let map = self.ebpf.map(names::COUNTERS).context("COUNTERS map")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let sum = |c: Counter| -> anyhow::Result<u64> { Ok(counters.get(&(c as u32), 0)?.iter().sum()) };
         Ok(Counters { emitted: sum(Counter::Emitted)?, lost: sum(Counter::RingBufferLost)? })
@@ -186,7 +186,7 @@ impl Probe {
 
     /// The event stream; can be taken once.
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map already taken")?;
+        let map = self.ebpf.take_map(names::EVENTS).context("EVENTS map already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -307,5 +307,20 @@ fn absent_is_removed(result: Result<(), aya::maps::MapError>) -> Result<(), aya:
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each name the daemon looks up is a symbol of the built object: the ELF string table
+    /// holds it whole, between NULs.
+    #[test]
+    fn the_object_defines_every_map_and_global_the_daemon_names() {
+        for name in collector_common::names::ALL {
+            let symbol = [b"\0", name.as_bytes(), b"\0"].concat();
+            assert!(super::OBJECT.windows(symbol.len()).any(|w| w == symbol), "the kernel programs define no {name}");
+        }
+        // And the check can fail.
+        assert!(!super::OBJECT.windows(9).any(|w| w == b"\0NO_SUCH\0"));
     }
 }

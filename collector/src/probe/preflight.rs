@@ -74,6 +74,7 @@ fn mount_tracefs() -> Result<(), PreflightError> {
     if Path::new(TRACEFS).join("events").exists() {
         return Ok(());
     }
+    // SAFETY: all three strings are NUL-terminated C literals, and `data` may be null for tracefs.
     let ok = unsafe {
         libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     } == 0;
