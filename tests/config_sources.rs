@@ -38,6 +38,18 @@ fn a_config_in_an_ssm_parameter_is_used_and_a_missing_one_is_named() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(run.status.code(), Some(78), "no such parameter: a config error: {stderr}");
     assert!(stderr.contains("ssm:/collector/nope") && stderr.contains("ParameterNotFound"), "{stderr}");
+    // SSM out of reach: a later try may work, so not the status systemd never restarts.
+    let closed = collector_tests::servers::endpoint(collector_tests::servers::free_port());
+    let unreachable: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| if *k == "AWS_ENDPOINT_URL" { (*k, closed.as_str()) } else { (*k, *v) }).collect();
+    let run = Command::new(collector_bin())
+        .args(["check-config", "--config", "ssm:/collector/app"])
+        .envs(unreachable.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("ssm:/collector/app"), "{stderr}");
 }

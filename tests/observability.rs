@@ -54,7 +54,7 @@ fn status_without_a_metrics_address_says_why() {
     std::fs::write(&path, config(&scratch.path("state"), &[scratch.pattern("*.log")], Path::new("/tmp/x"), ""))
         .unwrap();
     let out = Command::new(collector_bin()).args(["status", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78), "a config without the address is a config error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [metrics] listen address"));
 }
 

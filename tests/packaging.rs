@@ -39,6 +39,22 @@ fn systemd_analyze_verify_accepts_the_unit() {
     assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
 }
 
+/// A wrong config is not restarted forever: `run` exits with the status the unit names in
+/// RestartPreventExitStatus (and nothing else there).
+#[test]
+fn a_wrong_config_exits_with_the_status_the_unit_does_not_restart() {
+    assert_eq!(directive(&unit(), "RestartPreventExitStatus"), "78");
+    assert!(directive(&unit(), "Restart") == "on-failure");
+    assert!(!unit().contains("ExecStartPre="), "a failing ExecStartPre would be restarted whatever its status");
+    let scratch = Scratch::new("systemd-bad-config");
+    let path = scratch.path("collector.toml");
+    std::fs::write(&path, "[[flow]\nname = \"app\"\n").unwrap();
+    let run = Command::new(collector_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(&format!("{}:", path.display())), "the file is named: {stderr}");
+}
+
 #[test]
 fn the_units_capabilities_are_enough_and_sigterm_writes_the_checkpoint() {
     let caps: Vec<String> = directive(&unit(), "CapabilityBoundingSet")

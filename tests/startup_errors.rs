@@ -1,5 +1,6 @@
-//! What the host lacks is reported in one line that names it, with exit status 2, before
-//! anything is attached.
+//! What the host lacks is reported in one line that names it, with exit status 69
+//! (EX_UNAVAILABLE), before anything is attached. `--version` has no side effects;
+//! `collector doctor` says what the host supports.
 
 use std::process::{Command, Output};
 
@@ -16,7 +17,7 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn missing_capabilities_are_named_and_exit_2() {
+fn missing_capabilities_are_named_and_exit_69() {
     // An unprivileged user: no CAP_BPF, CAP_PERFMON or CAP_DAC_READ_SEARCH.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
@@ -24,7 +25,7 @@ fn missing_capabilities_are_named_and_exit_2() {
         .args(["events", "--path", "/var/log/*.log"])
         .output()
         .expect("setpriv (util-linux)");
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("missing capabilities CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH"),
         "{}",
@@ -34,22 +35,39 @@ fn missing_capabilities_are_named_and_exit_2() {
 }
 
 #[test]
-fn a_kernel_without_btf_is_named_and_exits_2() {
+fn a_kernel_without_btf_is_named_and_exits_69() {
     // This kernel has BTF; pointing the collector elsewhere is how the case is reached here.
     let out = collector(&["events", "--path", "/var/log/*.log"])
         .env("COLLECTOR_BTF_PATH", "/nonexistent/btf")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(69));
     assert!(stderr(&out).contains("this kernel has no BTF (/nonexistent/btf is missing)"), "{}", stderr(&out));
 }
 
+/// `--version` prints one line and loads nothing: it works without privileges, BTF or a
+/// tracefs, and leaves no log line.
 #[test]
-fn version_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
-    let out = collector(&["--version"]).output().unwrap();
-    assert!(out.status.success());
+fn version_is_one_line_and_touches_nothing() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(collector_bin())
+        .arg("--version")
+        .env("COLLECTOR_BTF_PATH", "/nonexistent/btf")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("collector {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn doctor_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
+    let out = collector(&["doctor"]).output().unwrap();
+    assert!(out.status.success(), "a mode works here: {}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.starts_with("collector "), "{text}");
+    assert!(text.contains("\nkernel: ") && text.contains("\nbtf: "), "{text}");
     for mode in ["fentry", "kprobe", "tracepoint"] {
         let line =
             text.lines().find(|l| l.starts_with(&format!("attach mode {mode}: "))).unwrap_or_else(|| panic!("{text}"));
@@ -58,9 +76,9 @@ fn version_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
         }
         // Forcing a mode the kernel refuses fails the same way, with the kernel's reason.
         let forced = collector(&["--attach-mode", mode, "events", "--path", "/var/log/*.log"]).output().unwrap();
-        assert_eq!(forced.status.code(), Some(2), "{line}: {}", stderr(&forced));
+        assert_eq!(forced.status.code(), Some(69), "{line}: {}", stderr(&forced));
         let err = stderr(&forced);
-        assert!(err.contains(&format!("no attach mode works on this kernel: {mode}: ")), "{err}");
+        assert!(err.contains(&format!("this kernel refuses attach mode {mode}: ")), "{err}");
     }
     assert!(text.contains(&format!("attach mode {}: supported", attach_mode())), "{text}");
 }

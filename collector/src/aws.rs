@@ -108,7 +108,7 @@ where
     }
 }
 
-fn is_retryable<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+pub fn is_retryable<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(s) => {

@@ -11,7 +11,7 @@ use crate::probe::AttachMode;
     disable_version_flag = true
 )]
 pub struct Cli {
-    /// Print the version and the attach modes this kernel supports, then exit.
+    /// Print the version, then exit (`collector doctor` checks the host).
     #[arg(long, short = 'V')]
     pub version: bool,
     /// Force an attach mode instead of the best one that loads (fentry, then kprobe, then tracepoint).
@@ -42,7 +42,8 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
     },
-    /// Check a config file and exit: 0 if good, 2 with file:line: key: message if not.
+    /// Check a config and exit: 0 if good; 78 with file:line: key: message if not; 75 if it
+    /// could not be fetched (SSM).
     CheckConfig {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
@@ -60,6 +61,9 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
     },
+    /// Check this host: the kernel, its BTF, and which attach modes load here (and why the
+    /// others do not). Exits 0 if `run` can work, 69 if not.
+    Doctor,
     /// Print kernel file events for matching files as JSON lines (debugging; used by tests).
     Events {
         /// Absolute glob of files to watch (`*` stays in one directory, `**` crosses them). Repeatable.

@@ -13,6 +13,7 @@ mod daemon;
 mod devices;
 mod event_queue;
 mod events;
+mod exit;
 mod framer;
 mod inode_map;
 mod links;
@@ -44,12 +45,12 @@ fn main() -> ExitCode {
         cli.log_format,
     );
     if cli.version {
-        print_version();
+        println!("collector {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
         eprintln!("collector: no command given; see `collector --help`");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE);
     };
     match command {
         Command::CheckConfig { config } => match config::Config::load(&config) {
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("collector: {e}");
-                ExitCode::from(2)
+                ExitCode::from(exit::of_config_error(&e))
             }
         },
         Command::Run { config } => {
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     fatal(cli.log_format, &e.to_string());
-                    return ExitCode::from(2);
+                    return ExitCode::from(exit::of_config_error(&e));
                 }
             };
             let probe = match Probe::start(&ProbeOptions {
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
                     Ok(t) => texts.push((f.display().to_string(), t)),
                     Err(e) => {
                         eprintln!("collector: {}: cannot read: {e}", f.display());
-                        return ExitCode::from(2);
+                        return ExitCode::from(exit::NO_INPUT);
                     }
                 }
             }
@@ -112,17 +113,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("collector: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(exit::CONFIG)
                 }
             }
         }
         Command::Status { config } => match status::print(&config) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(status::Error::Config(e)) => {
+                eprintln!("collector: {e}");
+                ExitCode::from(exit::of_config_error(&e))
+            }
+            Err(status::Error::NoAddress) => {
+                eprintln!("collector: {}", status::Error::NoAddress);
+                ExitCode::from(exit::CONFIG)
+            }
             Err(e) => {
                 eprintln!("collector: {e:#}");
-                ExitCode::from(2)
+                ExitCode::from(exit::FAILURE)
             }
         },
+        Command::Doctor => doctor(),
         Command::Layout { btf, vmlinux } => {
             let btf = match (btf, vmlinux) {
                 (_, Some(image)) => probe::btf::KernelBtf::from_elf_file(&image),
@@ -135,14 +145,14 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("collector: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(exit::UNAVAILABLE)
                 }
             }
         }
         Command::Floor => {
             let Some(mode) = cli.attach_mode else {
                 eprintln!("collector: floor needs --attach-mode");
-                return ExitCode::from(2);
+                return ExitCode::from(exit::USAGE);
             };
             let floor = match probe::Floor::attach(mode) {
                 Ok(floor) => floor,
@@ -209,13 +219,23 @@ fn fatal(format: cli::LogFormat, message: &str) {
     }
 }
 
-/// The version, then each attach mode and whether it loads here (and why not).
-fn print_version() {
+/// `collector doctor`: the version, the kernel, its BTF, then each attach mode and whether
+/// it loads here (and why not). 0 when one does.
+fn doctor() -> ExitCode {
     println!("collector {}", env!("CARGO_PKG_VERSION"));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel: {} {}", release.trim(), std::env::consts::ARCH);
+    let btf = probe::preflight::btf_path();
+    println!("btf: {} ({})", btf.display(), if btf.exists() { "present" } else { "missing" });
+    let mut any = false;
     for mode in AttachMode::BEST_FIRST {
         match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None, coalesce_appends: false }) {
-            Ok(_) => println!("attach mode {mode}: supported"),
+            Ok(_) => {
+                any = true;
+                println!("attach mode {mode}: supported");
+            }
             Err(e) => println!("attach mode {mode}: not supported ({e})"),
         }
     }
+    if any { ExitCode::SUCCESS } else { ExitCode::from(exit::UNAVAILABLE) }
 }

@@ -11,11 +11,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-pub fn print(config: &Path) -> anyhow::Result<()> {
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the config has no [metrics] listen address: status asks the running collector there")]
+    NoAddress,
+    #[error(transparent)]
+    Asking(#[from] anyhow::Error),
+}
+
+pub fn print(config: &Path) -> Result<(), Error> {
     let config = crate::config::Config::load(config)?;
-    let Some(listen) = config.metrics_listen else {
-        bail!("the config has no [metrics] listen address: status asks the running collector there");
-    };
+    let listen = config.metrics_listen.ok_or(Error::NoAddress)?;
     let files = fetch(listen).with_context(|| format!("asking the collector at {listen} (is it running?)"))?;
     println!("{}", table(&files));
     Ok(())

@@ -159,6 +159,9 @@ pub struct ConfigError {
     pub line: usize,
     pub key: String,
     pub message: String,
+    /// The config could not be fetched (SSM unreachable, throttled, no credentials yet): a
+    /// later try may work, unlike a config that is wrong.
+    pub temporary: bool,
 }
 
 impl Config {
@@ -190,6 +193,7 @@ impl Config {
                 line: 1,
                 key: "flow".into(),
                 message: "no [[flow]] defined: nothing to ship".into(),
+                temporary: false,
             });
         }
         let (state_dir, host) = collector.map(|(_, dir, host)| (dir, host)).unwrap_or_default();
@@ -220,12 +224,14 @@ impl Merged {
             line: line_of(text, span.start),
             key: key.into(),
             message,
+            temporary: false,
         };
         let expanded = expand_env(text, &|name| std::env::var(name).ok()).map_err(|(offset, message)| ConfigError {
             file: file.into(),
             line: line_of(text, offset),
             key: "-".into(),
             message,
+            temporary: false,
         })?;
         let text = expanded.as_str();
         let raw: raw::File = toml::from_str(text).map_err(|e| {

@@ -17,6 +17,7 @@ pub fn read(source: &Path) -> Result<Vec<(String, String)>, ConfigError> {
         line: 0,
         key: "-".into(),
         message,
+        temporary: false,
     };
     if source.is_dir() {
         let files = toml_files(source).map_err(|e| error(source, format!("cannot list: {e}")))?;
@@ -54,6 +55,7 @@ fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
         line: 0,
         key: "-".into(),
         message: format!("cannot read: {e}"),
+        temporary: false,
     })?;
     if path.extension().is_some_and(|e| e == "json") {
         // A Kinesis Agent agent.json, used as its import says.
@@ -62,6 +64,7 @@ fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
             line: 0,
             key: "-".into(),
             message,
+            temporary: false,
         })?;
         for d in &imported.dropped {
             tracing::warn!("{file}: not carried over from the Kinesis Agent config: {d}");
@@ -73,20 +76,25 @@ fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
 
 #[cfg(feature = "kinesis")]
 fn ssm(name: &str) -> Result<String, ConfigError> {
-    ssm_parameter(name).map_err(|e| ConfigError {
+    ssm_parameter(name).map_err(|(message, temporary)| ConfigError {
         file: format!("ssm:{name}"),
         line: 0,
         key: "-".into(),
-        message: format!("{e:#}"),
+        message,
+        temporary,
     })
 }
 
 /// The parameter's value (SecureString decrypted), through aws-config's default chain for
 /// region and credentials; `AWS_ENDPOINT_URL_SSM` or `AWS_ENDPOINT_URL` point it elsewhere.
+/// An error says whether a later try may work (the network, throttling, a 5xx) or not (no
+/// such parameter, access denied).
 #[cfg(feature = "kinesis")]
-fn ssm_parameter(name: &str) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn ssm_parameter(name: &str) -> Result<String, (String, bool)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (format!("starting a runtime: {e}"), true))?;
     runtime.block_on(async {
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let client = aws_sdk_ssm::Client::new(&config);
@@ -96,8 +104,8 @@ fn ssm_parameter(name: &str) -> anyhow::Result<String> {
             .with_decryption(true)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", crate::aws::describe(&e)))?;
-        out.parameter.and_then(|p| p.value).context("the parameter has no value")
+            .map_err(|e| (crate::aws::describe(&e), crate::aws::is_retryable(&e)))?;
+        out.parameter.and_then(|p| p.value).ok_or_else(|| ("the parameter has no value".to_owned(), false))
     })
 }
 
@@ -108,5 +116,6 @@ fn ssm(name: &str) -> Result<String, ConfigError> {
         line: 0,
         key: "-".into(),
         message: "this collector was built without the AWS SDK".into(),
+        temporary: false,
     })
 }

@@ -44,16 +44,22 @@ pub enum StartError {
     Layout(#[from] btf::BtfError),
     #[error("no attach mode works on this kernel: {0}")]
     NoMode(String),
+    /// The one mode asked for (`--attach-mode`) does not load.
+    #[error("this kernel refuses attach mode {0}")]
+    Refused(String),
     #[error("{0:#}")]
     Load(anyhow::Error),
 }
 
 impl StartError {
-    /// Exit status: 2 for what the host lacks (kernel features, capabilities), 1 otherwise.
+    /// Exit status: `exit::UNAVAILABLE` for what the host lacks (kernel features,
+    /// capabilities), `exit::FAILURE` otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Preflight(_) | StartError::Layout(_) | StartError::NoMode(_) => 2,
-            StartError::Load(_) => 1,
+            StartError::Preflight(_) | StartError::Layout(_) | StartError::NoMode(_) | StartError::Refused(_) => {
+                crate::exit::UNAVAILABLE
+            }
+            StartError::Load(_) => crate::exit::FAILURE,
         }
     }
 }
@@ -119,6 +125,9 @@ impl Probe {
             }
         }
         let reasons: Vec<String> = rejected.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+        if options.mode.is_some() {
+            return Err(StartError::Refused(reasons.join("; ")));
+        }
         Err(StartError::NoMode(reasons.join("; ")))
     }
 
@@ -212,12 +221,12 @@ impl Floor {
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
         let planned = attach::plan_floor(mode, names.iter().map(String::as_str));
         if planned.is_empty() {
-            return Err(StartError::NoMode(format!("{mode}: this build has no empty programs for it")));
+            return Err(StartError::Refused(format!("{mode}: this build has no empty programs for it")));
         }
         let mut btf = None;
         for p in &planned {
             attach_one(&mut ebpf, p, &mut btf)
-                .map_err(|e| StartError::NoMode(format!("{mode}: {}: {e:#}", p.program)))?;
+                .map_err(|e| StartError::Refused(format!("{mode}: {}: {e:#}", p.program)))?;
         }
         Ok(Floor { _ebpf: ebpf })
     }
