@@ -41,10 +41,23 @@ fn metrics_health_and_status_show_what_was_shipped() {
     let status = Command::new(collector_bin()).args(["status", "--config"]).arg(&config_path).output().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let table = String::from_utf8(status.stdout).unwrap();
+    assert_eq!(table.lines().next(), Some("flow app -> file: ok, lag 0 B, 1 files"), "{table}");
     let row: Vec<&str> =
         table.lines().find(|l| l.starts_with(log.to_str().unwrap())).expect(&table).split_whitespace().collect();
-    let size = lines.len().to_string();
-    assert_eq!(row[2..], ["tracking", "app", size.as_str(), size.as_str(), "0"], "{table}");
+    let size = format!("{} B", lines.len());
+    assert_eq!(row[2..].join(" "), format!("tracking app {size} {size} 0 B"), "{table}");
+    // --addr asks without reading a config (this one does not exist); --json gives the numbers.
+    let json = Command::new(collector_bin())
+        .args(["status", "--config", "/nonexistent.toml", "--json", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(status["flows"][0]["name"], "app");
+    assert_eq!(status["flows"][0]["state"], "ok");
+    assert_eq!(status["flows"][0]["sent_records"], 100);
+    let file = &status["files"].as_array().unwrap()[0];
+    assert_eq!((file["size"].as_u64(), file["shipped"].as_u64()), (Some(lines.len() as u64), Some(lines.len() as u64)));
 }
 
 #[test]

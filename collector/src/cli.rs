@@ -55,11 +55,17 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
-    /// Print the files a running collector tracks: path, inode, state, size, shipped, lag
-    /// (asks its `[metrics] listen` address).
+    /// Print a running collector's flows (sink, state, last error, lag) and the files it
+    /// tracks (path, inode, state, size, shipped, lag); asks its `[metrics] listen` address.
     Status {
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
+        /// Ask this address instead of the config's (the config is then not read).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Print the collector's answer as JSON (`{attach_mode, flows, files}`).
+        #[arg(long)]
+        json: bool,
     },
     /// Check this host: the kernel, its BTF, and which attach modes load here (and why the
     /// others do not). Exits 0 if `run` can work, 69 if not.

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { config } => match status::print(&config) {
+        Command::Status { config, addr, json } => match status::print(&config, addr, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(status::Error::Config(e)) => {
                 eprintln!("collector: {e}");

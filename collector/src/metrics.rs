@@ -158,9 +158,33 @@ fn respond(path: &str, snapshot: Option<Snapshot>) -> (&'static str, &'static st
             "text/plain",
             format!("the daemon's loop has not turned for {:.0?}\n", s.published.elapsed()),
         ),
-        ("/status", Some(s)) => ("200 OK", "application/json", serde_json::to_string(&s.files).unwrap_or_default()),
+        ("/status", Some(s)) => ("200 OK", "application/json", status_json(&s).to_string()),
         _ => ("404 Not Found", "text/plain", "try /metrics, /health, /live or /status\n".to_owned()),
     }
+}
+
+/// `/status`: the attach mode, each flow (its sink, whether it is failing, since when and
+/// why, its lag and counts), and every tracked file.
+fn status_json(s: &Snapshot) -> serde_json::Value {
+    let flows: Vec<serde_json::Value> = s
+        .flows
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "sink": f.sink,
+                "state": if f.failing.is_some() { "failing" } else { "ok" },
+                "failing_seconds": f.failing.as_ref().map(|(since, _)| since.elapsed().as_secs()),
+                "last_error": f.failing.as_ref().map(|(_, error)| error),
+                "lag_bytes": f.lag_bytes,
+                "files": f.files,
+                "sent_records": f.counters.records_sent,
+                "sent_bytes": f.counters.bytes_sent,
+                "lost_bytes": f.counters.bytes_lost,
+            })
+        })
+        .collect();
+    serde_json::json!({ "attach_mode": s.attach_mode, "flows": flows, "files": s.files })
 }
 
 /// Flows whose sink has refused batches for STALLED_AFTER, with their error, and failing
@@ -295,6 +319,22 @@ mod tests {
         assert!(text.contains("collector_ring_buffer_lost_events_total 3\n"));
         assert!(text.contains("collector_kernel_events_total 12\n"));
         assert!(text.contains("collector_attach_mode{mode=\"tracepoint\"} 1\n"));
+    }
+
+    #[test]
+    fn status_lists_each_flow_with_its_state_and_error() {
+        let mut s = snapshot();
+        s.flows[0].failing = Some((Instant::now() - Duration::from_secs(40), "AccessDenied: no".into()));
+        let (status, kind, body) = respond("/status", Some(s));
+        assert_eq!((status, kind), ("200 OK", "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let flow = &v["flows"][0];
+        assert_eq!((flow["name"].as_str(), flow["sink"].as_str()), (Some("a\"b"), Some("kinesis")));
+        assert_eq!((flow["state"].as_str(), flow["last_error"].as_str()), (Some("failing"), Some("AccessDenied: no")));
+        assert!(flow["failing_seconds"].as_u64().is_some_and(|s| s >= 40), "{flow}");
+        assert_eq!((flow["lag_bytes"].as_u64(), flow["sent_records"].as_u64()), (Some(7), Some(2)));
+        assert_eq!(v["files"], serde_json::json!([]));
+        assert_eq!(v["attach_mode"], "tracepoint");
     }
 
     #[test]
