@@ -121,3 +121,57 @@ fn the_units_capabilities_are_enough_and_sigterm_writes_the_checkpoint() {
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
     assert_eq!(saved["acknowledged"].as_u64(), Some(lines.len() as u64));
 }
+
+/// The Debian package (`cargo xtask package`, which `cargo xtask test` runs first and names in
+/// COLLECTOR_DEB) installs with dpkg into a scratch root: the binary (stripped, under 40 MiB)
+/// runs, the installed unit passes `systemd-analyze verify`, the installed config passes
+/// check-config, and both files under /etc are conffiles (an upgrade keeps an edited one).
+#[test]
+fn the_package_installs_a_unit_systemd_accepts_and_a_config_check_config_accepts() {
+    let deb = std::env::var_os("COLLECTOR_DEB").expect("COLLECTOR_DEB: the .deb to install (cargo xtask test sets it)");
+    let scratch = Scratch::new("deb");
+    let root = scratch.path("root");
+    for dir in ["var/lib/dpkg/updates", "var/lib/dpkg/info"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), b"").unwrap();
+    // The scratch root has no libc6 package to satisfy Depends: (the host's libc is used).
+    let install = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-depends", "--install"])
+        .arg(&deb)
+        .output()
+        .expect("dpkg");
+    assert!(install.status.success(), "dpkg --install: {}", String::from_utf8_lossy(&install.stderr));
+    let state =
+        Command::new("dpkg").arg(format!("--root={}", root.display())).args(["-s", "collector"]).output().unwrap();
+    let state = String::from_utf8_lossy(&state.stdout).into_owned();
+    assert!(state.contains("Status: install ok installed"), "{state}");
+    for conffile in ["/etc/collector/collector.toml", "/etc/default/collector"] {
+        assert!(state.contains(&format!(" {conffile} ")), "{conffile} is a conffile: {state}");
+    }
+
+    let binary = root.join("usr/bin/collector");
+    let size = std::fs::metadata(&binary).unwrap().len();
+    assert!(size < 40 << 20, "the installed binary is {size} bytes");
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), format!("collector {}\n", env!("CARGO_PKG_VERSION")));
+    let config = root.join("etc/collector/collector.toml");
+    let check = Command::new(&binary).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(check.status.success(), "the installed config: {}", String::from_utf8_lossy(&check.stderr));
+
+    // The installed unit, its paths pointing into the scratch root.
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/collector.service")).unwrap();
+    assert_eq!(unit, self::unit(), "the unit installed is the one tested above");
+    let text = unit
+        .replace("/usr/bin/collector", binary.to_str().unwrap())
+        .replace("/etc/collector/collector.toml", config.to_str().unwrap())
+        .replace("/etc/default/collector", root.join("etc/default/collector").to_str().unwrap());
+    let path = scratch.path("collector.service");
+    std::fs::write(&path, text).unwrap();
+    let verify =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("collector.service")).collect();
+    assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
+}

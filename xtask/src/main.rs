@@ -6,6 +6,7 @@ mod bench_kinesis;
 mod bench_ops;
 mod build;
 mod guest;
+mod package;
 mod run;
 mod setup;
 mod shell;
@@ -53,6 +54,8 @@ enum Command {
         /// Which benchmark (default: all).
         name: Option<String>,
     },
+    /// Build the Debian package: target/package/collector_<version>_<arch>.deb.
+    Package,
     /// Serve one guest connection on stdin/stdout: start a test server on this host, or run
     /// a boto3 script (QEMU runs this for the guests; tests/src/servers.rs).
     #[command(hide = true)]
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run { seconds } => run::run(seconds),
         Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
         Command::Bench { name } => bench::run(name.as_deref()),
+        Command::Package => package::run().map(|_| ()),
         Command::GuestAgent => Ok(collector_tests::servers::serve(std::io::stdin(), std::io::stdout())?),
     }
 }

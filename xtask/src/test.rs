@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, guest, setup, shell};
+use crate::{build, guest, package, setup, shell};
 
 /// Integration tests that run in the guests: the core suites in every guest mode; the
 /// others in fentry mode, the one production kernels pick. Each with a libtest filter
@@ -83,6 +83,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     setup::run(with_guest)?;
     if native {
         let collector = build::collector()?;
+        // tests/packaging.rs installs it.
+        let deb = package::run()?;
         let mut tests = Command::new("cargo");
         tests
             .args(["test", "--release"])
@@ -90,7 +92,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
             .env("COLLECTOR_BIN", &collector)
             .env("KINESIS_LOCAL_MAIN", setup::kinesis_local_main())
             .env("MOTO_VENV", setup::moto_venv())
-            .env("HELM_VENV", shell::work_dir().join("helm"));
+            .env("HELM_VENV", shell::work_dir().join("helm"))
+            .env("COLLECTOR_DEB", &deb);
         // The offsets unit test reads the 6.12 guest's BTF: with the guests in the run, a
         // vmlinux that could not be extracted is an error, not a skipped check.
         let guest_elf = guest::kernel_elf("6.12");

@@ -601,12 +601,19 @@ fn aws_access(s: &raw::Sink, at: &At, key: &str) -> Result<AwsAccess, ConfigErro
 
 /// `${NAME}` replaced by the environment variable NAME (an unset one is an error, so a typo
 /// does not ship to an empty stream name); `$${` stands for a literal `${`. Expanded before
-/// parsing, so a value's line stays where it was written (values hold no newlines).
+/// parsing, so a value's line stays where it was written (values hold no newlines). Not in
+/// comments: a line commented out keeps its `${NAME}` as written.
 fn expand_env(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+    let comments = comment_spans(text);
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("${") {
         let offset = text.len() - rest.len() + at;
+        if comments.iter().any(|c| c.contains(&offset)) {
+            out.push_str(&rest[..at + 2]);
+            rest = &rest[at + 2..];
+            continue;
+        }
         if at > 0 && rest.as_bytes()[at - 1] == b'$' {
             out.push_str(&rest[..at - 1]);
             out.push_str("${");
@@ -629,6 +636,53 @@ fn expand_env(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Where the TOML comments of `text` are: from a `#` outside any string to the end of its
+/// line. Strings: "basic" (with \ escapes), 'literal', and both multi-line forms.
+fn comment_spans(text: &str) -> Vec<Range<usize>> {
+    let b = text.as_bytes();
+    let line_end = |from: usize| text[from..].find('\n').map_or(b.len(), |n| from + n);
+    // Just past the first `close` at or after `from` (in basic strings a backslash escapes
+    // the byte after it), or the end of the text.
+    let past = |from: usize, close: &str, escapes: bool| {
+        let mut i = from;
+        while i < b.len() {
+            if escapes && b[i] == b'\\' {
+                i += 2;
+            } else if text.get(i..).is_some_and(|t| t.starts_with(close)) {
+                return i + close.len();
+            } else {
+                i += 1;
+            }
+        }
+        b.len()
+    };
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let at = &text[i..];
+        i = if at.starts_with('#') {
+            let end = line_end(i);
+            spans.push(i..end);
+            end
+        } else if at.starts_with("\"\"\"") {
+            past(i + 3, "\"\"\"", true)
+        } else if at.starts_with("'''") {
+            past(i + 3, "'''", false)
+        } else if at.starts_with('"') {
+            past(i + 1, "\"", true).min(line_end(i))
+        } else if at.starts_with('\'') {
+            past(i + 1, "'", false).min(line_end(i))
+        } else {
+            i + at.chars().next().map_or(1, char::len_utf8)
+        };
+        // A multi-byte character after a backslash can leave `i` inside it.
+        while i < b.len() && !text.is_char_boundary(i) {
+            i += 1;
+        }
+    }
+    spans
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -756,6 +810,15 @@ path = "/tmp/out.jsonl"
             (7, "${NOPE}: environment variable NOPE is not set".into())
         );
         assert!(expand_env("x = \"${BAD NAME}\"", &var).unwrap_err().1.contains("not a variable name"));
+        // Not in comments; a `#` in a string starts none.
+        let commented =
+            "# stream = \"${NOPE}\"\nx = 1 # ${NOPE}\ny = \"#\\\" ${STREAM}\" # ${NOPE}\nz = '#' # '${NOPE}\n";
+        assert_eq!(
+            expand_env(commented, &var).unwrap(),
+            "# stream = \"${NOPE}\"\nx = 1 # ${NOPE}\ny = \"#\\\" app-logs\" # ${NOPE}\nz = '#' # '${NOPE}\n"
+        );
+        let multi = "a = \"\"\"\n# ${STREAM}\n\"\"\"\nb = '''\n# ${STREAM}'''\n";
+        assert_eq!(expand_env(multi, &var).unwrap(), "a = \"\"\"\n# app-logs\n\"\"\"\nb = '''\n# app-logs'''\n");
         // Through the parser: the error names the file and the line.
         let text = GOOD.replace("/tmp/out.jsonl", "${COLLECTOR_TEST_SURELY_UNSET}");
         assert_eq!(
