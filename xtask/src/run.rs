@@ -8,6 +8,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -18,6 +19,13 @@ use std::{
 };
 
 use crate::{build, setup, shell};
+
+/// Set by Ctrl-C: the demo stops and prints its tally.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
 
 pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     setup::run(false)?;
@@ -50,6 +58,9 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
         .env("AWS_ACCESS_KEY_ID", "demo")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // Ctrl-C reaches the terminal's process group: the demo stops the collector itself,
+        // after the last records are read back.
+        .process_group(0)
         .spawn()?;
     eprintln!(
         "demo: collector (pid {}) shipping {}/app.log* to the Kinesis stream `demo` at 127.0.0.1:{}; Ctrl-C to stop",
@@ -57,6 +68,9 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
         demo.display(),
         server.port
     );
+    // From here Ctrl-C stops the demo with its tally (before, it stops setup and the build).
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
     let mut reader = StreamReader::new(server.port)?;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -122,7 +136,7 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
             anyhow::bail!("collector exited: {status}");
         }
         show(&mut seen)?;
-        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) || INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
         thread::sleep(Duration::from_millis(200));
@@ -132,6 +146,7 @@ pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
     // A moment to ship the last lines, then a clean stop (checkpoints written).
     thread::sleep(Duration::from_secs(2));
     show(&mut seen)?;
+    // SAFETY: kill takes no pointers; the pid is our own child's, not yet waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait()?;
     let total = written.load(Ordering::Relaxed);
@@ -162,6 +177,8 @@ impl KinesisLocal {
             .env("LOG_LEVEL", "WARN")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Not stopped by the terminal's Ctrl-C: the demo reads the last records from it.
+            .process_group(0)
             .spawn()?;
         let server = KinesisLocal { child, port };
         let deadline = Instant::now() + Duration::from_secs(60);
