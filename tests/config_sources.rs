@@ -53,3 +53,19 @@ fn a_config_in_an_ssm_parameter_is_used_and_a_missing_one_is_named() {
     assert_eq!(run.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("ssm:/collector/app"), "{stderr}");
 }
+
+/// COLLECTOR_CONFIG stands for --config (an environment that cannot change the command
+/// line: a container's); a near-miss subcommand is answered with the right one.
+#[test]
+fn collector_config_names_the_config_and_typos_get_a_suggestion() {
+    let scratch = Scratch::new("config-env");
+    let path = scratch.path("collector.toml");
+    let config = collector_tests::config(&scratch.path("state"), &[scratch.pattern("*.log")], &scratch.path("o"), "");
+    std::fs::write(&path, config).unwrap();
+    let check = Command::new(collector_bin()).arg("check-config").env("COLLECTOR_CONFIG", &path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && stdout.starts_with(&format!("{}: ok", path.display())), "{stdout}");
+    let typo = Command::new(collector_bin()).arg("check-confg").output().unwrap();
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("a similar subcommand exists: 'check-config'"));
+}

@@ -33,6 +33,10 @@ fn metrics_health_and_status_show_what_was_shipped() {
     assert_eq!(sample(&metrics, &format!("collector_tracked_files{labels}")), Some(1));
     assert_eq!(sample(&metrics, &format!("collector_sink_failing{labels}")), Some(0));
     assert!(metrics.contains("collector_attach_mode{mode=\""), "{metrics}");
+    assert!(metrics.contains(&format!("collector_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    let rss = metrics.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.parse::<u64>().ok());
+    let fds = metrics.lines().find_map(|l| l.strip_prefix("process_open_fds ")?.parse::<u64>().ok());
+    assert!(rss.is_some_and(|b| b > 1 << 20) && fds.is_some_and(|n| n > 3), "{metrics}");
 
     assert_eq!(curl(&format!("{base}/health")), (200, "ok\n".to_owned()));
     assert_eq!(curl(&format!("{base}/live")), (200, "alive\n".to_owned()));

@@ -29,6 +29,16 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Where the config comes from.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// A TOML file (with the *.toml files of a `<stem>.d` directory beside it), a directory
+    /// of *.toml files, a Kinesis Agent agent.json, or ssm:/parameter/name (SSM Parameter
+    /// Store).
+    #[arg(long, env = "COLLECTOR_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: std::path::PathBuf,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Human,
@@ -39,14 +49,14 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the collector: ship every flow of the config.
     Run {
-        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
-        config: std::path::PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a config and exit: 0 if good; 78 with file:line: key: message if not; 75 if it
     /// could not be fetched (SSM).
     CheckConfig {
-        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
-        config: std::path::PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Print a config equivalent to an Amazon Kinesis Agent's (agent.json, then any agent.d
     /// files), listing on stderr what could not be carried over. `run --config agent.json`
@@ -58,8 +68,8 @@ pub enum Command {
     /// Print a running collector's flows (sink, state, last error, lag) and the files it
     /// tracks (path, inode, state, size, shipped, lag); asks its `[metrics] listen` address.
     Status {
-        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
-        config: std::path::PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Ask this address instead of the config's (the config is then not read).
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     match command {
-        Command::CheckConfig { config } => match config::Config::load(&config) {
+        Command::CheckConfig { config: cli::ConfigArg { config } } => match config::Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} flows)", config.display(), c.flows.len());
                 ExitCode::SUCCESS
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::of_config_error(&e))
             }
         },
-        Command::Run { config } => {
+        Command::Run { config: cli::ConfigArg { config } } => {
             // The config is checked before anything is attached.
             let config = match config::Config::load(&config) {
                 Ok(c) => c,
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { config, addr, json } => match status::print(&config, addr, json) {
+        Command::Status { config: cli::ConfigArg { config }, addr, json } => match status::print(&config, addr, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(status::Error::Config(e)) => {
                 eprintln!("collector: {e}");

@@ -280,7 +280,51 @@ fn render_metrics(s: &Snapshot) -> String {
          collector_attach_mode{{mode=\"{}\"}} 1",
         s.attach_mode
     );
+    let _ = writeln!(
+        out,
+        "# HELP collector_build_info The collector's version.\n# TYPE collector_build_info gauge\n\
+         collector_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    render_process(&mut out, &Process::read());
     out
+}
+
+/// The process as the kernel accounts it, read when /metrics is asked for.
+struct Process {
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+    resident_bytes: Option<u64>,
+}
+
+impl Process {
+    fn read() -> Process {
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the local `limit` and reads no other memory.
+        let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur);
+        // statm's second field: resident pages.
+        let resident_pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        Process { open_fds, max_fds, resident_bytes: resident_pages.map(|p| p * page) }
+    }
+}
+
+/// Prometheus' standard process gauges (what its client libraries export by these names).
+fn render_process(out: &mut String, p: &Process) {
+    let gauges = [
+        ("process_open_fds", "Open file descriptors.", p.open_fds),
+        ("process_max_fds", "The soft limit on open file descriptors.", p.max_fds),
+        ("process_resident_memory_bytes", "Resident memory in bytes.", p.resident_bytes),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+    }
 }
 
 fn escape(label: &str) -> String {
@@ -319,6 +363,21 @@ mod tests {
         assert!(text.contains("collector_ring_buffer_lost_events_total 3\n"));
         assert!(text.contains("collector_kernel_events_total 12\n"));
         assert!(text.contains("collector_attach_mode{mode=\"tracepoint\"} 1\n"));
+        assert!(text.contains(&format!("collector_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn process_gauges_are_this_process() {
+        let p = Process::read();
+        assert!(p.open_fds.is_some_and(|n| n >= 3), "{:?}", p.open_fds);
+        assert!(p.resident_bytes.is_some_and(|n| n > 1 << 20), "{:?}", p.resident_bytes);
+        let mut out = String::new();
+        render_process(&mut out, &Process { open_fds: Some(7), max_fds: None, resident_bytes: Some(4096) });
+        assert!(
+            out.contains("\nprocess_open_fds 7\n") && out.contains("\nprocess_resident_memory_bytes 4096\n"),
+            "{out}"
+        );
+        assert!(!out.contains("process_max_fds"), "an unknown value is left out: {out}");
     }
 
     #[test]
