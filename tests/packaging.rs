@@ -20,6 +20,17 @@ fn directive(unit: &str, key: &str) -> String {
     unit.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key}=")).to_owned()
 }
 
+/// `systemd-analyze verify` passes the unit `text`, with nothing to say about it.
+fn assert_systemd_accepts(scratch: &Scratch, text: &str) {
+    let path = scratch.path("collector.service");
+    std::fs::write(&path, text).unwrap();
+    let verify =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("collector.service")).collect();
+    assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
+}
+
 #[test]
 fn systemd_analyze_verify_accepts_the_unit() {
     let scratch = Scratch::new("systemd-verify");
@@ -30,13 +41,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
     let text = unit()
         .replace("/usr/bin/collector", collector_bin().to_str().unwrap())
         .replace("/etc/collector/collector.toml", config_path.to_str().unwrap());
-    let path = scratch.path("collector.service");
-    std::fs::write(&path, text).unwrap();
-    let verify =
-        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
-    let stderr = String::from_utf8_lossy(&verify.stderr);
-    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("collector.service")).collect();
-    assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
+    assert_systemd_accepts(&scratch, &text);
 }
 
 /// A wrong config is not restarted forever: `run` exits with the status the unit names in
@@ -167,11 +172,5 @@ fn the_package_installs_a_unit_systemd_accepts_and_a_config_check_config_accepts
         .replace("/usr/bin/collector", binary.to_str().unwrap())
         .replace("/etc/collector/collector.toml", config.to_str().unwrap())
         .replace("/etc/default/collector", root.join("etc/default/collector").to_str().unwrap());
-    let path = scratch.path("collector.service");
-    std::fs::write(&path, text).unwrap();
-    let verify =
-        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
-    let stderr = String::from_utf8_lossy(&verify.stderr);
-    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("collector.service")).collect();
-    assert!(verify.status.success() && about_unit.is_empty(), "systemd-analyze verify: {stderr}");
+    assert_systemd_accepts(&scratch, &text);
 }
