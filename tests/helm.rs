@@ -166,3 +166,55 @@ fn the_default_flow_ships_a_pods_log_parsed_with_its_kubernetes_names() {
     assert_eq!(k["pod_uid"], "0f6e2c1a-9b7d-4c1e-8a2b-3c4d5e6f7a8b");
     assert_eq!(records[0]["host"], "node-7", "records name the node, which outlives the pod");
 }
+
+/// What an operator sets for a real cluster reaches the pod: env and envFrom (after
+/// NODE_NAME, which the chart's config needs), pull secrets, extra volumes and mounts,
+/// affinity; and a PodMonitor when asked for, scraping the metrics port. None of it is
+/// rendered by default.
+#[test]
+fn the_pod_takes_env_secrets_volumes_affinity_and_a_pod_monitor() {
+    let defaults = render(&["sink.stream=app-logs"]);
+    let pod = &of_kind(&defaults, "DaemonSet")["spec"]["template"]["spec"];
+    assert!(pod["imagePullSecrets"].is_null() && pod["affinity"].is_null(), "{pod}");
+    assert!(pod["containers"][0]["envFrom"].is_null());
+    assert!(!defaults.iter().any(|d| d["kind"] == "PodMonitor"), "no PodMonitor unless enabled");
+
+    let docs = render(&[
+        "sink.stream=app-logs",
+        "env[0].name=STREAM,env[0].value=app-logs",
+        "envFrom[0].secretRef.name=collector-env",
+        "imagePullSecrets[0].name=regcred",
+        "extraVolumes[0].name=apps,extraVolumes[0].hostPath.path=/srv/logs",
+        "extraVolumeMounts[0].name=apps,extraVolumeMounts[0].mountPath=/srv/logs,extraVolumeMounts[0].readOnly=true",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=kubernetes.io/os",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=In",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=linux",
+        "podMonitor.enabled=true",
+        "podMonitor.labels.release=prometheus",
+    ]);
+    let ds = of_kind(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: Vec<&str> = container["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(env, ["NODE_NAME", "STREAM"]);
+    assert_eq!(container["envFrom"], serde_json::json!([{"secretRef": {"name": "collector-env"}}]));
+    assert_eq!(pod["imagePullSecrets"], serde_json::json!([{"name": "regcred"}]));
+    assert!(
+        pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "apps" && v["hostPath"]["path"] == "/srv/logs")
+    );
+    let mount =
+        container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "apps").expect("the extra mount");
+    assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some("/srv/logs"), Some(true)));
+    let term =
+        &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0];
+    assert_eq!(term["matchExpressions"][0]["values"], serde_json::json!(["linux"]));
+    let monitor = of_kind(&docs, "PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"], ds["spec"]["selector"]["matchLabels"]);
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let chart = chart();
+    let (ok, out, err) =
+        helm(&["lint", chart.to_str().unwrap(), "--set", "sink.stream=app-logs,podMonitor.enabled=true"]);
+    assert!(ok, "{out}{err}");
+}
