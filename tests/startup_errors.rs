@@ -68,6 +68,7 @@ fn doctor_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.starts_with("collector "), "{text}");
     assert!(text.contains("\nkernel: ") && text.contains("\nbtf: "), "{text}");
+    assert!(text.contains("\ncapabilities: enough\n") && text.contains("\nlockdown: "), "{text}");
     for mode in ["fentry", "kprobe", "tracepoint"] {
         let line =
             text.lines().find(|l| l.starts_with(&format!("attach mode {mode}: "))).unwrap_or_else(|| panic!("{text}"));
@@ -81,4 +82,25 @@ fn doctor_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
         assert!(err.contains(&format!("this kernel refuses attach mode {mode}: ")), "{err}");
     }
     assert!(text.contains(&format!("attach mode {}: supported", attach_mode())), "{text}");
+}
+
+/// With a config, doctor names the filesystem under each of its patterns (a known one here).
+#[test]
+fn doctor_names_the_filesystem_of_each_configured_path() {
+    let scratch = collector_tests::Scratch::new("doctor");
+    let path = scratch.path("collector.toml");
+    let pattern = scratch.pattern("*.log");
+    std::fs::write(&path, collector_tests::config(&scratch.path("state"), &[pattern.clone()], &scratch.path("o"), ""))
+        .unwrap();
+    let out = collector(&["doctor", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains(&format!("path {pattern}: "))).unwrap_or_else(|| panic!("{text}"));
+    assert!(!line.contains("unknown"), "{line}");
+    assert!(line.ends_with(&format!("({})", scratch.dir.display())), "{line}");
+    // A wrong config: its status, and the report still printed.
+    std::fs::write(&path, "[[flow]\n").unwrap();
+    let out = collector(&["doctor", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("attach mode tracepoint: "));
 }

@@ -77,9 +77,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check this host: the kernel, its BTF, and which attach modes load here (and why the
-    /// others do not). Exits 0 if `run` can work, 69 if not.
-    Doctor,
+    /// Check this host: the kernel, its BTF, capabilities, lockdown, which attach modes load
+    /// here (and why the others do not), and with --config the filesystem under each path.
+    /// Exits 0 if `run` can work, 69 if not (78 for a wrong config).
+    Doctor {
+        /// A config whose paths to check (any form --config takes).
+        #[arg(long, env = "COLLECTOR_CONFIG")]
+        config: Option<std::path::PathBuf>,
+    },
     /// Print kernel file events for matching files as JSON lines (debugging; used by tests).
     Events {
         /// Absolute glob of files to watch (`*` stays in one directory, `**` crosses them). Repeatable.

@@ -11,6 +11,7 @@ mod cloudwatch;
 mod config;
 mod daemon;
 mod devices;
+mod doctor;
 mod event_queue;
 mod events;
 mod exit;
@@ -35,7 +36,7 @@ use clap::Parser as _;
 
 use crate::{
     cli::{Cli, Command},
-    probe::{AttachMode, Probe, ProbeOptions},
+    probe::{Probe, ProbeOptions},
 };
 
 fn main() -> ExitCode {
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::FAILURE)
             }
         },
-        Command::Doctor => doctor(),
+        Command::Doctor { config } => doctor::run(config.as_deref()),
         Command::Layout { btf, vmlinux } => {
             let btf = match (btf, vmlinux) {
                 (_, Some(image)) => probe::btf::KernelBtf::from_elf_file(&image),
@@ -217,25 +218,4 @@ fn fatal(format: cli::LogFormat, message: &str) {
         cli::LogFormat::Json => tracing::error!("{message}"),
         cli::LogFormat::Human => eprintln!("collector: {message}"),
     }
-}
-
-/// `collector doctor`: the version, the kernel, its BTF, then each attach mode and whether
-/// it loads here (and why not). 0 when one does.
-fn doctor() -> ExitCode {
-    println!("collector {}", env!("CARGO_PKG_VERSION"));
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("kernel: {} {}", release.trim(), std::env::consts::ARCH);
-    let btf = probe::preflight::btf_path();
-    println!("btf: {} ({})", btf.display(), if btf.exists() { "present" } else { "missing" });
-    let mut any = false;
-    for mode in AttachMode::BEST_FIRST {
-        match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None, coalesce_appends: false }) {
-            Ok(_) => {
-                any = true;
-                println!("attach mode {mode}: supported");
-            }
-            Err(e) => println!("attach mode {mode}: not supported ({e})"),
-        }
-    }
-    if any { ExitCode::SUCCESS } else { ExitCode::from(exit::UNAVAILABLE) }
 }

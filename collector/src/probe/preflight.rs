@@ -1,5 +1,5 @@
 //! What the kernel and the process must offer before anything is loaded. Each failure is one
-//! line that names what is missing, and the daemon exits with status 2.
+//! line that names what is missing, and the daemon exits with status 69.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,11 @@ pub fn check() -> Result<(), PreflightError> {
         Err(e) => return Err(PreflightError::NoRingBuffer(e.to_string())),
     }
     mount_tracefs()
+}
+
+/// Whether this process has the capabilities the programs and the file reading need.
+pub fn capabilities() -> Result<(), PreflightError> {
+    check_capabilities(effective_capabilities())
 }
 
 fn effective_capabilities() -> u64 {
