@@ -90,8 +90,11 @@ fn doctor_names_the_filesystem_of_each_configured_path() {
     let scratch = collector_tests::Scratch::new("doctor");
     let path = scratch.path("collector.toml");
     let pattern = scratch.pattern("*.log");
-    std::fs::write(&path, collector_tests::config(&scratch.path("state"), &[pattern.clone()], &scratch.path("o"), ""))
-        .unwrap();
+    std::fs::write(
+        &path,
+        collector_tests::config(&scratch.path("state"), std::slice::from_ref(&pattern), &scratch.path("o"), ""),
+    )
+    .unwrap();
     let out = collector(&["doctor", "--config", path.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -39,17 +39,13 @@ pub fn endpoint(port: u16) -> String {
 /// A port nothing listens on now, where the servers run.
 pub fn free_port() -> u16 {
     match agent() {
-        None => local_free_port(),
+        None => crate::free_port(),
         Some(agent) => {
             let mut reader = request(&agent, "port\n", &[]);
             let answer = read_line(&mut reader);
             answer.trim().parse().unwrap_or_else(|_| panic!("the guest agent answered `port` with {answer:?}"))
         }
     }
-}
-
-fn local_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 fn agent() -> Option<String> {
@@ -181,7 +177,7 @@ fn kinesis_local_command(port: u16, stream: &str) -> Command {
         // It reads its TLS certificate (server.json) from the working directory.
         .current_dir(main.parent().expect("package dir"))
         .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
-        .env("KINESIS_MOCK_TLS_PORT", local_free_port().to_string())
+        .env("KINESIS_MOCK_TLS_PORT", crate::free_port().to_string())
         .env("INITIALIZE_STREAMS", format!("{stream}:2"))
         .env("CREATE_STREAM_DURATION", "0ms")
         .env("LOG_LEVEL", "WARN")
@@ -205,7 +201,7 @@ pub fn serve(input: impl Read, mut output: impl Write) -> std::io::Result<()> {
     let line = read_line(&mut input);
     let words: Vec<&str> = line.split_whitespace().collect();
     let command = match words[..] {
-        ["port"] => return writeln!(output, "{}", local_free_port()),
+        ["port"] => return writeln!(output, "{}", crate::free_port()),
         ["python", length] => {
             let Ok(length) = length.parse::<usize>() else { return writeln!(output, "error: bad request {line:?}") };
             let mut script = vec![0; length];
