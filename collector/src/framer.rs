@@ -85,6 +85,15 @@ impl Framed {
         self.cut = 0;
     }
 
+    /// Drops the records that start before `offset` (a sink took them).
+    pub fn drop_before(&mut self, offset: u64) {
+        let n = self.records.iter().take_while(|r| r.offset < offset).count();
+        for r in self.records.drain(..n) {
+            self.data_bytes -= u64::from(r.len);
+            self.cut -= usize::from(r.truncated);
+        }
+    }
+
     fn add(&mut self, r: Record) {
         self.data_bytes += u64::from(r.len);
         self.cut += usize::from(r.truncated);

@@ -45,8 +45,7 @@ pub struct Sweep {
 
 impl Sweep {
     /// One interval per flow; zero: that flow is never swept.
-    pub fn new(intervals: impl Iterator<Item = Duration>) -> Sweep {
-        let now = Instant::now();
+    pub fn new(intervals: impl Iterator<Item = Duration>, now: Instant) -> Sweep {
         let next = intervals.map(|every| (!every.is_zero()).then(|| now + every)).collect();
         Sweep { next, ..Sweep::default() }
     }
@@ -97,8 +96,8 @@ mod tests {
     #[test]
     fn a_flow_is_due_once_per_interval_and_never_with_a_zero_interval() {
         let every = Duration::from_secs(10);
-        let mut s = Sweep::new([every, Duration::ZERO].into_iter());
         let start = Instant::now();
+        let mut s = Sweep::new([every, Duration::ZERO].into_iter(), start);
         assert!(!s.due(0, every, start));
         assert!(s.due(0, every, start + every));
         assert!(!s.due(0, every, start + every + Duration::from_secs(1)));
@@ -109,9 +108,9 @@ mod tests {
 
     #[test]
     fn suspects_are_taken_once_and_a_file_is_reported_once() {
-        let mut s = Sweep::new([Duration::from_secs(1)].into_iter());
-        let (a, b) = (InodeKey::new(1, 2), InodeKey::new(1, 3));
         let now = Instant::now();
+        let mut s = Sweep::new([Duration::from_secs(1)].into_iter(), now);
+        let (a, b) = (InodeKey::new(1, 2), InodeKey::new(1, 3));
         let look = Look { read_to: 0, size: 10 };
         s.suspect(a, look, now);
         s.suspect(b, Look { read_to: 0, size: 20 }, now);

@@ -102,7 +102,11 @@ pub struct Held {
     /// The bytes the kernel captured with the writes before it.
     pub captured: Captures,
     pub cuts: Vec<CutWrite>,
+    /// When to look at it again (the caller's clock).
     pub due: Instant,
+    /// The writes it cut report their bytes in events made before this (CLOCK_BOOTTIME):
+    /// once every event up to then is taken, nothing more can come for it.
+    pub cut_by_ns: u64,
 }
 
 impl Held {
@@ -285,6 +289,7 @@ mod tests {
             captured: Captures(BTreeMap::from([(0, b"a 1\n".to_vec())])),
             cuts: Vec::new(),
             due: Instant::now(),
+            cut_by_ns: 0,
         }
     }
 

@@ -230,17 +230,25 @@ impl WatchSet {
     /// directory of descriptor `dfd`, or the cwd for AT_FDCWD), found among the watched
     /// directories or else through /proc while the task still has it.
     pub fn resolve(&self, base: &InodeKey, dfd: i32, name: &[u8], tid: u32) -> Option<PathBuf> {
-        let name = Path::new(OsStr::from_bytes(name));
-        if name.is_absolute() {
-            return Some(name.to_owned());
-        }
-        let base = match self.dirs.get(base) {
-            Some(dir) => dir.clone(),
-            None if dfd == libc::AT_FDCWD => std::fs::read_link(format!("/proc/{tid}/cwd")).ok()?,
-            None => std::fs::read_link(format!("/proc/{tid}/fd/{dfd}")).ok()?,
-        };
-        Some(base.join(name))
+        resolve(&self.dirs, base, dfd, name, tid)
     }
+}
+
+/// Where a name given to a syscall lands: absolute as is; relative against `base` (the
+/// directory of descriptor `dfd`, or the cwd for AT_FDCWD), found among `dirs` (the watched
+/// directories) or else through /proc while the task still has it. `collector run` and
+/// `collector events` both resolve names here.
+pub fn resolve(dirs: &InodeMap<PathBuf>, base: &InodeKey, dfd: i32, name: &[u8], tid: u32) -> Option<PathBuf> {
+    let name = Path::new(OsStr::from_bytes(name));
+    if name.is_absolute() {
+        return Some(name.to_owned());
+    }
+    let base = match dirs.get(base) {
+        Some(dir) => dir.clone(),
+        None if dfd == libc::AT_FDCWD => std::fs::read_link(format!("/proc/{tid}/cwd")).ok()?,
+        None => std::fs::read_link(format!("/proc/{tid}/fd/{dfd}")).ok()?,
+    };
+    Some(base.join(name))
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,607 @@
+//! The engine: every decision about which bytes of which inode are shipped, with no I/O and
+//! no clock. Kernel events (paths resolved), sizes, read results and sink results come in;
+//! what to do comes out, as return values and as `Effect`s the caller carries out in order
+//! (`next_effect`). The daemon is one such caller, over real files, the kernel and real
+//! sinks; the simulation (`simulation.rs`) is another, over a model filesystem.
+//!
+//! It holds the tracker (which inode plays which role), and per file: the framer, what the
+//! sink acknowledged and made durable, the bytes the kernel captured, a truncation held for
+//! the writes it cut (`truncation::Held`), a copied tail being read from a copy, and when
+//! the file was checkpointed. Per flow: whether its sink is paused after a refusal.
+//!
+//! Times are `Instant`s passed in by the caller (the simulation makes its own).
+
+mod reading;
+mod truncate;
+mod upkeep;
+
+use std::{
+    collections::VecDeque,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use collector_common::InodeKey;
+
+use crate::{
+    framer::{Framed, Framer, FramerConfig},
+    inode_map::{InodeMap, InodeSet},
+    metrics::FlowCounters,
+    sweep::Sweep,
+    tracker::{self, Action, Tracker},
+    truncation::{Captures, CutWrite, Cuts, Held, Truncation},
+};
+
+/// How far reading must move before the kernel is told (`Effect::ReadPosition`).
+const READ_POSITION_STEP: u64 = 64 << 10;
+/// Bytes read from one file per turn, so one busy file cannot starve the others.
+pub const READ_PER_TURN: usize = 1 << 20;
+/// Checkpoints of a busy file are written at most this often (and always on truncation,
+/// release and shutdown): after a crash, at most this much is sent again.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// After a sink refused a batch, its flow reads nothing for this long, then tries again.
+pub const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// What a flow's settings say about reading and framing its files.
+#[derive(Clone, Debug)]
+pub struct FlowRules {
+    pub name: String,
+    pub framer: FramerConfig,
+    /// New bytes fewer than `full_batch_bytes` wait on disk up to this long for more.
+    pub max_batch_age: Duration,
+    pub full_batch_bytes: u64,
+    /// A rotated or unlinked original, read to its end and idle this long, is let go.
+    pub rotated_idle: Duration,
+    /// How often the flow's files are swept (zero: never).
+    pub sweep_interval: Duration,
+}
+
+/// A kernel event in the engine's terms (paths resolved by the caller).
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// `len` bytes written at `pos`; `captured`: the first of them, as the kernel carried
+    /// them.
+    Write {
+        inode: InodeKey,
+        pid: u32,
+        pos: u64,
+        len: u64,
+        captured: Vec<u8>,
+    },
+    /// Another task read the file at `pos` (bytes carried past the read position).
+    Read {
+        inode: InodeKey,
+        pid: u32,
+        pos: u64,
+        captured: Vec<u8>,
+    },
+    Copy {
+        source: InodeKey,
+        destination: InodeKey,
+        destination_end: u64,
+    },
+    /// A write cut by the kernel's truncation number `truncation` reported its bytes.
+    CutWrite {
+        inode: InodeKey,
+        truncation: u64,
+        cut: CutWrite,
+    },
+    /// `at_ns`: when it was made (CLOCK_BOOTTIME, as `Engine::ring_drained`).
+    Truncate {
+        inode: InodeKey,
+        size_before: u64,
+        size_after: u64,
+        truncation: u64,
+        at_ns: u64,
+    },
+    Created {
+        inode: InodeKey,
+        path: PathBuf,
+        pid: u32,
+    },
+    Renamed {
+        inode: InodeKey,
+        path: PathBuf,
+    },
+    Unlinked {
+        inode: InodeKey,
+    },
+}
+
+/// What the caller carries out, in order, after each call (`Engine::next_effect`).
+pub enum Effect {
+    /// Open the original (by inode, at `path` or wherever it moved), watch it in the
+    /// kernel, and call `Engine::tracked` with where to read from: `from`, or further when
+    /// a checkpoint of that very file says so. Nothing when it cannot be opened.
+    Track {
+        inode: InodeKey,
+        flow: usize,
+        path: PathBuf,
+        from: u64,
+    },
+    /// A derived file: never shipped, held open for recovery and remembered as derived.
+    /// `open`: not held yet (open it and call `Engine::derived_opened`).
+    HoldDerived {
+        inode: InodeKey,
+        open: bool,
+    },
+    /// Unwatch and close the file, then call `Engine::released`.
+    Release {
+        inode: InodeKey,
+    },
+    /// Tell the kernel where reading of an original stands (`None`: forget it).
+    ReadPosition {
+        inode: InodeKey,
+        at: Option<u64>,
+    },
+    /// Keep a descriptor of `copy` for `inode`'s truncation: the copy may be released,
+    /// renamed or deleted before its bytes are read (`ReadFrom::Copy`).
+    PinCopy {
+        inode: InodeKey,
+        copy: InodeKey,
+    },
+    UnpinCopy {
+        inode: InodeKey,
+        copy: InodeKey,
+    },
+    /// Ship records recovered from a truncation (`Engine::recovered_delivered` with the
+    /// outcome). They hold `old` of the contents the truncation cut, which now exist only
+    /// in memory: what the sink does not take of them is lost.
+    Ship {
+        inode: InodeKey,
+        framed: Framed,
+        old: Range<u64>,
+    },
+    /// Save the file's checkpoint if due (`Engine::checkpoint_due`).
+    Checkpoint {
+        inode: InodeKey,
+        force: bool,
+    },
+}
+
+/// Where a read takes bytes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The file itself, by its held descriptor.
+    Original,
+    /// The copy a copytruncate made (its pinned descriptor): the unread tail of the old
+    /// contents.
+    Copy(InodeKey),
+}
+
+/// A read to make: `want` bytes at `at`.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRequest {
+    pub inode: InodeKey,
+    pub from: ReadFrom,
+    pub at: u64,
+    pub want: usize,
+    /// The size the read was planned against.
+    pub size: u64,
+}
+
+/// Bytes just read from a file, and when the read ended (CLOCK_BOOTTIME, the clock of the
+/// kernel events), to tell whether a truncation reported afterwards came before them.
+pub struct Chunk {
+    pub inode: InodeKey,
+    pub at: u64,
+    pub bytes: Vec<u8>,
+    pub read_end_ns: u64,
+}
+
+/// What a sink did with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Accepted,
+    /// Refused; when it took the first records, it holds every byte before `holds_to`.
+    Refused {
+        holds_to: Option<u64>,
+    },
+}
+
+/// A checkpoint to save: the file's flow, and the offset every byte before which the sink
+/// acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointDue {
+    pub flow: usize,
+    pub acknowledged: u64,
+}
+
+/// After a copytruncate: the unread tail of the old contents, read from the copy (pinned
+/// for it) like any file, up to `end`, before the truncation's remaining steps.
+#[derive(Debug)]
+struct CopiedTail {
+    copy: InodeKey,
+    end: u64,
+    truncation: Truncation,
+}
+
+/// One held file's state.
+struct FileState {
+    flow: usize,
+    framer: Framer,
+    /// Every byte before this was accepted by the sink (or skipped on purpose).
+    acknowledged: u64,
+    /// Every byte before this is durable in the sink (made so before its checkpoint was
+    /// saved): where reading starts again if the sink loses what it took since.
+    durable: u64,
+    /// A derived file (copy, .gz) or one found binary: held, never shipped.
+    derived: bool,
+    last_input: Instant,
+    /// When the checkpoint was last saved (or tried), and at which offset.
+    checkpointed: Option<(Instant, u64)>,
+    /// Bytes the kernel carried with writes and other tasks' reads, by file offset: what a
+    /// truncation would otherwise take before they are read.
+    captured: Captures,
+    /// Found by the sweep with bytes no event announced: the next read counts them.
+    swept: bool,
+    copied_tail: Option<CopiedTail>,
+    /// A truncation waiting for the writes it cut; nothing is read meanwhile.
+    held: Option<Held>,
+    /// Records recovered from a truncation that the sink refused, and the range of the old
+    /// contents they hold: they exist only here, and are sent again, before anything
+    /// else of the file, once the flow's pause is over.
+    unshipped: Option<(Framed, Range<u64>)>,
+    /// Recovered records are with the sink (`Effect::Ship`), its answer not in yet.
+    shipping: bool,
+    /// Truncations settled while a copied tail is read or recovered records wait for the
+    /// sink: carried out, in order, after them.
+    queued: VecDeque<Held>,
+    /// Copies pinned for this file's truncations.
+    pinned: Vec<InodeKey>,
+    /// Writes cut by a truncation whose event has not come yet.
+    cuts: Cuts,
+    /// The kernel's number of the truncation being reported and when it was made, from
+    /// its event until the tracker's action for it.
+    reported_truncation: Option<(u64, u64)>,
+    /// The read position last given to the kernel.
+    read_position: Option<u64>,
+}
+
+impl FileState {
+    fn new(flow: usize, framer: Framer, from: u64, derived: bool, now: Instant) -> FileState {
+        FileState {
+            flow,
+            framer,
+            acknowledged: from,
+            durable: from,
+            derived,
+            last_input: now,
+            checkpointed: None,
+            captured: Captures::default(),
+            swept: false,
+            copied_tail: None,
+            held: None,
+            unshipped: None,
+            shipping: false,
+            queued: VecDeque::new(),
+            pinned: Vec::new(),
+            cuts: Cuts::default(),
+            reported_truncation: None,
+            read_position: None,
+        }
+    }
+
+    /// Reading is at offsets of contents a truncation replaced: a held truncation, or a
+    /// copied tail being read.
+    fn in_old_contents(&self) -> bool {
+        self.copied_tail.is_some() || self.held.is_some()
+    }
+
+    /// An earlier truncation is still being carried out (its copied tail read, its
+    /// recovered records with the sink or waiting for it, or it waits its turn): a new one
+    /// waits for it, and where reading stands says nothing of the contents it cut, so it
+    /// cannot be known to be filled early.
+    fn behind(&self) -> bool {
+        self.copied_tail.is_some() || self.unshipped.is_some() || self.shipping || !self.queued.is_empty()
+    }
+
+    /// Keeps bytes the kernel captured at `pos` unless the sink took them already (bytes
+    /// read but not taken yet are read again after a refusal, when a truncation may have
+    /// taken them from disk). While a copied tail is read or a truncation held, reading is
+    /// at offsets of the old contents; the bytes captured then belong to the new ones, for
+    /// the next truncation.
+    fn keep_captured(&mut self, pos: u64, bytes: Vec<u8>) {
+        if !bytes.is_empty() && (self.in_old_contents() || pos + bytes.len() as u64 > self.acknowledged) {
+            self.captured.keep(pos, bytes);
+        }
+    }
+}
+
+/// A held file as reported for /status and /metrics.
+pub struct FileView<'a> {
+    pub inode: InodeKey,
+    pub tracked: &'a tracker::Tracked,
+    pub flow: usize,
+    pub derived: bool,
+    pub acknowledged: u64,
+}
+
+pub struct Engine {
+    flows: Vec<FlowRules>,
+    /// The kernel reads a truncation's size before under the inode lock (fentry and kprobe
+    /// modes; tracepoint mode reads it as the syscall begins).
+    exact_size_before: bool,
+    started: Instant,
+    tracker: Tracker,
+    files: InodeMap<FileState>,
+    /// Files that may have new bytes to read.
+    dirty: InodeSet,
+    /// Files whose reading waits (for more bytes, `max_batch_age`, or a held truncation),
+    /// with when it is due.
+    deferred: InodeMap<Instant>,
+    /// Files with unshipped bytes whose flow is paused.
+    waiting: InodeSet,
+    /// Per flow: while its sink refuses batches, no reading until this time.
+    paused_until: Vec<Option<Instant>>,
+    /// Every kernel event made before this (CLOCK_BOOTTIME) has been taken.
+    drained_ns: u64,
+    sweep: Sweep,
+    /// Per flow: what was read, recovered, lost (the caller adds what it sent).
+    pub counters: Vec<FlowCounters>,
+    effects: VecDeque<Effect>,
+}
+
+impl Engine {
+    pub fn new(flows: Vec<FlowRules>, exact_size_before: bool, now: Instant) -> Engine {
+        let n = flows.len();
+        Engine {
+            sweep: Sweep::new(flows.iter().map(|f| f.sweep_interval), now),
+            flows,
+            exact_size_before,
+            started: now,
+            tracker: Tracker::default(),
+            files: InodeMap::default(),
+            dirty: InodeSet::default(),
+            deferred: InodeMap::default(),
+            waiting: InodeSet::default(),
+            paused_until: vec![None; n],
+            drained_ns: 0,
+            counters: vec![FlowCounters::default(); n],
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// Every kernel event made before `boot_ns` (CLOCK_BOOTTIME) has been handed in: held
+    /// truncations whose cut writes would have come by then can be settled.
+    pub fn ring_drained(&mut self, boot_ns: u64) {
+        self.drained_ns = self.drained_ns.max(boot_ns);
+    }
+
+    /// The next thing to carry out, in order.
+    pub fn next_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    fn ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_nanos() as u64
+    }
+
+    /// Whether the tracker or the held files know `inode`.
+    pub fn knows(&self, inode: &InodeKey) -> bool {
+        self.files.contains_key(inode) || self.tracker.get(inode).is_some()
+    }
+
+    pub fn holds(&self, inode: &InodeKey) -> bool {
+        self.files.contains_key(inode)
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The held files (every one for `flow`, or all).
+    pub fn held(&self) -> impl Iterator<Item = InodeKey> + '_ {
+        self.files.keys().copied()
+    }
+
+    /// Where `inode` was last seen, for the log.
+    pub fn path_of(&self, inode: &InodeKey) -> String {
+        self.tracker.get(inode).map(|t| t.path.display().to_string()).unwrap_or_default()
+    }
+
+    pub fn path(&self, inode: &InodeKey) -> Option<&Path> {
+        self.tracker.get(inode).map(|t| t.path.as_path())
+    }
+
+    /// The flow of a held original (`None`: not held, or derived).
+    pub fn flow_of(&self, inode: &InodeKey) -> Option<usize> {
+        self.files.get(inode).filter(|f| !f.derived).map(|f| f.flow)
+    }
+
+    pub fn dropped_bytes(&self, inode: &InodeKey) -> u64 {
+        self.files.get(inode).map_or(0, |f| f.framer.dropped_bytes)
+    }
+
+    pub fn view(&self) -> impl Iterator<Item = FileView<'_>> {
+        self.files.iter().filter_map(|(inode, f)| {
+            Some(FileView {
+                inode: *inode,
+                tracked: self.tracker.get(inode)?,
+                flow: f.flow,
+                derived: f.derived,
+                acknowledged: f.acknowledged,
+            })
+        })
+    }
+
+    fn framer(&self, flow: usize, from: u64) -> Framer {
+        Framer::new(self.flows[flow].framer.clone(), from)
+    }
+
+    /// A file found on disk (start-up, a new directory or link): an original read from
+    /// `from` (`Effect::Track`). `rotated`: found by inode under another name.
+    pub fn discovered(&mut self, inode: InodeKey, flow: usize, path: PathBuf, from: u64, rotated: bool, now: Instant) {
+        let now_ns = self.ns(now);
+        let action = self.tracker.discovered(inode, flow, path.clone(), from, now_ns);
+        if rotated {
+            let _ = self.tracker.on_event(tracker::Event::Renamed { inode, path }, now_ns, &|_| Some(flow));
+        }
+        self.apply(action, now);
+    }
+
+    /// A file the state directory remembers as derived: never shipped, not held.
+    pub fn remembered_derived(&mut self, inode: InodeKey, path: PathBuf, now: Instant) {
+        let now_ns = self.ns(now);
+        self.tracker.remembered_derived(inode, path, now_ns);
+    }
+
+    /// `Effect::Track` was carried out: the file is open and watched, `size` long, read
+    /// from `from`.
+    pub fn tracked(&mut self, inode: InodeKey, flow: usize, from: u64, size: u64, now: Instant) {
+        // A file created while running is read on its first write: that write's task may
+        // show it is a copy, which must never be shipped.
+        let fresh = self.tracker.get(&inode).is_some_and(|t| t.fresh);
+        let framer = self.framer(flow, from);
+        self.files.insert(inode, FileState::new(flow, framer, from, false, now));
+        if from < size && !fresh {
+            self.dirty.insert(inode);
+        }
+        self.publish_read_position(inode);
+    }
+
+    /// `Effect::HoldDerived` opened the file.
+    pub fn derived_opened(&mut self, inode: InodeKey, now: Instant) {
+        let framer = self.framer(0, 0);
+        self.files.insert(inode, FileState::new(0, framer, 0, true, now));
+    }
+
+    /// `Effect::Release` was carried out.
+    pub fn released(&mut self, inode: &InodeKey) {
+        self.files.remove(inode);
+        self.dirty.remove(inode);
+        self.deferred.remove(inode);
+        self.waiting.remove(inode);
+        self.sweep.forget(inode);
+    }
+
+    /// The copies of `source` a truncation of it would recover from: the caller raises how
+    /// far each got to what the kernel counted (`copied_up_to`) before the truncation.
+    pub fn copies_of(&self, source: &InodeKey) -> Vec<InodeKey> {
+        self.tracker.copies_of(source)
+    }
+
+    pub fn copied_up_to(&mut self, copy: &InodeKey, end: u64) {
+        self.tracker.copied_up_to(copy, end);
+    }
+
+    /// Applies a kernel event; `flow_of` says which flow (if any) a path belongs to.
+    pub fn on_event(&mut self, event: Event, now: Instant, flow_of: &dyn Fn(&Path) -> Option<usize>) {
+        let tracker_event = match event {
+            Event::Write { inode, pid, pos, len, captured } => {
+                if let Some(f) = self.files.get_mut(&inode) {
+                    f.keep_captured(pos, captured);
+                }
+                tracker::Event::Write { inode, pid, end: pos + len }
+            }
+            Event::Read { inode, pid, pos, captured } => {
+                // Bytes another task read before the collector did (logrotate copying the
+                // file it is about to truncate): kept as the writes' captured bytes are.
+                if let Some(f) = self.files.get_mut(&inode)
+                    && !f.derived
+                {
+                    f.keep_captured(pos, captured);
+                }
+                tracker::Event::Read { inode, pid }
+            }
+            Event::Copy { source, destination, destination_end } => {
+                tracker::Event::Copy { source, destination, destination_end }
+            }
+            Event::CutWrite { inode, truncation, cut } => {
+                self.cut_write(inode, truncation, cut, now);
+                return;
+            }
+            Event::Truncate { inode, size_before, size_after, truncation, at_ns } => {
+                if let Some(f) = self.files.get_mut(&inode) {
+                    f.reported_truncation = Some((truncation, at_ns));
+                    // Reads from here on are of the new contents: all their bytes count
+                    // until reading resumes in them (`finish_truncation`).
+                    if f.read_position.is_some_and(|at| at > 0) && !f.derived {
+                        f.read_position = Some(0);
+                        self.effects.push_back(Effect::ReadPosition { inode, at: Some(0) });
+                    }
+                }
+                tracker::Event::Truncate { inode, size_before, size_after }
+            }
+            Event::Created { inode, path, pid } => tracker::Event::Created { inode, path, pid },
+            Event::Renamed { inode, path } => tracker::Event::Renamed { inode, path },
+            Event::Unlinked { inode } => tracker::Event::Unlinked { inode },
+        };
+        let now_ns = self.ns(now);
+        for action in self.tracker.on_event(tracker_event, now_ns, flow_of) {
+            self.apply(action, now);
+        }
+    }
+
+    fn apply(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Track { inode, flow, path, from } => {
+                self.effects.push_back(Effect::Track { inode, flow, path, from })
+            }
+            Action::HoldDerived { inode, .. } => {
+                let open = match self.files.get_mut(&inode) {
+                    Some(f) => {
+                        f.derived = true;
+                        if f.read_position.take().is_some() {
+                            self.effects.push_back(Effect::ReadPosition { inode, at: None });
+                        }
+                        self.dirty.remove(&inode);
+                        false
+                    }
+                    None => true,
+                };
+                self.effects.push_back(Effect::HoldDerived { inode, open });
+            }
+            Action::Untrack { inode } => {
+                self.settle_held(inode, now);
+                self.dirty.remove(&inode);
+                self.sweep.forget(&inode);
+                // Its checkpoint outlives it while the file exists.
+                self.effects.push_back(Effect::Checkpoint { inode, force: true });
+                self.effects.push_back(Effect::Release { inode });
+            }
+            Action::Read { inode } => {
+                if self.files.get(&inode).is_some_and(|f| !f.derived) {
+                    self.dirty.insert(inode);
+                }
+            }
+            Action::Truncated { inode, size_before, size_after, recover_from } => {
+                let number = self.files.get_mut(&inode).and_then(|f| f.reported_truncation.take());
+                self.truncated(inode, size_before, size_after, recover_from, number, now);
+            }
+            Action::Moved { .. } => {}
+        }
+    }
+
+    /// Tells the kernel where an original is read to, when that moved: what another task
+    /// reads past it comes with its bytes (see `collector_common::READ_CAPTURE_REACH`).
+    /// Not while reading is in old contents: the kernel keeps 0 from the truncation's
+    /// event then.
+    ///
+    /// A map update is a syscall, and a file is read many times a second: the position is
+    /// raised only by READ_POSITION_STEP or more (one lower than the truth only makes other
+    /// tasks' reads carry a little more), and lowered at once.
+    fn publish_read_position(&mut self, inode: InodeKey) {
+        let Some(f) = self.files.get_mut(&inode) else { return };
+        let at = f.framer.next_offset();
+        if f.derived || f.in_old_contents() || f.read_position.is_some_and(|p| p <= at && at - p < READ_POSITION_STEP) {
+            return;
+        }
+        f.read_position = Some(at);
+        self.effects.push_back(Effect::ReadPosition { inode, at: Some(at) });
+    }
+
+    /// Whether anything is to be read now.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+}
+
+/// Compressed archives and executables are not logs.
+fn is_compressed_or_binary(head: &[u8]) -> bool {
+    const MAGICS: &[&[u8]] = &[b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"BZh", b"\x7fELF", b"PK\x03\x04"];
+    MAGICS.iter().any(|m| head.starts_with(m))
+}
+#[cfg(test)]
+mod simulation;

@@ -1,0 +1,243 @@
+//! The engine's reading: which files to read now and where, what a read gave, framing
+//! it, and the sink's answer to what was shipped.
+
+use std::{ops::Range, time::Instant};
+
+use collector_common::InodeKey;
+
+use super::{
+    Chunk, Delivery, Effect, Engine, READ_PER_TURN, ReadFrom, ReadRequest, SINK_RETRY_PAUSE, is_compressed_or_binary,
+};
+use crate::framer::Framed;
+
+impl Engine {
+    /// The reads to make now, among the dirty files; `size_of` gives a held file's size.
+    /// Held truncations whose time came are settled first.
+    pub fn plan_reads(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) -> Vec<ReadRequest> {
+        let dirty = std::mem::take(&mut self.dirty);
+        self.settle_due(&dirty, now);
+        // Settling may have marked files dirty again.
+        self.dirty.extend(dirty);
+        let mut reads = Vec::new();
+        let mut tails_done = Vec::new();
+        for inode in std::mem::take(&mut self.dirty) {
+            // Deferred again below if it still waits; gone otherwise.
+            let due = self.deferred.remove(&inode);
+            let Some(f) = self.files.get_mut(&inode) else { continue };
+            if f.copied_tail.is_none()
+                && let Some(held) = &f.held
+            {
+                // Its truncation waits for the writes it cut.
+                self.deferred.insert(inode, held.due);
+                continue;
+            }
+            if self.paused_until[f.flow].is_some() {
+                self.waiting.insert(inode);
+                continue;
+            }
+            if let Some((framed, old)) = f.unshipped.take() {
+                // Recovered records the sink refused go first; the file is read after.
+                f.shipping = true;
+                self.effects.push_back(Effect::Ship { inode, framed, old });
+                continue;
+            }
+            let f = &*f;
+            let at = f.framer.next_offset();
+            // A copied tail is read first, from the copy, at once.
+            let (from, size) = match &f.copied_tail {
+                Some(tail) if at >= tail.end => {
+                    tails_done.push(inode);
+                    continue;
+                }
+                Some(tail) => (ReadFrom::Copy(tail.copy), tail.end),
+                None => (ReadFrom::Original, size_of(&inode).unwrap_or(0)),
+            };
+            if size < at {
+                // Truncated: its event is on its way and says what to recover.
+                continue;
+            }
+            let want = ((size - at) as usize).min(READ_PER_TURN);
+            if want == 0 {
+                continue;
+            }
+            // A small amount of new bytes waits on disk for more, up to max_batch_age.
+            let rules = &self.flows[f.flow];
+            if from == ReadFrom::Original
+                && !rules.max_batch_age.is_zero()
+                && !f.framer.holds()
+                && (want as u64) < rules.full_batch_bytes
+            {
+                let due = due.unwrap_or(now + rules.max_batch_age);
+                if now < due {
+                    self.deferred.insert(inode, due);
+                    continue;
+                }
+            }
+            reads.push(ReadRequest { inode, from, at, want, size });
+        }
+        for inode in tails_done {
+            self.finish_copied_tail(inode, now);
+        }
+        reads
+    }
+
+    /// What a planned read gave: the chunk to frame once the events that came meanwhile
+    /// are applied (`frame`), if any. `read_end_ns`: when the read ended (CLOCK_BOOTTIME).
+    pub fn read_done(
+        &mut self,
+        read: ReadRequest,
+        result: std::io::Result<Vec<u8>>,
+        read_end_ns: u64,
+        now: Instant,
+    ) -> Option<Chunk> {
+        let ReadRequest { inode, from, at, want, size } = read;
+        let f = self.files.get_mut(&inode)?;
+        let copy = matches!(from, ReadFrom::Copy(_));
+        let buf = match result {
+            Ok(buf) if buf.is_empty() && copy => {
+                // The copy is shorter than it was: what it lacks is counted as lost.
+                self.finish_copied_tail(inode, now);
+                return None;
+            }
+            Ok(buf) => buf,
+            Err(e) => {
+                tracing::warn!(inode = inode.ino, "read failed: {e}");
+                if copy {
+                    self.finish_copied_tail(inode, now);
+                }
+                return None;
+            }
+        };
+        let n = buf.len();
+        if n == want && (size - at) as usize > want {
+            self.dirty.insert(inode);
+        }
+        let counters = &mut self.counters[f.flow];
+        if at == 0 && is_compressed_or_binary(&buf) {
+            let path = self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default();
+            // Rotation with `compress` makes one an hour forever: said once per flow.
+            if counters.files_skipped_binary == 0 {
+                tracing::warn!(%path, flow = %self.flows[f.flow].name, "skipping a compressed or binary file that matches a pattern (further ones are logged at debug and counted in collector_skipped_binary_files_total)");
+            } else {
+                tracing::debug!(%path, "skipping a compressed or binary file that matches a pattern");
+            }
+            counters.files_skipped_binary += 1;
+            f.derived = true;
+            return None;
+        }
+        f.last_input = now;
+        counters.bytes_read += n as u64;
+        if std::mem::take(&mut f.swept) {
+            counters.bytes_swept += n as u64;
+        }
+        Some(Chunk { inode, at, bytes: buf, read_end_ns })
+    }
+
+    /// Frames a chunk into `out` (cleared first); false when there is nothing to ship: the
+    /// file was truncated before the read ended (`truncated_ns`: the first truncation
+    /// reported since reading began; the file is read again from its new start), moved on
+    /// meanwhile, or its flow is paused (read again after the pause).
+    pub fn frame(&mut self, chunk: Chunk, truncated_ns: Option<u64>, out: &mut Framed) -> bool {
+        if truncated_ns.is_some_and(|t| t <= chunk.read_end_ns) {
+            return false;
+        }
+        let Some(f) = self.files.get_mut(&chunk.inode) else { return false };
+        if f.framer.next_offset() != chunk.at {
+            return false;
+        }
+        if self.paused_until[f.flow].is_some() {
+            self.waiting.insert(chunk.inode);
+            return false;
+        }
+        out.clear();
+        f.framer.push(chunk.at, chunk.bytes, out);
+        true
+    }
+
+    /// The sink's answer to records of `inode` (framed from its reads, or flushed). On
+    /// refusal the records stay on disk: the file is read again from its acknowledged
+    /// offset once the flow's pause is over.
+    pub fn delivered(&mut self, inode: InodeKey, outcome: Delivery, now: Instant) {
+        let Some(f) = self.files.get_mut(&inode) else { return };
+        match outcome {
+            Delivery::Accepted => {
+                f.acknowledged = f.acknowledged.max(f.framer.settled_offset());
+                // What the sink took needs no recovery.
+                if f.copied_tail.is_none() {
+                    f.captured.forget_read(f.acknowledged);
+                }
+            }
+            Delivery::Refused { holds_to } => {
+                // What the destination holds is not sent again: the checkpoint passes it.
+                if let Some(to) = holds_to {
+                    f.acknowledged = f.acknowledged.max(to);
+                }
+                f.framer.reset(f.acknowledged);
+                let flow = f.flow;
+                self.waiting.insert(inode);
+                self.pause(flow, now);
+            }
+        }
+    }
+
+    /// After a read's records were delivered: a copied tail read to its end is done, the
+    /// kernel learns where reading is, and the checkpoint follows when due.
+    pub fn after_delivery(&mut self, inode: InodeKey, now: Instant) {
+        if let Some(f) = self.files.get(&inode)
+            && f.copied_tail.as_ref().is_some_and(|t| f.framer.next_offset() >= t.end)
+        {
+            self.finish_copied_tail(inode, now);
+        }
+        self.publish_read_position(inode);
+        self.effects.push_back(Effect::Checkpoint { inode, force: false });
+    }
+
+    /// The sink's answer to records recovered from a truncation (`Effect::Ship`, given
+    /// back): reading has moved on to the new contents already, so what it refused waits
+    /// in memory and is sent again first once the flow's pause is over.
+    pub fn recovered_delivered(
+        &mut self,
+        inode: InodeKey,
+        outcome: Delivery,
+        mut framed: Framed,
+        old: Range<u64>,
+        now: Instant,
+    ) {
+        let Some(f) = self.files.get_mut(&inode) else { return };
+        let flow = f.flow;
+        f.shipping = false;
+        match outcome {
+            Delivery::Accepted => {
+                self.dirty.insert(inode);
+                self.next_truncation(inode, now);
+            }
+            Delivery::Refused { holds_to } => {
+                let from = holds_to.unwrap_or(old.start).max(old.start);
+                framed.drop_before(from);
+                if !framed.is_empty() {
+                    f.unshipped = Some((framed, from..old.end));
+                }
+                self.waiting.insert(inode);
+                self.pause(flow, now);
+            }
+        }
+    }
+
+    pub(super) fn pause(&mut self, flow: usize, now: Instant) {
+        self.counters[flow].batches_failed += 1;
+        self.paused_until[flow] = Some(now + SINK_RETRY_PAUSE);
+    }
+
+    /// Held-back records whose flush timeout passed: each file's records to deliver.
+    pub fn flush_idle(&mut self, now: Instant) -> Vec<(InodeKey, Framed)> {
+        let mut out = Vec::new();
+        for (inode, f) in &mut self.files {
+            if !f.derived && f.framer.holds() && now.saturating_duration_since(f.last_input) >= f.framer.flush_after() {
+                let mut records = Framed::default();
+                f.framer.flush(&mut records);
+                out.push((*inode, records));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,213 @@
+//! The engine's upkeep, on the caller's ticks: checkpoints, letting files go, the sweep,
+//! recovering from lost events, pauses that end, and stopping.
+
+use std::time::Instant;
+
+use collector_common::InodeKey;
+
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine};
+use crate::sweep::Look;
+
+impl Engine {
+    /// Whether a checkpoint of `inode` is to be saved now (unless `force`, at most every
+    /// CHECKPOINT_EVERY, and only when it moved). The caller makes the sink durable first
+    /// (`made_durable`, or `durability_failed`), then saves it (`checkpoint_saved`).
+    pub fn checkpoint_due(&self, inode: &InodeKey, force: bool, now: Instant) -> Option<CheckpointDue> {
+        let f = self.files.get(inode)?;
+        self.tracker.get(inode)?;
+        if f.derived {
+            return None;
+        }
+        match f.checkpointed {
+            Some((_, at)) if at == f.acknowledged => return None,
+            Some((when, _)) if !force && now.saturating_duration_since(when) < CHECKPOINT_EVERY => return None,
+            _ => {}
+        }
+        Some(CheckpointDue { flow: f.flow, acknowledged: f.acknowledged })
+    }
+
+    /// The sink made durable what it took: the checkpoint of `inode` at `acknowledged`
+    /// is being saved.
+    pub fn made_durable(&mut self, inode: &InodeKey, acknowledged: u64, now: Instant) -> Option<u64> {
+        let f = self.files.get_mut(inode)?;
+        f.durable = acknowledged;
+        let before = f.checkpointed.map(|(_, at)| at);
+        f.checkpointed = Some((now, acknowledged));
+        before
+    }
+
+    /// The checkpoint could not be saved: tried again after CHECKPOINT_EVERY, also when no
+    /// byte moves it further (`before`: what `made_durable` returned).
+    pub fn checkpoint_failed(&mut self, inode: &InodeKey, before: Option<u64>, now: Instant) {
+        if let Some(f) = self.files.get_mut(inode) {
+            f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
+        }
+    }
+
+    /// The sink could not make what it took durable (an fsync failed): the records it took
+    /// since the last checkpoints may never reach its disk. Every file of the flow is read
+    /// again from its checkpoint after a pause: records may be written twice, none is lost.
+    pub fn durability_failed(&mut self, flow: usize, now: Instant) {
+        let mut reset = Vec::new();
+        for (inode, f) in &mut self.files {
+            if f.flow == flow && !f.derived && f.acknowledged > f.durable {
+                f.acknowledged = f.durable;
+                f.framer.reset(f.durable);
+                self.waiting.insert(*inode);
+                reset.push(*inode);
+            }
+        }
+        for inode in reset {
+            self.publish_read_position(inode);
+        }
+        self.pause(flow, now);
+    }
+
+    /// Files whose acknowledged offset moved since their last checkpoint (usually none, so
+    /// an idle collector with many files does nothing per file).
+    pub fn unsaved(&self) -> Vec<InodeKey> {
+        self.files
+            .iter()
+            .filter(|(_, f)| !f.derived && f.checkpointed.is_none_or(|(_, at)| at != f.acknowledged))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Files to let go (`Effect::Release`, after their checkpoint): originals rotated away
+    /// or unlinked, idle and read to their end, idle derived files.
+    pub fn expire(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+        let idle: Vec<u64> = self.flows.iter().map(|f| f.rotated_idle.as_nanos() as u64).collect();
+        let files = &self.files;
+        let drained = |inode: &InodeKey| {
+            files.get(inode).is_none_or(|f| {
+                f.derived
+                    || f.copied_tail.is_none()
+                        && f.unshipped.is_none()
+                        && !f.shipping
+                        && size_of(inode).is_some_and(|size| size <= f.framer.next_offset() && !f.framer.holds())
+            })
+        };
+        let now_ns = self.ns(now);
+        let actions = self.tracker.expired(now_ns, &|flow| idle[flow], &drained);
+        for a in actions {
+            self.apply(a, now);
+        }
+    }
+
+    /// After the ring buffer dropped events: every held file may have news, and one
+    /// shorter than what was read was truncated among them.
+    pub fn events_lost(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+        self.dirty.extend(self.files.iter().filter(|(_, f)| !f.derived).map(|(k, _)| *k));
+        let shrunk: Vec<(InodeKey, u64, u64)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.derived && !f.in_old_contents())
+            .filter_map(|(k, f)| {
+                let size = size_of(k)?;
+                (size < f.framer.next_offset()).then_some((*k, f.framer.next_offset(), size))
+            })
+            .collect();
+        for (inode, read_to, size) in shrunk {
+            self.truncated(inode, read_to, size, None, None, now);
+        }
+    }
+
+    /// The safety sweep (see `sweep`): last sweep's suspects that nothing has read or
+    /// truncated since are dealt with now; then each due flow's files are looked at.
+    pub fn sweep(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+        for (inode, first) in self.sweep.take_suspects(now) {
+            let Some(look) = self.sweep_look(&inode, size_of) else { continue };
+            if look.size > look.read_to && look.read_to < first.size {
+                if self.sweep.first_report(inode) {
+                    tracing::warn!(path = %self.path_of(&inode), bytes = look.size - look.read_to, "new bytes no write event announced (written past the kernel hooks, by io_uring for one); the periodic sweep reads them");
+                }
+                if let Some(f) = self.files.get_mut(&inode) {
+                    f.swept = true;
+                }
+                self.tracker.no_first_write(&inode);
+                self.dirty.insert(inode);
+            } else if look.size < look.read_to && look.read_to == first.read_to {
+                tracing::warn!(path = %self.path_of(&inode), read_to = look.read_to, size = look.size, "shorter than what was read, and no truncation event came (truncated past the kernel hooks); reading resumes at its size");
+                self.truncated(inode, look.read_to, look.size, None, None, now);
+            }
+        }
+        for flow in 0..self.flows.len() {
+            if !self.sweep.due(flow, self.flows[flow].sweep_interval, now) {
+                continue;
+            }
+            let held: Vec<InodeKey> = self.files.iter().filter(|(_, f)| f.flow == flow).map(|(k, _)| *k).collect();
+            for inode in held {
+                if let Some(look) = self.sweep_look(&inode, size_of).filter(|l| l.size != l.read_to) {
+                    self.sweep.suspect(inode, look, now);
+                }
+            }
+        }
+    }
+
+    /// For the sweep: where reading of a held original stands and its size, unless
+    /// something is about to read it anyway (dirty, deferred, or waiting for its sink) or
+    /// reading is in old contents. A file created while running that still waits for its
+    /// first write event (which would tell whether it is a copy) is looked at too.
+    pub(super) fn sweep_look(&self, inode: &InodeKey, size_of: &dyn Fn(&InodeKey) -> Option<u64>) -> Option<Look> {
+        let f = self.files.get(inode)?;
+        if f.derived || f.in_old_contents() || self.tracker.get(inode).is_none() {
+            return None;
+        }
+        if self.dirty.contains(inode) || self.deferred.contains_key(inode) || self.waiting.contains(inode) {
+            return None;
+        }
+        Some(Look { read_to: f.framer.next_offset(), size: size_of(inode)? })
+    }
+
+    /// Nothing waits for a tick: no file deferred, waiting for its sink, holding a partial
+    /// record or in old contents, no flow paused.
+    pub fn has_nothing_pending(&self) -> bool {
+        self.dirty.is_empty()
+            && self.deferred.is_empty()
+            && self.waiting.is_empty()
+            && self.paused_until.iter().all(Option::is_none)
+            && self.files.values().all(|f| !f.framer.holds() && !f.in_old_contents() && f.unshipped.is_none())
+    }
+
+    /// When the first deferred file is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.deferred.values().min().copied()
+    }
+
+    /// Deferred files whose time came are read.
+    pub fn read_due(&mut self, now: Instant) {
+        self.dirty.extend(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k));
+    }
+
+    /// Flows whose pause after a sink failure is over read again.
+    pub fn resume_paused(&mut self, now: Instant) {
+        for pause in &mut self.paused_until {
+            if pause.is_some_and(|until| until <= now) {
+                *pause = None;
+            }
+        }
+        let (files, paused) = (&self.files, &self.paused_until);
+        let ready: Vec<InodeKey> =
+            self.waiting.iter().filter(|k| files.get(k).is_none_or(|f| paused[f.flow].is_none())).copied().collect();
+        for inode in ready {
+            self.waiting.remove(&inode);
+            self.dirty.insert(inode);
+        }
+    }
+
+    /// Stopping: held truncations are carried out (their checkpoints follow). Recovered
+    /// records the sink still refuses exist only in memory: counted lost.
+    pub fn settle_all(&mut self, now: Instant) {
+        let inodes: Vec<InodeKey> = self.files.keys().copied().collect();
+        for inode in inodes {
+            self.settle_held(inode, now);
+            if let Some(f) = self.files.get_mut(&inode)
+                && let Some((_, old)) = f.unshipped.take()
+            {
+                let lost = old.end - old.start;
+                self.counters[f.flow].bytes_lost += lost;
+                tracing::error!(path = %self.path_of(&inode), lost, "stopping with bytes recovered from a truncation that the sink refused; they are gone from disk");
+            }
+        }
+    }
+}
