@@ -485,7 +485,7 @@ impl Daemon {
                 "kernel ring buffer overflowed; re-reading every tracked file"
             );
             self.lost_seen = lost;
-            self.engine.events_lost(Instant::now(), &Self::sizes(&self.handles));
+            self.engine.events_lost(reader::boot_ns(), &Self::sizes(&self.handles));
             self.run_effects(None);
         }
         Ok(())

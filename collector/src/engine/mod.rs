@@ -217,6 +217,16 @@ struct CopiedTail {
     truncation: Truncation,
 }
 
+/// A file found shorter than what was read after lost events (see `Engine::events_lost`).
+struct Shrunk {
+    inode: InodeKey,
+    read_to: u64,
+    /// The file's truncations so far then.
+    truncations: u64,
+    /// When its size was taken (CLOCK_BOOTTIME).
+    seen_ns: u64,
+}
+
 /// One held file's state.
 struct FileState {
     flow: usize,
@@ -257,6 +267,14 @@ struct FileState {
     reported_truncation: Option<(u64, u64)>,
     /// The read position last given to the kernel.
     read_position: Option<u64>,
+    /// Truncations of it so far (reported or inferred).
+    truncations: u64,
+    /// The furthest end of a write reported since its last truncation: in tracepoint mode
+    /// a truncation's size before is read as its syscall begins, and a write can land
+    /// before the cut.
+    written_to: u64,
+    /// The kernel's number of the last truncation settled, and its size before.
+    last_settled: Option<(u64, u64)>,
 }
 
 impl FileState {
@@ -280,6 +298,9 @@ impl FileState {
             cuts: Cuts::default(),
             reported_truncation: None,
             read_position: None,
+            truncations: 0,
+            written_to: 0,
+            last_settled: None,
         }
     }
 
@@ -337,6 +358,9 @@ pub struct Engine {
     paused_until: Vec<Option<Instant>>,
     /// Every kernel event made before this (CLOCK_BOOTTIME) has been taken.
     drained_ns: u64,
+    /// Files found shorter than what was read after lost events, not yet taken as
+    /// truncated.
+    shrunk: Vec<Shrunk>,
     sweep: Sweep,
     /// Per flow: what was read, recovered, lost (the caller adds what it sent).
     pub counters: Vec<FlowCounters>,
@@ -358,6 +382,7 @@ impl Engine {
             waiting: InodeSet::default(),
             paused_until: vec![None; n],
             drained_ns: 0,
+            shrunk: Vec::new(),
             counters: vec![FlowCounters::default(); n],
             effects: VecDeque::new(),
         }
@@ -492,6 +517,7 @@ impl Engine {
             Event::Write { inode, pid, pos, len, captured } => {
                 if let Some(f) = self.files.get_mut(&inode) {
                     f.keep_captured(pos, captured);
+                    f.written_to = f.written_to.max(pos + len);
                 }
                 tracker::Event::Write { inode, pid, end: pos + len }
             }

@@ -14,6 +14,7 @@ impl Engine {
     /// The reads to make now, among the dirty files; `size_of` gives a held file's size.
     /// Held truncations whose time came are settled first.
     pub fn plan_reads(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) -> Vec<ReadRequest> {
+        self.resolve_shrunk(now, size_of);
         let dirty = std::mem::take(&mut self.dirty);
         self.settle_due(&dirty, now);
         // Settling may have marked files dirty again.

@@ -39,6 +39,10 @@ impl Engine {
         // One at a time: an earlier held truncation is settled first.
         self.settle_held(inode, now);
         let Some(f) = self.files.get_mut(&inode) else { return };
+        f.truncations += 1;
+        // Every write reported before its event landed before the cut (one that did not is
+        // a cut write).
+        let size_before = size_before.max(std::mem::replace(&mut f.written_to, size_after));
         let exact = self.exact_size_before && !f.behind();
         let cuts = truncation.map(|n| f.cuts.take(n)).unwrap_or_default();
         let held = Held {
@@ -126,7 +130,9 @@ impl Engine {
         let Some(f) = self.files.get_mut(&inode) else { return };
         let exact = self.exact_size_before && !f.behind();
         let (pos, len) = (cut.pos, cut.len);
-        let placed = f.cuts.place(f.held.as_mut(), n, cut);
+        // The held truncation it names, or one that waits its turn.
+        let target = f.held.iter_mut().chain(f.queued.iter_mut()).find(|h| h.truncation == Some(n));
+        let placed = f.cuts.place(target, n, cut);
         // Where the size before is exact, a truncation whose gap is filled has nothing more
         // to wait for.
         if placed == Placed::Held && exact && f.held.as_ref().is_some_and(Held::is_filled) {
@@ -134,6 +140,12 @@ impl Engine {
             return;
         }
         if placed == Placed::TooLate {
+            // What lay past the size before its verdict used was not counted lost then.
+            let uncounted = match f.last_settled {
+                Some((settled, size_before)) if settled == n => (pos + len).saturating_sub(pos.max(size_before)),
+                _ => 0,
+            };
+            self.counters[f.flow].bytes_lost += uncounted;
             tracing::warn!(path = %self.path_of(&inode), truncation = n, pos, len, "a write cut by a truncation reported its bytes after the truncation was settled; they are lost");
         }
     }
@@ -166,8 +178,12 @@ impl Engine {
         let Some(f) = self.files.get_mut(&inode) else { return };
         let read_to = f.framer.next_offset();
         let (recover_from, cuts) = (held.recover_from, held.cuts.len());
+        let number = held.truncation;
         let truncation = held.settle(read_to);
         let (size_before, size_after) = (truncation.size_before, truncation.size_after);
+        if let Some(n) = number {
+            f.last_settled = Some((n, size_before));
+        }
         tracing::debug!(ino = inode.ino, size_before, size_after, read_to, ?recover_from, cuts, "truncated");
         if let Some((copy, copied)) = recover_from {
             if let Some(end) = truncation.copied_tail_end(copied)

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine};
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Shrunk};
 use crate::sweep::Look;
 
 impl Engine {
@@ -95,20 +95,40 @@ impl Engine {
     }
 
     /// After the ring buffer dropped events: every held file may have news, and one
-    /// shorter than what was read was truncated among them.
-    pub fn events_lost(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+    /// shorter than what was read may have been truncated among them. Its sizes were
+    /// taken at `boot_ns`: a truncation whose event is still in the ring is not one that
+    /// was lost, so such a file is taken as truncated only once every event made before
+    /// then has been taken, and none was its truncation (`resolve_shrunk`).
+    pub fn events_lost(&mut self, boot_ns: u64, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
         self.dirty.extend(self.files.iter().filter(|(_, f)| !f.derived).map(|(k, _)| *k));
-        let shrunk: Vec<(InodeKey, u64, u64)> = self
-            .files
-            .iter()
-            .filter(|(_, f)| !f.derived && !f.in_old_contents())
-            .filter_map(|(k, f)| {
-                let size = size_of(k)?;
-                (size < f.framer.next_offset()).then_some((*k, f.framer.next_offset(), size))
-            })
-            .collect();
-        for (inode, read_to, size) in shrunk {
-            self.truncated(inode, read_to, size, None, None, now);
+        for (inode, f) in &self.files {
+            if !f.derived && !f.in_old_contents() && size_of(inode).is_some_and(|size| size < f.framer.next_offset()) {
+                self.shrunk.push(Shrunk {
+                    inode: *inode,
+                    read_to: f.framer.next_offset(),
+                    truncations: f.truncations,
+                    seen_ns: boot_ns,
+                });
+            }
+        }
+    }
+
+    /// Files found shorter than what was read after lost events (`events_lost`), once
+    /// every event made before is taken: still shorter, with no truncation reported since,
+    /// they are taken as truncated to their size now.
+    pub(super) fn resolve_shrunk(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+        let drained = self.drained_ns;
+        let (ready, waiting): (Vec<Shrunk>, Vec<Shrunk>) =
+            std::mem::take(&mut self.shrunk).into_iter().partition(|s| s.seen_ns < drained);
+        self.shrunk = waiting;
+        for s in ready {
+            let Some(f) = self.files.get(&s.inode) else { continue };
+            if f.truncations != s.truncations || f.framer.next_offset() != s.read_to || f.in_old_contents() {
+                continue;
+            }
+            if let Some(size) = size_of(&s.inode).filter(|size| *size < s.read_to) {
+                self.truncated(s.inode, s.read_to, size, None, None, now);
+            }
         }
     }
 
