@@ -215,6 +215,14 @@ impl Engine {
         }
     }
 
+    /// Whether a truncation is being carried out (held, queued, its copied tail read or its
+    /// recovered records with the sink): what it holds in memory is gone if the process
+    /// dies now.
+    #[cfg(test)]
+    pub fn truncating(&self) -> bool {
+        self.files.values().any(|f| f.in_old_contents() || f.behind())
+    }
+
     /// Stopping: held truncations are carried out (their checkpoints follow). Recovered
     /// records the sink still refuses exist only in memory: counted lost.
     pub fn settle_all(&mut self, now: Instant) {
