@@ -18,20 +18,18 @@ use collector_common::InodeKey;
 
 use crate::{
     cgroup::CgroupNames,
-    checkpoint::{Identity, Loaded},
-    config::{Config, InitialPosition},
+    checkpoint::Identity,
+    config::Config,
     delivery::{About, Delivery},
-    devices,
     engine::{self, Effect, Engine, FlowRules, ReadFrom},
     event_queue::EventQueue,
     framer::{Framed, FramerConfig},
     inode_map::InodeMap,
-    metrics::{self, FileStatus, FlowCounters, FlowStatus, Snapshot},
+    metrics,
     probe::{AttachMode, Probe, event::KernelEvent},
     reader,
     sink::Writer,
-    tracker,
-    watch::{self, WatchSet},
+    watch::WatchSet,
 };
 
 /// How long a stopping collector waits for its last CloudWatch metrics to be sent.
@@ -53,6 +51,10 @@ struct Handle {
     /// The process that last wrote the file, as the kernel reported it.
     writer: Option<Writer>,
 }
+
+mod discovery;
+mod snapshot;
+mod translate;
 
 pub struct Daemon {
     config: Config,
@@ -113,118 +115,6 @@ impl Daemon {
 
     fn flow_of(patterns: &[WatchSet]) -> impl Fn(&Path) -> Option<usize> {
         move |path: &Path| patterns.iter().position(|p| p.matches(path))
-    }
-
-    /// Start-up: watch the flows' directories, pick up matching files at their
-    /// checkpoints, and find by inode the files that rotated while the collector was down.
-    fn start(&mut self) -> anyhow::Result<()> {
-        let mut found = Vec::new();
-        for i in 0..self.patterns.len() {
-            let scan = self.patterns[i].scan();
-            for dir in scan.dirs {
-                self.probe.watch_dir(dir)?;
-            }
-            self.dirs.extend(self.patterns[i].dirs().map(|(k, p)| (*k, p.clone())));
-            found.extend(self.patterns[i].tracked_files().map(|(k, t)| (*k, i, t.path.clone())));
-        }
-        for (inode, flow, path) in found {
-            if !self.engine.holds(&inode) {
-                self.pick_up(inode, flow, path, false, false);
-            }
-        }
-        for c in self.delivery.store.all() {
-            let inode = InodeKey::new(c.dev, c.ino);
-            if self.engine.holds(&inode) {
-                continue;
-            }
-            match reader::locate(inode, &c.path, self.dirs.values()) {
-                Some(path) => {
-                    tracing::info!(path = %path.display(), was = %c.path.display(), "resuming a file that was rotated while stopped");
-                    let flow = self.config.flows.iter().position(|f| f.name == c.flow).unwrap_or(0);
-                    self.pick_up(inode, flow, path, true, false);
-                }
-                None => self.delivery.store.remove(inode),
-            }
-        }
-        Ok(())
-    }
-
-    /// Directories and links that appeared under the patterns since the last scan: the
-    /// kernel programs see no mkdir or symlink, so they are looked for every `RESCAN_EVERY`
-    /// (a new pod's directory under /var/log/pods/**, a new link in /var/log/containers).
-    /// Their files are picked up from their start (from a checkpoint if one is found).
-    fn rescan(&mut self) {
-        for i in 0..self.patterns.len() {
-            for dir in self.patterns[i].prune() {
-                // Another flow may watch it still.
-                if self.patterns.iter().all(|p| p.dir_path(&dir).is_none()) {
-                    self.dirs.remove(&dir);
-                    if let Err(e) = self.probe.unwatch_dir(dir) {
-                        tracing::warn!("cannot unwatch a removed directory: {e:#}");
-                    }
-                }
-            }
-        }
-        let mut late = Vec::new();
-        for i in 0..self.patterns.len() {
-            let scan = self.patterns[i].scan();
-            for dir in &scan.dirs {
-                if let Err(e) = self.probe.watch_dir(*dir) {
-                    tracing::warn!(dir = %self.patterns[i].dir_path(dir).unwrap_or_default(), "cannot watch a new directory: {e:#}");
-                }
-            }
-            if !scan.dirs.is_empty() {
-                self.dirs.extend(self.patterns[i].dirs().map(|(k, p)| (*k, p.clone())));
-            }
-            late.extend(scan.late.into_iter().map(|(k, p)| (k, i, p)));
-        }
-        for (inode, flow, path) in late {
-            if self.engine.knows(&inode) {
-                continue;
-            }
-            tracing::info!(path = %path.display(), "a file in a new directory or behind a new link");
-            self.pick_up(inode, flow, path, false, true);
-        }
-    }
-
-    /// Opens a file found on disk and starts tracking it from its checkpoint; `appeared`: it
-    /// appeared while running (read from its start, whatever `initial_position` says).
-    fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool, appeared: bool) {
-        let Some(file) = reader::open_safely(&path) else { return };
-        // The inode the scan checked (a trusted link's target, say), not one put there since.
-        if devices::of_file(&file).map_or(true, |id| id.key != inode) {
-            tracing::info!(path = %path.display(), "replaced while it was picked up; its new file is picked up by its events");
-            return;
-        }
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let from = match self.delivery.store.load(inode) {
-            Loaded::Found(c) if c.derived && c.identity.matches(&file).unwrap_or(false) => {
-                tracing::debug!(path = %path.display(), "a copy or archive of a log, not shipped");
-                self.engine.remembered_derived(inode, path, Instant::now());
-                return;
-            }
-            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) && c.acknowledged <= size => c.acknowledged,
-            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) => {
-                tracing::warn!(path = %path.display(), checkpoint = c.acknowledged, size, "file shrank while stopped; reading from its start");
-                0
-            }
-            Loaded::Found(_) => {
-                tracing::info!(path = %path.display(), "inode number reused by a new file: its old checkpoint does not apply");
-                0
-            }
-            Loaded::Corrupt { moved_to, error } => {
-                tracing::error!(checkpoint = %moved_to.display(), %error, path = %path.display(), "corrupt checkpoint set aside; reading this file from its current end (nothing is sent twice)");
-                size
-            }
-            Loaded::Missing if !appeared && self.config.flows[flow].initial_position == InitialPosition::End => size,
-            Loaded::Missing => 0,
-        };
-        self.engine.discovered(inode, flow, path, from, rotated, Instant::now());
-        self.run_effects(Some((inode, file)));
-    }
-
-    fn open_inode(&self, inode: InodeKey, path: &Path) -> Option<File> {
-        reader::open_inode(inode, path, self.dirs.values())
     }
 
     /// Carries out what the engine decided, in order. `opened`: a file just opened for the
@@ -299,31 +189,6 @@ impl Daemon {
         }
     }
 
-    /// `Effect::Track`: the original is watched in the kernel and read from `from`, or from
-    /// its checkpoint when that is further (a file released earlier and renamed into a
-    /// matching name again: logrotate shifting app.log.1 to app.log.2).
-    fn track(&mut self, inode: InodeKey, flow: usize, path: &Path, from: u64, file: File) {
-        let identity = Identity::of(&file).unwrap_or_default();
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let from = match self.delivery.store.load(inode) {
-            Loaded::Found(c)
-                if !c.derived
-                    && c.acknowledged > from
-                    && c.acknowledged <= size
-                    && c.identity.matches(&file).unwrap_or(false) =>
-            {
-                c.acknowledged
-            }
-            _ => from,
-        };
-        if let Err(e) = self.probe.watch_inode(inode, size) {
-            tracing::error!(path = %path.display(), "cannot watch: {e:#}");
-            return;
-        }
-        self.handles.insert(inode, Handle { file, identity, writer: None });
-        self.engine.tracked(inode, flow, from, size, Instant::now());
-    }
-
     fn checkpoint(&mut self, inode: InodeKey, force: bool) {
         let Some(h) = self.handles.get(&inode) else { return };
         self.delivery.checkpoint(&mut self.engine, &self.config, inode, &h.identity, force);
@@ -344,81 +209,6 @@ impl Daemon {
             &mut self.engine.counters[flow],
             &mut self.events,
         )
-    }
-
-    /// Hands kernel events to the engine and carries out what follows.
-    fn on_events(&mut self, events: Vec<KernelEvent>) {
-        for event in events {
-            if !matches!(event, KernelEvent::Write { .. } | KernelEvent::Read { .. }) {
-                tracing::trace!(?event, "kernel event");
-            }
-            let Some(e) = self.translate(event) else { continue };
-            {
-                let flow_of = Self::flow_of(&self.patterns);
-                self.engine.on_event(e, Instant::now(), &flow_of);
-            }
-            self.run_effects(None);
-        }
-    }
-
-    /// A kernel event in the engine's terms, with its path resolved.
-    fn translate(&mut self, event: KernelEvent) -> Option<engine::Event> {
-        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
-        Some(match event {
-            KernelEvent::Write { inode, origin, pos, len, captured } => {
-                if let Some(flow) = self.engine.flow_of(&inode)
-                    && let Some(h) = self.handles.get_mut(&inode)
-                    && h.writer
-                        .as_ref()
-                        .is_none_or(|w| w.pid != origin.pid || w.comm != origin.comm || w.cgroup_id != origin.cgroup_id)
-                {
-                    // The cgroup's name only for flows that ship it (it may walk the tree).
-                    let cgroup = self.config.flows[flow]
-                        .transforms
-                        .needs_writer()
-                        .then(|| self.cgroups.path(origin.cgroup_id))
-                        .flatten();
-                    h.writer = Some(Writer {
-                        pid: origin.pid,
-                        comm: origin.comm.clone(),
-                        cgroup_id: origin.cgroup_id,
-                        container_id: cgroup.as_deref().and_then(crate::cgroup::container_id),
-                        cgroup,
-                    });
-                }
-                engine::Event::Write { inode, pid: origin.pid, pos, len, captured }
-            }
-            KernelEvent::Read { inode, origin, pos, captured, .. } => {
-                engine::Event::Read { inode, pid: origin.pid, pos, captured }
-            }
-            KernelEvent::Copy { source, destination, destination_pos, len, .. } => {
-                engine::Event::Copy { source, destination, destination_end: destination_pos + len }
-            }
-            KernelEvent::CutWrite { inode, pos, len, captured, truncation, .. } => {
-                let cut = crate::truncation::CutWrite { pos, len, bytes: captured };
-                engine::Event::CutWrite { inode, truncation, cut }
-            }
-            KernelEvent::Truncate { inode, size_before, size_after, truncation, origin } => {
-                // A copy's writes after its first may have been folded into earlier events
-                // (see COALESCE_APPENDS): how far it got is the kernel's known end of it.
-                for copy in self.engine.copies_of(&inode) {
-                    if let Some(end) = self.probe.known_end(copy) {
-                        self.engine.copied_up_to(&copy, end);
-                    }
-                }
-                engine::Event::Truncate { inode, size_before, size_after, truncation, at_ns: origin.boot_ns }
-            }
-            KernelEvent::Create { inode, parent, name, origin } => {
-                let path = self.dirs.get(&parent)?.join(OsStr::from_bytes(&name));
-                engine::Event::Created { inode, path, pid: origin.pid }
-            }
-            KernelEvent::Rename { inode, base_dir, dfd, name, origin, .. } => {
-                let path = watch::resolve(&self.dirs, &base_dir, dfd, &name, origin.tid)?;
-                let inode = if inode.is_unknown() { devices::key_of_path(&path)? } else { inode };
-                engine::Event::Renamed { inode, path }
-            }
-            KernelEvent::Unlink { inode, .. } => engine::Event::Unlinked { inode },
-        })
     }
 
     /// The size of a held file, for the engine.
@@ -509,70 +299,6 @@ impl Daemon {
             self.rescan();
         }
         self.publish()
-    }
-
-    /// The snapshot /metrics, /health and /status answer from (when they are served).
-    fn publish(&mut self) -> anyhow::Result<()> {
-        let Some(shared) = &self.metrics else { return Ok(()) };
-        let mut flows: Vec<FlowStatus> = self
-            .config
-            .flows
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let sink = &self.delivery.flows[i];
-                FlowStatus {
-                    name: f.name.clone(),
-                    sink: f.sink.kind(),
-                    counters: FlowCounters { records_retried: sink.sink.retried(), ..self.engine.counters[i] },
-                    lag_bytes: 0,
-                    files: 0,
-                    failing: sink.failing_since.map(|t| (t, sink.error.clone().unwrap_or_default())),
-                }
-            })
-            .collect();
-        let mut files = Vec::new();
-        for v in self.engine.view() {
-            let Some(h) = self.handles.get(&v.inode) else { continue };
-            let size = reader::size_of(&h.file).unwrap_or(0);
-            let state = match v.tracked.role {
-                tracker::Role::Derived { .. } => "copy",
-                _ if v.derived => "copy",
-                _ if v.tracked.rotated || v.tracked.unlinked => "rotated",
-                _ => "tracking",
-            };
-            if state != "copy" {
-                flows[v.flow].files += 1;
-                flows[v.flow].lag_bytes += size.saturating_sub(v.acknowledged);
-            }
-            files.push(FileStatus {
-                path: v.tracked.path.display().to_string(),
-                flow: if state == "copy" { String::new() } else { self.config.flows[v.flow].name.clone() },
-                dev: crate::devices::user_dev(v.inode.dev),
-                ino: v.inode.ino,
-                state,
-                size,
-                shipped: if state == "copy" { 0 } else { v.acknowledged },
-            });
-        }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let counters = self.probe.counters()?;
-        let snapshot = Snapshot {
-            published: Instant::now(),
-            attach_mode: self.probe.mode().to_string(),
-            ring_buffer_lost: counters.lost,
-            kernel_events: counters.emitted,
-            flows,
-            files,
-            checkpoint_failures: self.delivery.checkpoint_failures,
-            checkpoints_failing: self
-                .delivery
-                .checkpoints_failing
-                .as_ref()
-                .map(|(since, cause)| (*since, format!("{}: {cause}", self.delivery.store.dir().display()))),
-        };
-        *shared.lock().expect("metrics snapshot") = Some(snapshot);
-        Ok(())
     }
 
     fn shutdown(&mut self) {
