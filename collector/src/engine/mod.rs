@@ -2,7 +2,7 @@
 //! no clock. Kernel events (paths resolved), sizes, read results and sink results come in;
 //! what to do comes out, as return values and as `Effect`s the caller carries out in order
 //! (`next_effect`). The daemon is one such caller, over real files, the kernel and real
-//! sinks; the simulation (`simulation.rs`) is another, over a model filesystem.
+//! sinks; the simulation (`simulation/`) is another, over a model filesystem.
 //!
 //! It holds the tracker (which inode plays which role), and per file: the framer, what the
 //! sink acknowledged and made durable, the bytes the kernel captured, a truncation held for
