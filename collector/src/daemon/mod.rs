@@ -155,6 +155,8 @@ impl Daemon {
                 }
                 Effect::Release { inode } => {
                     let _ = self.probe.unwatch_inode(inode);
+                    // Copies pinned for its truncations go with it.
+                    self.pins.retain(|(original, _), _| *original != inode);
                     if let Some(h) = self.handles.remove(&inode)
                         && h.file.metadata().is_ok_and(|m| m.nlink() == 0)
                     {

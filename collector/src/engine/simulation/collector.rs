@@ -119,6 +119,7 @@ impl Collector {
                 Effect::Release { inode } => {
                     let i = index(&inode);
                     self.held.retain(|h| *h != i);
+                    self.pins.retain(|(original, _)| *original != i);
                     if m.inodes[i].links == 0 {
                         self.durable.store.remove(&i);
                     }
