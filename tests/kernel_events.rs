@@ -217,6 +217,7 @@ fn in_kernel_copies_of_a_watched_file_are_reported_as_copies() {
     assert_eq!(sf.len(), 1, "{seen:#?}");
     assert_eq!((sf[0]["pos"].as_u64(), sf[0]["len"].as_u64(), sf[0]["dest_pos"].as_u64()), (Some(2), Some(5), Some(0)));
     assert_eq!(sf[0]["dest_ino"], ino(&by_sendfile));
+    assert_eq!((sf[0]["role"].as_str(), sf[0]["dest_role"].as_str()), (Some("original"), Some("derived")), "{seen:#?}");
 }
 
 #[test]
@@ -271,6 +272,12 @@ fn logrotate_copytruncate_and_compress_show_copy_truncate_and_derivative() {
             &by("logrotate", "copy", inode).into_iter().filter(|c| c["dest_ino"] == rotated_ino).collect::<Vec<_>>(),
         );
     assert_eq!(into_rotated, 21, "the copy holds every byte: {seen:#?}");
+    // The story `run` tells (the same inode table): app.log is shipped, its copy never.
+    assert!(of(&seen, "truncate", inode).iter().all(|v| v["role"] == "original"), "{seen:#?}");
+    assert!(
+        writes_before_removal.iter().all(|v| v["role"] == "derived"),
+        "logrotate's copy is derived from its first write: {seen:#?}"
+    );
     let truncates = of(&seen, "truncate", inode);
     let sizes: Vec<_> = truncates.iter().map(|t| (t["size_before"].as_u64(), t["size_after"].as_u64())).collect();
     // fs::write above opened with O_TRUNC first.

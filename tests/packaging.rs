@@ -122,9 +122,9 @@ fn the_units_capabilities_are_enough_and_sigterm_writes_the_checkpoint() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit}");
-    let checkpoint = std::fs::read_dir(state.join("checkpoints")).unwrap().next().unwrap().unwrap().path();
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
-    assert_eq!(saved["acknowledged"].as_u64(), Some(lines.len() as u64));
+    let saved = collector_tests::checkpoints(&state);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(saved[0]["acknowledged"].as_u64(), Some(lines.len() as u64));
 }
 
 /// The Debian package (`cargo xtask package`, which `cargo xtask test` runs first and names in

@@ -59,6 +59,28 @@ fn sigkill_and_restart_while_rotating_loses_nothing() {
 }
 
 #[test]
+fn an_output_torn_by_a_kill_during_a_write_is_cut_back_to_its_last_whole_record() {
+    // What a kill -9 in the middle of the file sink's write leaves (the kernel ends a write
+    // to a regular file between pages when the process must die): a whole record, then part
+    // of one. The next run's records must not follow it on the same line.
+    let scratch = Scratch::new("torn-output");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    std::fs::write(
+        &out,
+        br#"{"host":"test","flow":"app","path":"/x","dev":1,"ino":2,"offset":0,"data":"old 1"}
+{"host":"test","flow":"app","path":"/x","dev":1,"ino":2,"offset":6,"pid":185"#,
+    )
+    .unwrap();
+    assert!(writer(&log, "w", 500, 10_000, false).wait().unwrap().success());
+    let cfg = config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "");
+    let _collector = Running::start(&scratch.dir, &cfg);
+    let records = wait_for_records(&out, 501);
+    assert_every_line_once_in_order(&records, "old", 1);
+    assert_every_line_once_in_order(&records, "w", 500);
+}
+
+#[test]
 fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     let scratch = Scratch::new("reuse");
     let log = scratch.path("app.log");
@@ -94,6 +116,78 @@ fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     assert_every_line_once_in_order(&records, "a", 2_000);
     assert_every_line_once_in_order(&records, "b", 3_000);
     assert_eq!(shipped(&out).len(), 5_000);
+}
+
+/// A state directory as the previous release left it (one `<dev>-<ino>.json` per inode,
+/// format version 1, the format its own test pinned): the upgraded collector resumes each
+/// file where that checkpoint says, sends nothing twice, and takes the file into its store.
+#[test]
+fn a_state_directory_of_the_previous_release_is_upgraded_without_resending() {
+    let scratch = Scratch::new("upgrade");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let state = scratch.path("state");
+    let lines: String = (1..=1000).map(|n| format!("a {n}\n")).collect();
+    std::fs::write(&log, &lines).unwrap();
+    let acknowledged: usize = (1..=600).map(|n| format!("a {n}\n").len()).sum();
+    // What the previous release recorded of this file: kernel dev (major << 20 | minor),
+    // inode, birth time and the FNV-1a hash of its first 64 bytes.
+    let meta = std::fs::metadata(&log).unwrap();
+    let dev = (libc::major(meta.dev()) << 20) | libc::minor(meta.dev());
+    let birth_ns = meta.created().ok().map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let head = &lines.as_bytes()[..64];
+    let head_hash =
+        head.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let birth = birth_ns.map_or("null".to_string(), |n| n.to_string());
+    let old = state.join("checkpoints").join(format!("{dev}-{}.json", meta.ino()));
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(
+        &old,
+        format!(
+            r#"{{"version":1,"dev":{dev},"ino":{},"identity":{{"birth_ns":{birth},"head_hash":{head_hash},"head_len":64}},"flow":"app","path":"{}","acknowledged":{acknowledged}}}"#,
+            meta.ino(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let _collector = Running::start(&scratch.dir, &config(&state, &[scratch.pattern("app.log")], &out, ""));
+    let records = wait_for_records(&out, 400);
+    std::thread::sleep(Duration::from_millis(500));
+    let records_now = shipped(&out);
+    assert_eq!(records_now.len(), 400, "only what the old checkpoint had not acknowledged");
+    let numbers: Vec<u64> = collector_tests::numbered(&records, "a").iter().map(|(n, _, _)| *n).collect();
+    assert_eq!(numbers, (601..=1000).collect::<Vec<_>>());
+    assert!(!old.exists(), "the previous format's file is gone once the store holds it");
+    let saved = collector_tests::checkpoints(&state);
+    assert!(
+        saved.iter().any(|c| c["ino"] == meta.ino() && c["acknowledged"].as_u64() >= Some(acknowledged as u64)),
+        "{saved:?}"
+    );
+}
+
+/// Truncated while the collector was stopped, and written past its checkpoint since: the
+/// bytes before the checkpoint's offset are not the ones it recorded, so the file is read
+/// from its start (not from the middle of a line of its new contents).
+#[test]
+fn a_file_truncated_while_stopped_and_written_past_its_checkpoint_is_read_from_its_start() {
+    let scratch = Scratch::new("truncated-while-stopped");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let cfg = config(&scratch.path("state"), &[scratch.pattern("app.log")], &out, "");
+    let collector = Running::start(&scratch.dir, &cfg);
+    assert!(writer(&log, "a", 200, 10_000, false).wait().unwrap().success());
+    wait_for_records(&out, 200);
+    drop(collector); // SIGTERM: its checkpoint says "200 lines read".
+    let old_size = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    assert!(writer(&log, "bb", 300, 10_000, false).wait().unwrap().success());
+    assert!(std::fs::metadata(&log).unwrap().len() > old_size, "written past the checkpoint");
+    let _collector = Running::start_with(&scratch.path("collector.toml"));
+    let records = wait_for_records(&out, 500);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(shipped(&out).len(), 500, "nothing but the 200 lines before and the 300 after");
+    assert_every_line_once_in_order(&records, "a", 200);
+    assert_every_line_once_in_order(&records, "bb", 300);
 }
 
 /// SEMANTICS.md (nothing lost): a checkpoint passes records only once the sink made them
@@ -145,10 +239,7 @@ fn records_a_sink_could_not_make_durable_are_sent_again_and_never_checkpointed()
     );
     drop(collector); // SIGTERM: its last checkpoint needs an fsync too.
     reader.join().unwrap();
-    let checkpoints: Vec<serde_json::Value> = std::fs::read_dir(state.join("checkpoints"))
-        .unwrap()
-        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-        .collect();
+    let checkpoints = collector_tests::checkpoints(&state);
     assert!(!checkpoints.is_empty(), "the file was checkpointed when picked up");
     for c in &checkpoints {
         assert_eq!(c["acknowledged"], 0, "no checkpoint passes records that were never made durable: {c}");

@@ -13,8 +13,8 @@ use std::{
 use std::{path::Path, process::Child};
 
 use collector_tests::{
-    Running, Scratch, assert_every_line_once_in_order, config, rotate_repeatedly, shipped, wait_for_records,
-    writer_process, writer_process_with,
+    Running, Scratch, append_lines, assert_every_line_once_in_order, config, rotate_repeatedly, shipped,
+    wait_for_records, writer_process, writer_process_with,
 };
 
 fn writer(path: &Path, tag: &str, lines: u64, rate: u64, reopen: bool) -> Child {
@@ -244,6 +244,133 @@ fn copytruncate_whose_copy_is_deleted_at_once_loses_nothing() {
     let metrics = collector_tests::http_get(port, "/metrics");
     let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
     assert_eq!(lost, Some(0), "{metrics}");
+}
+
+/// One copytruncate whose copy is deleted at once (`fast_copytruncate`).
+fn copytruncate_now(log: &Path) {
+    let copier = collector_tests::program(env!("CARGO_BIN_EXE_fast_copytruncate"), "COLLECTOR_TEST_FAST_COPYTRUNCATE");
+    let status = std::process::Command::new(copier).arg(log).arg("1").arg("0").status().expect("fast_copytruncate");
+    assert!(status.success());
+}
+
+/// Stops the collector with SIGSTOP for as long as `f` runs: the kernel programs go on
+/// reporting, and nothing is taken from the ring until SIGCONT.
+fn while_stopped(collector: &Running, f: impl FnOnce()) {
+    let pid = collector.pid() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    f();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+}
+
+/// SIGTERM just after a copytruncate whose unread tail (more than one pass reads) is only
+/// in the copy: a checkpoint cannot say "the rest is in that copy", so the collector reads
+/// and ships the tail before it stops; restarted, it goes on with the new contents.
+#[test]
+fn a_clean_stop_during_a_copytruncate_ships_the_unread_tail_first() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("stop-during-copytruncate");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let text = config(&scratch.path("state"), &[scratch.pattern("app.log*")], &out, "");
+    let collector = Running::start(&scratch.dir, &text);
+    append_lines(&log, "w", 1..=10);
+    wait_for_records(&out, 10);
+    // 2.3 MB: more than two passes read (1 MiB per file per turn).
+    const LINES: u64 = 250_000;
+    while_stopped(&collector, || {
+        append_lines(&log, "w", 11..=LINES);
+        collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 5");
+        append_lines(&log, "w", LINES + 1..=LINES + 10);
+    });
+    assert!(collector.kill(libc::SIGTERM).success());
+    let _collector = Running::start(&scratch.dir, &text);
+    let records = wait_for_records(&out, (LINES + 10) as usize);
+    assert_every_line_once_in_order(&records, "w", LINES + 10);
+}
+
+/// Two copytruncates before the collector took the first one's event (it is stopped), each
+/// copy deleted at once: the lines written between them exist only in what the second
+/// copier read, below where the collector had read the old contents to. The kernel lowers
+/// the read position at the truncation itself, so that read carries them.
+#[test]
+fn two_copytruncates_before_the_collector_takes_either_lose_nothing() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("two-copytruncates");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let out = scratch.path("out.jsonl");
+    let (collector, port) = collector_with_metrics(&scratch, &out);
+    // Past READ_POSITION_STEP (64 KiB), so the kernel has a read position well past 0.
+    append_lines(&log, "w", 1..=20_000);
+    wait_for_records(&out, 20_000);
+    while_stopped(&collector, || {
+        append_lines(&log, "w", 20_001..=20_050);
+        copytruncate_now(&log);
+        append_lines(&log, "w", 20_051..=20_080);
+        copytruncate_now(&log);
+        append_lines(&log, "w", 20_081..=20_090);
+    });
+    let records = wait_for_records(&out, 20_090);
+    assert_every_line_once_in_order(&records, "w", 20_090);
+    let metrics = collector_tests::http_get(port, "/metrics");
+    let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+    assert_eq!(lost, Some(0), "{metrics}");
+}
+
+/// A log created, written and copytruncated (copy deleted at once) before the collector
+/// took its creation's event: the kernel carries other tasks' reads of a new file from its
+/// first byte, so the copier's read brings every line.
+#[test]
+fn a_new_log_copytruncated_before_its_creation_is_taken_loses_nothing() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("new-copytruncated");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let (collector, port) = collector_with_metrics(&scratch, &out);
+    while_stopped(&collector, || {
+        std::fs::write(&log, b"").unwrap();
+        append_lines(&log, "w", 1..=100);
+        copytruncate_now(&log);
+        append_lines(&log, "w", 101..=110);
+    });
+    let records = wait_for_records(&out, 110);
+    assert_every_line_once_in_order(&records, "w", 110);
+    let metrics = collector_tests::http_get(port, "/metrics");
+    let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+    assert_eq!(lost, Some(0), "{metrics}");
+}
+
+/// A log created, written and deleted before the collector took its creation's event: it
+/// can never be read, and what its write events say was written to it is counted lost
+/// (exactly where each write is an event; where the kernel folds appends into the first
+/// event, x86-64, at least that event's bytes).
+#[test]
+fn a_log_deleted_before_it_could_be_opened_is_counted_lost() {
+    let scratch = Scratch::new("gone-unopened");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let (collector, port) = collector_with_metrics(&scratch, &out);
+    while_stopped(&collector, || {
+        std::fs::write(&log, b"").unwrap();
+        append_lines(&log, "w", 1..=10);
+        std::fs::remove_file(&log).unwrap();
+    });
+    let written: u64 = (1..=10u64).map(|n| format!("w {n}\n").len() as u64).sum();
+    let first = "w 1\n".len() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lost = loop {
+        let metrics = collector_tests::http_get(port, "/metrics");
+        let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+        if lost.is_some_and(|l| l > 0) || std::time::Instant::now() > deadline {
+            break lost.unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!((first..=written).contains(&lost), "{lost} bytes counted lost of {written} written");
+    assert!(shipped(&out).is_empty(), "nothing of it could be read");
+    let line = collector.wait_for_log("deleted before it could be opened");
+    assert!(line.contains(log.to_str().unwrap()), "the log names the file: {line}");
 }
 
 #[test]

@@ -41,10 +41,13 @@ pub fn is_watched_dir(key: &InodeKey) -> bool {
 
 /// Starts watching a file the kernel saw created in a watched directory, so none of its
 /// first writes slip by before the daemon decides whether it wants it. A new inode: an
-/// entry left under its number belonged to an earlier file and is replaced.
+/// entry left under its number belonged to an earlier file and is replaced. Other tasks'
+/// reads of it carry their bytes from 0 until the daemon says where it reads it: logrotate
+/// can copy and truncate a new log before the daemon has taken its creation's event.
 #[inline(always)]
 pub fn watch_created(key: &InodeKey) {
     let _ = WATCHED_INODES.insert(key, WatchedInode::new(0), 0);
+    let _ = READ_POSITIONS.insert(key, &0, 0);
 }
 
 /// Starts watching a file moved into (or within) a watched directory, `size` bytes long.
@@ -101,9 +104,22 @@ pub fn begin_truncation(key: &InodeKey) -> u64 {
 
 /// A truncation of the file is done: its known end is the new size, the capture window is
 /// closed, and for a while writes are checked for bytes it cut (`cut_watch_until_ns`).
-/// Returns which truncation it was.
+/// The daemon's read position is lowered to the new size: what other tasks read of the new
+/// contents carries its bytes at once, not only once the daemon has taken this event (a
+/// second copytruncate can copy and cut the new contents before then). Returns which
+/// truncation it was.
 #[inline(always)]
 pub fn end_truncation(key: &InodeKey, size_after: u64) -> u64 {
+    if let Some(p) = READ_POSITIONS.get_ptr_mut(key) {
+        // SAFETY: `p` is a READ_POSITIONS value pointer from a map lookup, valid for this
+        // program's run; the verifier checks the access. A racing update by the daemon leaves
+        // one of the two values, as without this.
+        unsafe {
+            if size_after < *p {
+                *p = size_after;
+            }
+        }
+    }
     let Some(w) = WATCHED_INODES.get_ptr_mut(key) else { return 0 };
     // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
     // run; the verifier checks each access.

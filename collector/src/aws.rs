@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
-use crate::config::AwsAccess;
+use crate::config::{AwsAccess, DEFAULT_REQUEST_TIMEOUT};
 use crate::sink::batch::CallFailed;
 
 /// The SDK's own retries are off: the sinks retry per record (see batch.rs).
@@ -18,7 +18,7 @@ pub async fn sdk_config(access: &AwsAccess) -> SdkConfig {
         aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(access.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT))
                 .build(),
         );
     if let Some(region) = &access.region {
@@ -37,19 +37,35 @@ pub async fn sdk_config(access: &AwsAccess) -> SdkConfig {
     base.to_builder().credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(provider)).build()
 }
 
-/// A current-thread runtime for one sink. `block_on` runs on a scoped thread: the caller
-/// may be inside another runtime, where blocking on one is not allowed.
+/// A runtime for one sink, with one long-lived worker thread: requests run there as tasks
+/// (`spawn`), however many are out, and no thread is made per call.
 pub struct SinkRuntime(Option<tokio::runtime::Runtime>);
 
 impl SinkRuntime {
     pub fn new() -> anyhow::Result<SinkRuntime> {
         Ok(SinkRuntime(Some(
-            tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?,
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("collector-sink")
+                .enable_all()
+                .build()
+                .context("tokio runtime")?,
         )))
     }
 
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("runtime until dropped")
+    }
+
+    /// Runs `work` on the worker; its result goes where it says.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.runtime().spawn(work);
+    }
+
+    /// Runs `work` to its end (start-up checks). On a scoped thread: the caller may be
+    /// inside another runtime, where blocking on one is not allowed.
     pub fn block_on<T: Send>(&self, work: impl Future<Output = T> + Send) -> anyhow::Result<T> {
-        let runtime = self.0.as_ref().expect("runtime until dropped");
+        let runtime = self.runtime();
         std::thread::scope(|s| s.spawn(|| runtime.block_on(work)).join())
             .map_err(|_| anyhow::anyhow!("the sink's runtime panicked"))
     }
@@ -153,22 +169,19 @@ impl RetryLog {
         }
     }
 
-    /// A delivery's outcome for the daemon, with its retries logged.
-    pub fn outcome(
+    /// A delivery's outcomes for the daemon (one per file), with its retries logged.
+    pub fn outcomes(
         &mut self,
         destination: &str,
         notes: &[String],
-        result: Result<(), (usize, anyhow::Error)>,
-    ) -> Result<(), crate::sink::Refused> {
+        outcomes: Vec<crate::sink::batch::Outcome>,
+    ) -> Vec<Result<(), crate::sink::Refused>> {
         for note in notes {
             self.note(destination, note);
         }
-        match result {
-            Ok(()) => {
-                self.succeeded(destination);
-                Ok(())
-            }
-            Err((accepted, error)) => Err(crate::sink::Refused { accepted, error }),
+        if outcomes.iter().all(Result::is_ok) {
+            self.succeeded(destination);
         }
+        outcomes
     }
 }

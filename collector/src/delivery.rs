@@ -26,6 +26,25 @@ pub struct FlowSink {
     pub failing_since: Option<Instant>,
 }
 
+/// What the transforms made of a record: its new bytes and whether they are a JSON object,
+/// or None when a parser could not read it.
+type Transformed = Option<(Vec<u8>, bool)>;
+
+/// The records to send of a file whose records went through transforms.
+fn outgoing<'a>(flow: &Flow, framed: &'a Framed, transformed: &'a [Transformed]) -> Vec<Outgoing<'a>> {
+    let mut out = Vec::new();
+    for (i, r) in framed.records().iter().enumerate() {
+        let (data, json) = match transformed.get(i) {
+            Some(Some((data, json))) => (data.as_slice(), *json),
+            Some(None) if flow.transforms.drop_unparsed => continue,
+            Some(None) => (framed.data(r), false),
+            None => break,
+        };
+        out.push(Outgoing { offset: r.offset, data, json });
+    }
+    out
+}
+
 /// What a record of a file is shipped with besides its bytes.
 pub struct About<'a> {
     pub inode: InodeKey,
@@ -44,6 +63,9 @@ pub struct Delivery {
     /// when they fail with which cause, logged once per cause.
     pub checkpoint_failures: u64,
     pub checkpoints_failing: Option<(Instant, String)>,
+    /// Checkpoints saved since the last commit, and what each file's durable offset was
+    /// before (to go back to if the commit fails).
+    unsaved: Vec<(InodeKey, Option<u64>)>,
 }
 
 impl Delivery {
@@ -76,90 +98,116 @@ impl Delivery {
             }
             None => None,
         };
-        Ok(Delivery { flows, ec2, store, checkpoint_failures: 0, checkpoints_failing: None })
+        Ok(Delivery { flows, ec2, store, checkpoint_failures: 0, checkpoints_failing: None, unsaved: Vec::new() })
     }
 
-    /// Sends records of one file to its flow's sink (after the flow's transforms), and
-    /// counts what it took. `events` is drained while a sink call blocks.
+    /// Sends records of many files of flow `index` to its sink, after the flow's
+    /// transforms (one batch per file, no file twice), and counts what it took; the
+    /// outcome per file, in order. `events` is drained while the sink waits.
     pub fn deliver(
         &mut self,
         index: usize,
         flow: &Flow,
-        about: About<'_>,
-        framed: &Framed,
+        files: &[(About<'_>, &Framed)],
         counters: &mut FlowCounters,
         events: &mut EventQueue,
-    ) -> engine::Delivery {
-        if framed.is_empty() {
-            return engine::Delivery::Accepted;
-        }
-        let records = framed.records();
-        // Per record: what the transforms made of it (None: shipped as read).
-        let mut transformed: Vec<Option<(Vec<u8>, bool)>> = Vec::new();
-        if !flow.transforms.is_empty() {
-            let cx = transform::Context { path: about.path, writer: about.writer, ec2: self.ec2.as_ref() };
-            for r in records {
-                transformed.push(match flow.transforms.apply(framed.data(r), &cx) {
-                    transform::Output::Text(text) => Some((text, false)),
-                    transform::Output::Json(object) => Some((object, true)),
-                    transform::Output::Unparsed => {
-                        counters.records_unparsed += 1;
-                        counters.records_dropped += u64::from(flow.transforms.drop_unparsed);
-                        None
-                    }
-                });
-            }
-        }
-        // Records to send: as framed, unless transforms changed them.
-        let mut outgoing = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let (data, json) = match transformed.get(i) {
-                Some(Some((data, json))) => (data.as_slice(), *json),
-                Some(None) if flow.transforms.drop_unparsed => continue,
-                Some(None) => (framed.data(r), false),
-                None => break,
-            };
-            outgoing.push(Outgoing { offset: r.offset, data, json });
-        }
-        let origin = Source { flow: &flow.name, path: about.path, inode: about.inode, writer: about.writer };
-        let batch =
-            if transformed.is_empty() { Batch::framed(origin, framed) } else { Batch::listed(origin, &outgoing) };
+    ) -> Vec<engine::Delivery> {
+        // Per file, per record: what the transforms made of it (None: shipped as read).
+        let transformed: Vec<Vec<Transformed>> =
+            files.iter().map(|(about, framed)| self.transform(flow, about, framed, counters)).collect();
+        let outgoing: Vec<Vec<Outgoing<'_>>> = files
+            .iter()
+            .zip(&transformed)
+            .map(|((_, framed), transformed)| outgoing(flow, framed, transformed))
+            .collect();
+        let batches: Vec<Batch<'_>> = files
+            .iter()
+            .zip(&transformed)
+            .zip(&outgoing)
+            .map(|(((about, framed), transformed), outgoing)| {
+                let origin = Source { flow: &flow.name, path: about.path, inode: about.inode, writer: about.writer };
+                if transformed.is_empty() { Batch::framed(origin, framed) } else { Batch::listed(origin, outgoing) }
+            })
+            .collect();
+        // Batches the transforms emptied are not sent.
+        let to_send: Vec<Batch<'_>> = batches.iter().filter(|b| !b.is_empty()).copied().collect();
         let sink = &mut self.flows[index].sink;
-        // Sink calls can take seconds: the ring buffer is drained meanwhile.
-        let result = if batch.is_empty() {
-            Ok(())
+        let mut answers = if to_send.is_empty() {
+            Vec::new()
         } else if sink.may_block() {
-            events.while_waiting(|| sink.deliver(&batch))
+            events.while_waiting(|| sink.deliver(&to_send, &mut || {}))
         } else {
-            sink.deliver(&batch)
-        };
-        match result {
-            Ok(()) => {
-                let state = &mut self.flows[index];
-                if state.error.take().is_some() {
-                    tracing::info!(flow = %flow.name, "the sink accepts batches again");
-                }
-                state.failing_since = None;
-                counters.records_sent += batch.len() as u64;
-                counters.bytes_sent += batch.data_bytes(batch.len());
-                let cut = framed.cut();
-                counters.records_cut += cut as u64;
-                if cut > 0 {
-                    tracing::warn!(flow = %flow.name, path = %about.path.display(), records = cut, limit = flow.max_record_bytes, dropped_bytes_total = about.dropped_bytes, "records longer than max_record_bytes were cut");
-                }
-                engine::Delivery::Accepted
-            }
-            Err(Refused { accepted, error }) => {
-                counters.records_sent += accepted as u64;
-                counters.bytes_sent += batch.data_bytes(accepted);
-                let holds_to = batch.get(accepted).filter(|_| accepted > 0).map(|r| r.offset);
-                let e = format!("{error:#}");
-                if self.failed(index, &e) {
-                    tracing::error!(flow = %flow.name, path = %about.path.display(), pause = ?engine::SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
-                }
-                engine::Delivery::Refused { holds_to }
-            }
+            sink.deliver(&to_send, &mut || events.drain_meanwhile())
         }
+        .into_iter();
+        let mut outcomes = Vec::with_capacity(files.len());
+        let mut refused = false;
+        for ((about, framed), batch) in files.iter().zip(&batches) {
+            let answer = if batch.is_empty() { Ok(()) } else { answers.next().unwrap_or(Ok(())) };
+            outcomes.push(match answer {
+                Ok(()) => {
+                    counters.records_sent += batch.len() as u64;
+                    counters.bytes_sent += batch.data_bytes(batch.len());
+                    let cut = framed.cut();
+                    counters.records_cut += cut as u64;
+                    if cut > 0 {
+                        tracing::warn!(flow = %flow.name, path = %about.path.display(), records = cut, limit = flow.max_record_bytes, dropped_bytes_total = about.dropped_bytes, "records longer than max_record_bytes were cut");
+                    }
+                    engine::Delivery::Accepted
+                }
+                Err(Refused { accepted, error, alone }) => {
+                    counters.records_sent += accepted as u64;
+                    counters.bytes_sent += batch.data_bytes(accepted);
+                    let holds_to = batch.get(accepted).filter(|_| accepted > 0).map(|r| r.offset);
+                    let e = format!("{error:#}");
+                    if alone {
+                        // The sink logged its throttling once per cause; the flow is fine.
+                        tracing::debug!(path = %about.path.display(), pause = ?engine::FILE_RETRY_PAUSE, "records of one file refused: {e}");
+                    } else {
+                        refused = true;
+                        if self.failed(index, &e) {
+                            tracing::error!(flow = %flow.name, path = %about.path.display(), pause = ?engine::SINK_RETRY_PAUSE, "sink refused a batch; the bytes stay on disk and are read again: {e}");
+                        }
+                    }
+                    engine::Delivery::Refused { holds_to, alone }
+                }
+            });
+        }
+        if !refused && !files.is_empty() {
+            let state = &mut self.flows[index];
+            if state.error.take().is_some() {
+                tracing::info!(flow = %flow.name, "the sink accepts batches again");
+            }
+            state.failing_since = None;
+        }
+        outcomes
+    }
+
+    /// What the flow's transforms make of each record of a file; empty without transforms.
+    fn transform(
+        &self,
+        flow: &Flow,
+        about: &About<'_>,
+        framed: &Framed,
+        counters: &mut FlowCounters,
+    ) -> Vec<Transformed> {
+        if flow.transforms.is_empty() {
+            return Vec::new();
+        }
+        let cx = transform::Context { path: about.path, writer: about.writer, ec2: self.ec2.as_ref() };
+        let mut out = Vec::with_capacity(framed.records().len());
+        for r in framed.records() {
+            out.push(match flow.transforms.apply(framed.data(r), &cx) {
+                transform::Output::Text(text) => Some((text, false)),
+                transform::Output::Json(object) => Some((object, true)),
+                transform::Output::Unparsed => {
+                    counters.records_unparsed += 1;
+                    counters.records_dropped += u64::from(flow.transforms.drop_unparsed);
+                    None
+                }
+            });
+        }
+        out
     }
 
     /// `flow`'s sink failed with `error`: true when the error is not the one last
@@ -182,12 +230,23 @@ impl Delivery {
         config: &Config,
         inode: InodeKey,
         identity: &Identity,
+        file: &std::fs::File,
         force: bool,
     ) {
         let now = Instant::now();
         let Some(due) = engine.checkpoint_due(&inode, force, now) else { return };
         if let Err(e) = self.flows[due.flow].sink.make_durable() {
             self.durability_failed(engine, config, due.flow, e);
+            return;
+        }
+        let last_bytes = checkpoint::LastBytes::of(file, due.acknowledged);
+        if last_bytes.is_none() && due.acknowledged > 0 {
+            // Shorter than what was read: truncated, its event still on its way. Saved
+            // without the bytes before it, the offset would be taken as is by a restart
+            // that finds the file grown past it again, mid-line in its new contents. The
+            // checkpoint before stays (its bytes no longer match: a restart reads from 0).
+            let before = engine.made_durable(&inode, due.acknowledged, now);
+            engine.checkpoint_failed(&inode, before, now);
             return;
         }
         let before = engine.made_durable(&inode, due.acknowledged, now);
@@ -200,11 +259,27 @@ impl Delivery {
             path: engine.path(&inode).map(Path::to_owned).unwrap_or_default(),
             acknowledged: due.acknowledged,
             derived: false,
+            last_bytes,
         };
-        let saved = self.store.save(&c);
-        if saved.is_err() {
-            engine.checkpoint_failed(&inode, before, now);
+        self.store.save(c);
+        self.unsaved.push((inode, before));
+    }
+
+    /// Makes the checkpoints of this pass durable, all with one fsync: on failure the files
+    /// they were for are checkpointed again later (`Engine::checkpoint_failed`).
+    pub fn commit(&mut self, engine: &mut Engine) {
+        if !self.store.has_pending() {
+            return;
         }
+        let saved = self.store.commit();
+        if saved.is_err() {
+            let now = Instant::now();
+            // Latest first: a file saved twice goes back to where it was before both.
+            for (inode, before) in self.unsaved.drain(..).rev() {
+                engine.checkpoint_failed(&inode, before, now);
+            }
+        }
+        self.unsaved.clear();
         self.checkpoint_saved(saved);
     }
 
@@ -220,9 +295,9 @@ impl Delivery {
             path: path.to_owned(),
             acknowledged: 0,
             derived: true,
+            last_bytes: None,
         };
-        let saved = self.store.save(&c);
-        self.checkpoint_saved(saved);
+        self.store.save(c);
     }
 
     /// Counts and says (once per cause) that a checkpoint could not be saved, and when they

@@ -48,10 +48,6 @@ impl FileId {
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
-
-    pub fn is_symlink(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFLNK
-    }
 }
 
 /// The file at `path` itself (a symlink is not followed).

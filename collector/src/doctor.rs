@@ -24,7 +24,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
     println!("lockdown: {}", lockdown().unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into()));
     let mut any = false;
     for mode in AttachMode::BEST_FIRST {
-        match Probe::start(&ProbeOptions { mode: Some(mode), ring_buffer_bytes: None, coalesce_appends: false }) {
+        match Probe::start(&ProbeOptions { mode: Some(mode), ..ProbeOptions::default() }) {
             Ok(_) => {
                 any = true;
                 println!("attach mode {mode}: supported");

@@ -104,6 +104,12 @@ impl EventQueue {
         })
     }
 
+    /// Takes what the ring holds into the backlog: called by a sink that waits on the
+    /// network from this thread.
+    pub fn drain_meanwhile(&mut self) {
+        self.stash();
+    }
+
     fn stash(&mut self) {
         let ring = self.ring.get_mut();
         while self.backlog_bytes < BACKLOG_LIMIT {

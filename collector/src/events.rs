@@ -1,15 +1,21 @@
 //! `collector events`: prints the kernel's file events for the files matching `--path`, one
 //! JSON object per line. An operator's debugging tool, and what the probe tests read.
 //!
+//! What a file is comes from the engine's own inode table (`tracker`), fed as `run` feeds
+//! it: a file is shown while `run` would hold it, as an original (shipped) or as a derived
+//! file (a copy or archive of one, never shipped), with its `role`. Files created in a
+//! watched directory under names no pattern matches are shown once a write makes them
+//! derived, and never otherwise.
+//!
 //! The first line is `{"kind":"ready",...}` once the programs are attached and the files
 //! are watched; a `{"kind":"lost",...}` line reports events the ring buffer dropped, followed
-//! by `{"kind":"resync",...}` for each tracked file whose size moved unseen.
+//! by `{"kind":"resync",...}` with the size of each original as it is now.
 
 use std::{
     io::Write as _,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -18,24 +24,29 @@ use serde_json::{Map, Value, json};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    config::DEFAULT_ROTATED_IDLE,
     devices::{self, user_dev},
     probe::{Probe, event::KernelEvent},
+    tracker::{self, Action, Role, Tracker},
     watch::WatchSet,
 };
 
-pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
-    let mut watch = WatchSet::new(patterns)?;
-    let scan = watch.scan();
+pub async fn run(probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
+    let mut shown =
+        Shown { probe, watch: WatchSet::new(patterns)?, tracker: Tracker::default(), started: Instant::now() };
+    let scan = shown.watch.scan();
     for dir in &scan.dirs {
-        probe.watch_dir(*dir)?;
+        shown.probe.watch_dir(*dir)?;
     }
-    for (inode, size) in &scan.files {
-        probe.watch_inode(*inode, *size)?;
+    let found: Vec<_> = shown.watch.found_files().map(|(k, p)| (*k, p.clone())).collect();
+    for (inode, path) in found {
+        let action = shown.tracker.discovered(inode, 0, path, 0, 0);
+        shown.apply(action)?;
     }
     let mut out = std::io::stdout().lock();
     let ready = json!({
         "kind": "ready",
-        "attach_mode": probe.mode().name(),
+        "attach_mode": shown.probe.mode().name(),
         "files": scan.files.len(),
         "dirs": scan.dirs.len(),
     });
@@ -44,7 +55,7 @@ pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
 
     // SAFETY: the RingBuf owns its map fd, which stays open and the same until it is dropped
     // together with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
+    let mut ring = unsafe { AsyncFd::register(shown.probe.take_events()?) }
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -58,7 +69,7 @@ pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
                 while let Some(record) = events.next() {
                     match KernelEvent::decode(&record) {
                         Ok(event) => {
-                            if let Some(line) = handle(&mut probe, &mut watch, event)? {
+                            if let Some(line) = shown.handle(event)? {
                                 writeln!(out, "{line}")?;
                             }
                         }
@@ -69,12 +80,13 @@ pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
                 out.flush()?;
             }
             _ = tick.tick() => {
-                let lost = probe.counters()?.lost;
+                shown.expire()?;
+                let lost = shown.probe.counters()?.lost;
                 if lost > lost_seen {
                     tracing::warn!(lost = lost - lost_seen, "the kernel ring buffer overflowed; re-checking tracked files");
                     writeln!(out, "{}", json!({"kind": "lost", "count": lost - lost_seen}))?;
                     lost_seen = lost;
-                    for line in resync(&mut watch) {
+                    for line in shown.resync() {
                         writeln!(out, "{line}")?;
                     }
                     out.flush()?;
@@ -87,128 +99,175 @@ pub async fn run(mut probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After lost events: the size of every tracked file, where it differs from what events said.
-fn resync(watch: &mut WatchSet) -> Vec<Value> {
-    let mut lines = Vec::new();
-    let keys: Vec<InodeKey> = watch.tracked_files().map(|(k, _)| *k).collect();
-    for key in keys {
-        let Some(tracked) = watch.tracked_mut(&key) else { continue };
-        let Ok(id) = devices::of_path(&tracked.path) else { continue };
-        if id.key == key && id.size != tracked.known_size {
-            tracked.known_size = id.size;
-            lines.push(json!({
-                "kind": "resync", "dev": user_dev(key.dev), "ino": key.ino,
-                "path": tracked.path.to_string_lossy(), "size": id.size,
-            }));
-        }
-    }
-    lines
+/// The files shown: the patterns' directories (`watch`), and the engine's inode table over
+/// them, kept as `run` keeps it.
+struct Shown {
+    probe: Probe,
+    watch: WatchSet,
+    tracker: Tracker,
+    started: Instant,
 }
 
-/// Updates the watch set from one event and returns its JSON line, if the event concerns a
-/// file the patterns cover.
-fn handle(probe: &mut Probe, watch: &mut WatchSet, event: KernelEvent) -> anyhow::Result<Option<Value>> {
-    let mut line = base(&event);
-    let inode = event.inode();
-    let path_of =
-        |watch: &WatchSet, inode: &InodeKey| watch.tracked(inode).map(|t| t.path.to_string_lossy().into_owned());
-    match &event {
-        KernelEvent::Write { pos, len, .. } | KernelEvent::Read { pos, len, .. } => {
-            let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };
-            if let KernelEvent::Write { captured, .. } = &event {
-                tracked.known_size = tracked.known_size.max(pos + len);
+impl Shown {
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Where `inode` is, if it is shown (an original or a derived file).
+    fn path(&self, inode: &InodeKey) -> Option<String> {
+        self.tracker.get(inode).filter(|t| t.role != Role::Candidate).map(|t| t.path.to_string_lossy().into_owned())
+    }
+
+    fn role(&self, inode: &InodeKey) -> Option<&'static str> {
+        self.tracker.get(inode).and_then(|t| match t.role {
+            Role::Original => Some("original"),
+            Role::Derived { .. } => Some("derived"),
+            Role::Candidate => None,
+        })
+    }
+
+    /// The kernel watches what the table tracks, as in `run` (which also opens it).
+    fn apply(&mut self, action: Action) -> anyhow::Result<()> {
+        match action {
+            Action::Track { inode, path, .. } => {
+                let size = devices::of_path(&path).ok().filter(|id| id.key == inode).map_or(0, |id| id.size);
+                self.probe.watch_inode(inode, size)
+            }
+            Action::Untrack { inode } => self.probe.unwatch_inode(inode),
+            Action::HoldDerived { .. } | Action::Read { .. } | Action::Truncated { .. } | Action::Moved { .. } => {
+                Ok(())
+            }
+        }
+    }
+
+    fn feed(&mut self, event: tracker::Event) -> anyhow::Result<()> {
+        let now_ns = self.now_ns();
+        let watch = &self.watch;
+        let actions = self.tracker.on_event(event, now_ns, &|p: &Path| watch.matches(p).then_some(0));
+        actions.into_iter().try_for_each(|a| self.apply(a))
+    }
+
+    /// What `run` lets go (rotated originals idle for the default `rotated_idle`, derived
+    /// files and candidates idle), the kernel stops watching here too.
+    fn expire(&mut self) -> anyhow::Result<()> {
+        let idle = DEFAULT_ROTATED_IDLE.as_nanos() as u64;
+        let now_ns = self.now_ns();
+        let actions = self.tracker.expired(now_ns, &|_| idle, &|_| true);
+        actions.into_iter().try_for_each(|a| self.apply(a))
+    }
+
+    /// After lost events: the size of every original as it is now.
+    fn resync(&self) -> Vec<Value> {
+        self.tracker
+            .iter()
+            .filter(|(_, t)| t.role == Role::Original)
+            .filter_map(|(key, t)| {
+                let id = devices::of_path(&t.path).ok().filter(|id| id.key == *key)?;
+                Some(json!({
+                    "kind": "resync", "dev": user_dev(key.dev), "ino": key.ino,
+                    "path": t.path.to_string_lossy(), "size": id.size,
+                }))
+            })
+            .collect()
+    }
+
+    /// Applies one event to the table and returns its JSON line, if it concerns a file
+    /// shown.
+    fn handle(&mut self, event: KernelEvent) -> anyhow::Result<Option<Value>> {
+        let mut line = base(&event);
+        let inode = event.inode();
+        let pid = event.origin().pid;
+        match &event {
+            KernelEvent::Write { pos, len, captured, .. } => {
+                self.feed(tracker::Event::Write { inode, pid, end: pos + len })?;
                 if !captured.is_empty() {
                     line.insert("captured".into(), captured.len().into());
                 }
+                line.insert("pos".into(), (*pos).into());
+                line.insert("len".into(), (*len).into());
             }
-            line.insert("path".into(), tracked.path.to_string_lossy().into());
-            line.insert("pos".into(), (*pos).into());
-            line.insert("len".into(), (*len).into());
-        }
-        KernelEvent::CutWrite { pos, len, captured, truncation, .. } => {
-            let Some(tracked) = watch.tracked(&inode) else { return Ok(None) };
-            line.insert("path".into(), tracked.path.to_string_lossy().into());
-            line.insert("pos".into(), (*pos).into());
-            line.insert("len".into(), (*len).into());
-            line.insert("captured".into(), captured.len().into());
-            line.insert("truncation".into(), (*truncation).into());
-        }
-        KernelEvent::Truncate { size_before, size_after, .. } => {
-            let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };
-            tracked.known_size = *size_after;
-            line.insert("path".into(), tracked.path.to_string_lossy().into());
-            line.insert("size_before".into(), (*size_before).into());
-            line.insert("size_after".into(), (*size_after).into());
-        }
-        KernelEvent::Copy { pos, len, destination, destination_pos, .. } => {
-            let (source_path, destination_path) = (path_of(watch, &inode), path_of(watch, destination));
-            if source_path.is_none() && destination_path.is_none() {
-                return Ok(None);
+            KernelEvent::Read { pos, len, .. } => {
+                self.feed(tracker::Event::Read { inode, pid })?;
+                line.insert("pos".into(), (*pos).into());
+                line.insert("len".into(), (*len).into());
             }
-            line.insert("path".into(), source_path.into());
-            line.insert("pos".into(), (*pos).into());
-            line.insert("len".into(), (*len).into());
-            line.insert("dest_dev".into(), user_dev(destination.dev).into());
-            line.insert("dest_ino".into(), destination.ino.into());
-            line.insert("dest_pos".into(), (*destination_pos).into());
-            line.insert("dest_path".into(), destination_path.into());
-        }
-        KernelEvent::Create { parent, name, .. } => {
-            let Some(path) = watch.in_dir(parent, name) else { return Ok(None) };
-            if !watch.matches(&path) {
-                // The kernel side watches every file created in a watched directory.
-                probe.unwatch_inode(inode)?;
-                return Ok(None);
+            KernelEvent::CutWrite { pos, len, captured, truncation, .. } => {
+                // The engine joins it to its truncation; the table has nothing to learn.
+                line.insert("pos".into(), (*pos).into());
+                line.insert("len".into(), (*len).into());
+                line.insert("captured".into(), captured.len().into());
+                line.insert("truncation".into(), (*truncation).into());
             }
-            watch.track(inode, path.clone(), 0);
-            line.insert("path".into(), path.to_string_lossy().into());
-            line.insert("parent".into(), parent.ino.into());
-            line.insert("name".into(), file_name(&path).into());
-        }
-        KernelEvent::Rename { old_parent, base_dir, dfd, name, origin, .. } => {
-            let Some(path) = watch.resolve(base_dir, *dfd, name, origin.tid) else { return Ok(None) };
-            let inode = if inode.is_unknown() {
-                // Kernels without ctime tracepoints: the moved inode is the one now at `path`.
-                match devices::key_of_path(&path) {
-                    Some(key) => key,
-                    None => return Ok(None),
+            KernelEvent::Truncate { size_before, size_after, .. } => {
+                let (size_before, size_after) = (*size_before, *size_after);
+                self.feed(tracker::Event::Truncate { inode, size_before, size_after })?;
+                line.insert("size_before".into(), size_before.into());
+                line.insert("size_after".into(), size_after.into());
+            }
+            KernelEvent::Copy { pos, len, destination, destination_pos, .. } => {
+                let destination = *destination;
+                let destination_end = destination_pos + len;
+                self.feed(tracker::Event::Copy { source: inode, destination, destination_end })?;
+                let (source_path, destination_path) = (self.path(&inode), self.path(&destination));
+                if source_path.is_none() && destination_path.is_none() {
+                    return Ok(None);
                 }
-            } else {
-                inode
-            };
-            let old_path = path_of(watch, &inode);
-            if let Some(tracked) = watch.tracked_mut(&inode) {
-                tracked.path = path.clone();
-            } else if watch.matches(&path) {
-                let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-                watch.track(inode, path.clone(), size);
-                probe.watch_inode(inode, size)?;
-            } else {
-                // The kernel side may have started watching it on its way into a watched
-                // directory.
-                probe.unwatch_inode(inode)?;
-                return Ok(None);
+                line.insert("path".into(), source_path.into());
+                line.insert("role".into(), self.role(&inode).into());
+                line.insert("pos".into(), (*pos).into());
+                line.insert("len".into(), (*len).into());
+                line.insert("dest_dev".into(), user_dev(destination.dev).into());
+                line.insert("dest_ino".into(), destination.ino.into());
+                line.insert("dest_pos".into(), (*destination_pos).into());
+                line.insert("dest_path".into(), destination_path.into());
+                line.insert("dest_role".into(), self.role(&destination).into());
+                return Ok(Some(Value::Object(line)));
             }
-            line.insert("ino".into(), inode.ino.into());
-            line.insert("dev".into(), user_dev(inode.dev).into());
-            line.insert("path".into(), path.to_string_lossy().into());
-            line.insert("old_path".into(), old_path.clone().into());
-            line.insert("name".into(), file_name(&path).into());
-            line.insert("parent".into(), parent_ino(&path).into());
-            // Tracepoint mode only knows the directory the old name was relative to.
-            let old_parent = old_path.as_deref().and_then(|p| parent_ino(Path::new(p))).unwrap_or(old_parent.ino);
-            line.insert("old_parent".into(), old_parent.into());
+            KernelEvent::Create { parent, name, .. } => {
+                let Some(path) = self.watch.in_dir(parent, name) else { return Ok(None) };
+                self.feed(tracker::Event::Created { inode, path: path.clone(), pid })?;
+                line.insert("parent".into(), parent.ino.into());
+                line.insert("name".into(), file_name(&path).into());
+            }
+            KernelEvent::Rename { old_parent, base_dir, dfd, name, origin, .. } => {
+                let Some(path) = self.watch.resolve(base_dir, *dfd, name, origin.tid) else { return Ok(None) };
+                let inode = if inode.is_unknown() {
+                    // Kernels without ctime tracepoints: the moved inode is the one now at `path`.
+                    match devices::key_of_path(&path) {
+                        Some(key) => key,
+                        None => return Ok(None),
+                    }
+                } else {
+                    inode
+                };
+                let old_path = self.path(&inode);
+                self.feed(tracker::Event::Renamed { inode, path: path.clone() })?;
+                let Some(role) = self.role(&inode) else { return Ok(None) };
+                line.insert("ino".into(), inode.ino.into());
+                line.insert("dev".into(), user_dev(inode.dev).into());
+                line.insert("path".into(), path.to_string_lossy().into());
+                line.insert("role".into(), role.into());
+                line.insert("old_path".into(), old_path.clone().into());
+                line.insert("name".into(), file_name(&path).into());
+                line.insert("parent".into(), parent_ino(&path).into());
+                // Tracepoint mode only knows the directory the old name was relative to.
+                let old_parent = old_path.as_deref().and_then(|p| parent_ino(Path::new(p))).unwrap_or(old_parent.ino);
+                line.insert("old_parent".into(), old_parent.into());
+                return Ok(Some(Value::Object(line)));
+            }
+            KernelEvent::Unlink { .. } => {
+                self.feed(tracker::Event::Unlinked { inode })?;
+                if let Some(path) = self.path(&inode) {
+                    line.insert("name".into(), file_name(Path::new(&path)).into());
+                    line.insert("parent".into(), parent_ino(Path::new(&path)).into());
+                }
+            }
         }
-        KernelEvent::Unlink { .. } => {
-            let Some(tracked) = watch.tracked_mut(&inode) else { return Ok(None) };
-            tracked.unlinked = true;
-            let path = tracked.path.clone();
-            line.insert("path".into(), path.to_string_lossy().into());
-            line.insert("name".into(), file_name(&path).into());
-            line.insert("parent".into(), parent_ino(&path).into());
-        }
+        let (Some(path), Some(role)) = (self.path(&inode), self.role(&inode)) else { return Ok(None) };
+        line.insert("path".into(), path.into());
+        line.insert("role".into(), role.into());
+        Ok(Some(Value::Object(line)))
     }
-    Ok(Some(Value::Object(line)))
 }
 
 fn base(event: &KernelEvent) -> Map<String, Value> {

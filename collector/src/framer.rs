@@ -117,7 +117,8 @@ pub struct FramerConfig {
 }
 
 pub struct Framer {
-    config: FramerConfig,
+    /// The flow's, shared by its files.
+    config: std::sync::Arc<FramerConfig>,
     /// Bytes of an unfinished line, starting at file offset `line_start`.
     line: Vec<u8>,
     line_start: u64,
@@ -133,9 +134,9 @@ pub struct Framer {
 }
 
 impl Framer {
-    pub fn new(config: FramerConfig, offset: u64) -> Framer {
+    pub fn new(config: impl Into<std::sync::Arc<FramerConfig>>, offset: u64) -> Framer {
         Framer {
-            config,
+            config: config.into(),
             line: Vec::new(),
             line_start: offset,
             line_dropped: 0,

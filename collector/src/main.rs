@@ -80,6 +80,7 @@ fn main() -> ExitCode {
                 mode: cli.attach_mode,
                 ring_buffer_bytes: None,
                 coalesce_appends: true,
+                max_files: Some(config.max_files),
             }) {
                 Ok(probe) => probe,
                 Err(e) => {
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Events { paths, ring_buffer_bytes } => {
-            let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes, coalesce_appends: false };
+            let options = ProbeOptions { mode: cli.attach_mode, ring_buffer_bytes, ..ProbeOptions::default() };
             let probe = match Probe::start(&options) {
                 Ok(probe) => probe,
                 Err(e) => {

@@ -4,7 +4,11 @@
 //! lines. It is not Kinesis: the tests that check Kinesis itself use kinesis-mock.
 //!
 //! It can stall: while set, requests are read and never answered (a hung endpoint), and
-//! their connection is closed when it is cleared.
+//! their connection is closed when it is cleared. It can answer each PutRecords after a
+//! delay, as a regional endpoint 20 ms away does (each connection waits on its own). It can
+//! throttle one shard: records whose data starts with a set prefix are refused as Kinesis
+//! refuses records over a shard's limits (ProvisionedThroughputExceededException), the
+//! rest of the same call accepted.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -24,6 +28,8 @@ struct State {
     bytes: AtomicU64,
     calls: AtomicU64,
     stall: AtomicBool,
+    delay_us: AtomicU64,
+    throttled: std::sync::Mutex<Option<Vec<u8>>>,
     on_record: OnRecord,
 }
 
@@ -42,6 +48,8 @@ impl Acceptor {
             bytes: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             stall: AtomicBool::new(false),
+            delay_us: AtomicU64::new(0),
+            throttled: std::sync::Mutex::new(None),
             on_record,
         });
         let shared = state.clone();
@@ -68,6 +76,16 @@ impl Acceptor {
     /// PutRecords calls answered since the last time this was asked.
     pub fn take_calls(&self) -> u64 {
         self.state.calls.swap(0, Ordering::Relaxed)
+    }
+
+    /// Each PutRecords is answered this long after it was read.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records whose data starts with `prefix` are refused as throttled (None: none are).
+    pub fn set_throttled(&self, prefix: Option<&[u8]>) {
+        *self.state.throttled.lock().expect("throttled") = prefix.map(<[u8]>::to_vec);
     }
 
     pub fn set_stalled(&self, stalled: bool) {
@@ -110,6 +128,10 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
             return Ok(());
         }
         let response = if target.ends_with(".PutRecords") {
+            let delay = state.delay_us.load(Ordering::Relaxed);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_micros(delay));
+            }
             put_records(&body, state)?
         } else if target.ends_with(".DescribeStreamSummary") {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -133,17 +155,27 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
 fn put_records(body: &[u8], state: &State) -> std::io::Result<String> {
     let request: serde_json::Value = serde_json::from_slice(body).map_err(std::io::Error::other)?;
     let records = request["Records"].as_array().ok_or_else(|| std::io::Error::other("no Records"))?;
-    let mut bytes = 0;
+    let throttled = state.throttled.lock().expect("throttled").clone();
+    let (mut bytes, mut taken) = (0, 0);
+    let mut answers = Vec::with_capacity(records.len());
     for r in records {
         let data = base64_decode(r["Data"].as_str().unwrap_or("")).ok_or_else(|| std::io::Error::other("Data"))?;
+        if throttled.as_ref().is_some_and(|p| data.starts_with(p)) {
+            answers.push(
+                "{\"ErrorCode\":\"ProvisionedThroughputExceededException\",\"ErrorMessage\":\"Rate exceeded for shard shardId-000000000001\"}",
+            );
+            continue;
+        }
         bytes += data.len() as u64;
+        taken += 1;
         (state.on_record)(&data);
+        answers.push("{\"SequenceNumber\":\"1\",\"ShardId\":\"shardId-000000000000\"}");
     }
-    state.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+    state.records.fetch_add(taken, Ordering::Relaxed);
     state.bytes.fetch_add(bytes, Ordering::Relaxed);
     state.calls.fetch_add(1, Ordering::Relaxed);
-    let one = "{\"SequenceNumber\":\"1\",\"ShardId\":\"shardId-000000000000\"}";
-    Ok(format!("{{\"FailedRecordCount\":0,\"Records\":[{}]}}", vec![one; records.len()].join(",")))
+    let failed = records.len() as u64 - taken;
+    Ok(format!("{{\"FailedRecordCount\":{failed},\"Records\":[{}]}}", answers.join(",")))
 }
 
 /// Standard base64 (with or without padding); None for anything else.

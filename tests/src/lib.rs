@@ -203,7 +203,13 @@ impl Running {
 
     /// With RLIMIT_NOFILE at (`soft`, `hard`), as a service manager may start it.
     pub fn start_with_open_files(config: &Path, soft: u64, hard: u64) -> Running {
-        Running::start_in(config, &[], None, Some((soft, hard)))
+        Running::start_in(config, &[], None, Some((soft, hard, false)))
+    }
+
+    /// With RLIMIT_NOFILE at `limit` and no way to raise it: a unit's LimitNOFILE= without
+    /// CAP_SYS_RESOURCE (dropped from the bounding set, so root cannot raise a hard limit).
+    pub fn start_held_to_open_files(config: &Path, limit: u64) -> Running {
+        Running::start_in(config, &[], None, Some((limit, limit, true)))
     }
 
     /// In `cgroup` (its `cgroup.procs`) from its first instruction, so all it allocates,
@@ -216,20 +222,25 @@ impl Running {
         config: &Path,
         env: &[(&str, &str)],
         cgroup: Option<&memory_cgroup::MemoryCgroup>,
-        open_files: Option<(u64, u64)>,
+        open_files: Option<(u64, u64, bool)>,
     ) -> Running {
         let mut command = Command::new(collector_bin());
         command.args(["--attach-mode", &attach_mode(), "run", "--config"]).arg(config).envs(env.iter().copied());
         if let Some(cgroup) = cgroup {
             cgroup.join_on_exec(&mut command);
         }
-        if let Some((soft, hard)) = open_files {
+        if let Some((soft, hard, fixed)) = open_files {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: setrlimit is async-signal-safe.
             unsafe {
                 command.pre_exec(move || {
                     let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // CAP_SYS_RESOURCE (linux/capability.h; not in the libc crate).
+                    const CAP_SYS_RESOURCE: libc::c_ulong = 24;
+                    if fixed && libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_RESOURCE, 0, 0, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -369,6 +380,16 @@ pub fn numbered(records: &[Value], tag: &str) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// Appends lines `tag n` (the writer's format) for each n of `lines` to `log`, one write(2)
+/// each.
+pub fn append_lines(log: &Path, tag: &str, lines: std::ops::RangeInclusive<u64>) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(log).expect("open the log to append");
+    for n in lines {
+        f.write_all(format!("{tag} {n}\n").as_bytes()).expect("append a line");
+    }
+}
+
 /// Every line 1..=lines of `tag` shipped exactly once; within each inode, in file order.
 pub fn assert_every_line_once_in_order(records: &[Value], tag: &str, lines: u64) {
     let got = numbered(records, tag);
@@ -471,7 +492,7 @@ fn logrotate_conf(log: &Path, directives: &str) -> PathBuf {
 }
 
 /// One forced rotation with `conf`, its state file beside it.
-fn logrotate(conf: &Path) {
+pub fn logrotate(conf: &Path) {
     let status = Command::new("logrotate")
         .arg("-f")
         .arg("-s")
@@ -525,4 +546,18 @@ pub fn wait_for_metric(base: &str, series: &str, want: u64) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The checkpoints in the store of `state` (`<state>/checkpoints/store.jsonl`): the latest
+/// line of each inode still held, as JSON.
+pub fn checkpoints(state: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(state.join("checkpoints/store.jsonl")).unwrap_or_default();
+    let mut latest: std::collections::BTreeMap<(u64, u64), Option<Value>> = Default::default();
+    for line in text.lines().skip(1) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let key = (v["dev"].as_u64().unwrap_or(0), v["ino"].as_u64().unwrap_or(0));
+        let removed = v["removed"] == true;
+        latest.insert(key, (!removed).then_some(v));
+    }
+    latest.into_values().flatten().collect()
 }

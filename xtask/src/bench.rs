@@ -32,6 +32,17 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         Some(path) => PathBuf::from(path),
         None => build::collector()?,
     };
+    // XTASK_BENCH_ACTIVE=<files>/<delay ms>: that row of the scale bench's many-active-files
+    // table alone, printed, BENCHMARKS.md left as it is (a quick look while tuning).
+    if let Ok(row) = std::env::var("XTASK_BENCH_ACTIVE") {
+        let parse = || -> Option<(usize, u64)> {
+            let (files, delay) = row.split_once('/')?;
+            Some((files.parse().ok()?, delay.parse().ok()?))
+        };
+        let (files, delay) = parse().with_context(|| format!("XTASK_BENCH_ACTIVE={row:?}: want <files>/<delay ms>"))?;
+        println!("{}", crate::bench_ops::active_table(&collector, Some((files, Duration::from_millis(delay))))?);
+        return Ok(());
+    }
     let header = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
          ratios compare with a baseline measured in the same run.\n",
@@ -367,13 +378,13 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
 /// Until a checkpoint in `state` acknowledges `size` bytes (ten minutes at most).
 pub(crate) fn wait_acknowledged(state: &Path, size: u64) -> anyhow::Result<()> {
     let started = Instant::now();
-    let checkpoints = state.join("checkpoints");
+    let store = state.join("checkpoints/store.jsonl");
     loop {
-        let done = fs::read_dir(&checkpoints).ok().into_iter().flatten().flatten().any(|e| {
-            fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|c| c["acknowledged"].as_u64() == Some(size))
+        // One line per checkpoint saved (the store's log): any that acknowledges `size`.
+        let done = fs::read_to_string(&store).is_ok_and(|text| {
+            text.lines().any(|line| {
+                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|c| c["acknowledged"].as_u64() == Some(size))
+            })
         });
         if done {
             return Ok(());

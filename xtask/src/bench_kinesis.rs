@@ -28,10 +28,10 @@ fn now_ns() -> u64 {
 }
 
 /// write() → accepted, nanoseconds, of the lines that carry a timestamp (`t=<ns> `).
-type Latencies = Arc<Mutex<Vec<u64>>>;
+pub(crate) type Latencies = Arc<Mutex<Vec<u64>>>;
 
 /// The shared acceptor (collector_tests::acceptor), taking each line's latency.
-fn acceptor() -> anyhow::Result<(Acceptor, Latencies)> {
+pub(crate) fn acceptor() -> anyhow::Result<(Acceptor, Latencies)> {
     let latencies = Latencies::default();
     let taken = latencies.clone();
     let acceptor = Acceptor::start(Box::new(move |data: &[u8]| {
@@ -108,7 +108,7 @@ impl Drop for Collector {
     }
 }
 
-fn kinesis_sink(port: u16) -> String {
+pub(crate) fn kinesis_sink(port: u16) -> String {
     format!(
         "kind = \"kinesis\"\nstream = \"bench\"\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{port}\"\n"
     )
@@ -290,7 +290,7 @@ fn file_sink_latency(collector: &Path, dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Quantiles of latencies in nanoseconds (sorted here; not empty).
-fn quantiles<const N: usize>(latencies: &mut [u64], q: [f64; N]) -> [Duration; N] {
+pub(crate) fn quantiles<const N: usize>(latencies: &mut [u64], q: [f64; N]) -> [Duration; N] {
     latencies.sort_unstable();
     q.map(|q| Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q) as usize]))
 }

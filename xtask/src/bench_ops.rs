@@ -211,13 +211,196 @@ pub fn scale(collector: &Path) -> anyhow::Result<String> {
             rss as f64 / 1024.0
         ));
     }
+    let active = active_table(collector, None)?;
+    let startup = startup_table(collector)?;
     Ok(format!(
         "\n## scale\n\n`cargo xtask bench scale`: files of one line under one glob, null sink, tracepoint mode. Idle: CPU \
          of the collector over {} s with nothing written (target ~0: nothing is polled). Load: {SCALE_WRITERS} files written \
          at {SCALE_RATE} lines/s each (one write(2) per line) for {} s; the ratio compares the CPU with {SCALE_WRITERS} \
          files watched (baseline) and {SCALE_FILES}. Start-up: from exec to running (programs loaded, files scanned).\n\n\
-         | files watched | start-up | idle CPU | CPU under load | CPU vs baseline | RSS |\n|---|---|---|---|---|---|\n{rows}",
+         | files watched | start-up | idle CPU | CPU under load | CPU vs baseline | RSS |\n|---|---|---|---|---|---|\n{rows}{active}{startup}",
         IDLE.as_secs(),
         LOAD.as_secs()
+    ))
+}
+
+/// The same lines per second written to one file (the baseline) and spread over many.
+const ACTIVE_FILES: [usize; 3] = [1, 100, 1_000];
+const ACTIVE_RATE: u64 = 20_000;
+const ACTIVE_LOAD: Duration = Duration::from_secs(20);
+
+/// Many files written at once to Kinesis (the acceptor, answering at once or after 20 ms as
+/// a regional endpoint does): how long after the writers stop the last line is accepted
+/// (a collector that keeps up: about `max_batch_age` plus a round trip), PutRecords calls
+/// made, CPU and RSS. One file at the same total rate is the baseline; XTASK_BENCH_PREVIOUS
+/// adds a previous build's rows, in the same run. `only`: that one row (files, delay).
+pub fn active_table(collector: &Path, only: Option<(usize, Duration)>) -> anyhow::Result<String> {
+    let dir = shell::work_dir().join("bench-active");
+    let previous = std::env::var_os("XTASK_BENCH_PREVIOUS").map(std::path::PathBuf::from);
+    let mut rows = String::new();
+    for delay in [Duration::ZERO, Duration::from_millis(20)] {
+        for files in ACTIVE_FILES {
+            if only.is_some_and(|row| row != (files, delay)) {
+                continue;
+            }
+            let mut runs = vec![("this build", collector.to_owned())];
+            runs.extend(previous.clone().map(|p| ("previous", p)));
+            for (label, binary) in runs {
+                let _ = fs::remove_dir_all(&dir);
+                fs::create_dir_all(dir.join("logs"))?;
+                for i in 0..files {
+                    fs::write(dir.join(format!("logs/f{i:04}.log")), b"")?;
+                }
+                let (acceptor, latencies) = crate::bench_kinesis::acceptor()?;
+                acceptor.set_delay(delay);
+                let running = crate::bench_kinesis::Collector::start(
+                    &binary,
+                    &dir,
+                    "",
+                    &crate::bench_kinesis::kinesis_sink(acceptor.port),
+                )?;
+                let (cpu_before, _) = process_usage(running.pid())?;
+                acceptor.take_calls();
+                let rate = ACTIVE_RATE / files as u64;
+                let writers: Vec<_> = (0..files)
+                    .map(|i| {
+                        let path = dir.join(format!("logs/f{i:04}.log"));
+                        std::thread::spawn(move || crate::bench_kinesis::write_at_rate(&path, rate, ACTIVE_LOAD))
+                    })
+                    .collect();
+                let mut written = 0;
+                for w in writers {
+                    written += w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+                }
+                let stopped = Instant::now();
+                while acceptor.records() < written && stopped.elapsed() < Duration::from_secs(120) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let lag = stopped.elapsed();
+                let shipped = acceptor.records();
+                let calls = acceptor.take_calls();
+                let (cpu_after, _) = process_usage(running.pid())?;
+                let rss = current_rss_kib(running.pid())?;
+                drop(running);
+                let shipped_per_s = shipped as f64 / (ACTIVE_LOAD + lag).as_secs_f64();
+                let lag = if shipped >= written {
+                    format!("{:.2} s", lag.as_secs_f64())
+                } else {
+                    format!("> 120 s ({shipped} of {written} lines)")
+                };
+                let [p50, p99] =
+                    crate::bench_kinesis::quantiles(&mut latencies.lock().expect("latencies"), [0.5, 0.99]);
+                rows.push_str(&format!(
+                    "| {files} | {} ms | {label} | {shipped_per_s:.0} | {lag} | {:.1} / {:.1} ms | {calls} | {:.1} | {:.2} s | {:.1} MiB |\n",
+                    delay.as_millis(),
+                    p50.as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3,
+                    shipped as f64 / calls.max(1) as f64,
+                    cpu_after - cpu_before,
+                    rss as f64 / 1024.0
+                ));
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(format!(
+        "\nMany files written at once: {ACTIVE_RATE} lines/s in total (one write(2) per line, ~100 bytes) for {} s, \
+         into one file (the baseline) or spread over {} or {} files; kinesis sink (default settings) to the local acceptor, \
+         answering at once or after 20 ms (a regional endpoint's round trip). Catch-up: from the writers' end until the \
+         acceptor holds every line (keeping up: about `max_batch_age`, 20 ms, plus a round trip); lines/s shipped \
+         over the load and the catch-up; latency from each line's write(2) to the acceptor's taking it, p50 / p99. \
+         \"previous\": the build named by XTASK_BENCH_PREVIOUS, in the same run.\n\n\
+         | files | endpoint delay | collector | lines/s shipped | catch-up | latency p50 / p99 | PutRecords calls | \
+         records per call | CPU | RSS |\n|---|---|---|---|---|---|---|---|---|---|\n{rows}",
+        ACTIVE_LOAD.as_secs(),
+        ACTIVE_FILES[1],
+        ACTIVE_FILES[2]
+    ))
+}
+
+const STARTUP_FILES: [usize; 2] = [1_000, 10_000];
+const STARTUP_IDLE: Duration = Duration::from_secs(60);
+
+/// CPU time of every thread of `pid` so far, in nanoseconds (the scheduler's own count:
+/// /proc's tick counts are 10 ms steps, too coarse for an idle process).
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat.split_whitespace().next().context("schedstat")?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Start-up with many one-line files present: from exec until the file sink holds every
+/// line, and the CPU-seconds and RSS then; beside `cat` of the same files into one (the
+/// baseline: reading them is all there is to do). With XTASK_BENCH_PREVIOUS=<binary>, the
+/// same rows for that collector too (a build before a change, side by side in one run).
+fn startup_table(collector: &Path) -> anyhow::Result<String> {
+    let dir = shell::work_dir().join("bench-startup");
+    let previous = std::env::var_os("XTASK_BENCH_PREVIOUS").map(std::path::PathBuf::from);
+    let mut rows = String::new();
+    for files in STARTUP_FILES {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("logs"))?;
+        for i in 0..files {
+            fs::write(dir.join(format!("logs/f{i:06}.log")), format!("line of file {i}\n"))?;
+        }
+        let t0 = Instant::now();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat {}/logs/*.log > {}/cat.out", dir.display(), dir.display()))
+            .status()?;
+        if !status.success() {
+            bail!("cat: {status}");
+        }
+        let cat = t0.elapsed().as_secs_f64();
+        let mut runs = vec![("this build", collector.to_owned())];
+        runs.extend(previous.clone().map(|p| ("previous", p)));
+        for (label, binary) in runs {
+            let out = dir.join("out.raw");
+            let _ = fs::remove_file(&out);
+            let t0 = Instant::now();
+            let running = crate::bench_kinesis::Collector::start(
+                &binary,
+                &dir,
+                "",
+                &format!("kind = \"file\"\nformat = \"raw\"\npath = {out:?}\n"),
+            )?;
+            loop {
+                let shipped = fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+                if shipped >= files {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(600) {
+                    bail!("{label}: {shipped} of {files} files shipped in 10 minutes");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let (cpu, _) = process_usage(running.pid())?;
+            let rss = current_rss_kib(running.pid())?;
+            // Then idle: every file held, nothing written.
+            std::thread::sleep(Duration::from_secs(3));
+            let before = cpu_ns(running.pid())?;
+            std::thread::sleep(STARTUP_IDLE);
+            let idle = (cpu_ns(running.pid())? - before) as f64 / STARTUP_IDLE.as_nanos() as f64 * 100.0;
+            drop(running);
+            rows.push_str(&format!(
+                "| {files} | {label} | {elapsed:.2} s | {cpu:.2} s | {:.1} MiB | {cat:.3} s | {:.0}x | {idle:.3} % |\n",
+                rss as f64 / 1024.0,
+                elapsed / cat
+            ));
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(format!(
+        "\nStart-up with many files: one-line files present when the collector starts, file sink (raw), until the \
+         sink holds every line (time from exec, so it includes loading the programs, ~0.4-1 s here); CPU-seconds and \
+         RSS of the collector then; beside `cat` of the same files into one file. Idle: then, with nothing written, \
+         the collector's CPU over {} s (all its threads' run time, from /proc/<pid>/task/*/schedstat), in % of a \
+         core. \"previous\": the build named by XTASK_BENCH_PREVIOUS, in the same run.\n\n\
+         | files | collector | all shipped | CPU | RSS | `cat` | vs `cat` | idle CPU |\n|---|---|---|---|---|---|---|---|\n{rows}",
+        STARTUP_IDLE.as_secs()
     ))
 }

@@ -85,17 +85,28 @@ pub fn moto_venv() -> std::path::PathBuf {
     shell::work_dir().join("moto")
 }
 
+/// AWS's deaggregator for KPL aggregated records (what Lambda consumers use), in the same
+/// virtualenv: the tests unpack the collector's aggregated records with it. It imports six
+/// without declaring it.
+pub const KINESIS_AGG: &[&str] = &["aws-kinesis-agg==1.2.3", "six==1.17.0"];
+
 fn moto() -> anyhow::Result<()> {
     let venv = moto_venv();
-    if venv.join("bin/moto_server").exists() {
-        return Ok(());
+    if !venv.join("bin/moto_server").exists() {
+        if shell::output(Command::new("python3").args(["-m", "venv", "--help"])).is_err() {
+            apt_install(&["python3-venv"])?;
+        }
+        shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", MOTO]))
+            .context("installing moto[server] from PyPI")?;
     }
-    if shell::output(Command::new("python3").args(["-m", "venv", "--help"])).is_err() {
-        apt_install(&["python3-venv"])?;
+    if !shell::succeeds(Command::new(venv.join("bin/python")).args(["-c", "import aws_kinesis_agg.deaggregator"])) {
+        shell::run(
+            Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(KINESIS_AGG),
+        )
+        .context("installing aws-kinesis-agg (AWS's KPL deaggregator) from PyPI")?;
     }
-    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", MOTO]))
-        .context("installing moto[server] from PyPI")
+    Ok(())
 }
 
 /// helm, for `helm lint` and `helm template` of the chart: the official v3.17.3 binary as

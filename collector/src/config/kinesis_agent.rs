@@ -121,6 +121,11 @@ pub fn import(files: &[(String, String)]) -> Result<Imported, String> {
                 toml,
                 "partition_key = \"{key}\"   # as the Kinesis Agent did; \"file\" keeps each file's records in order on one shard"
             );
+            // Off: the Kinesis Agent's consumers expect one line per record.
+            toml.push_str(
+                "# aggregate = true   # KPL aggregated records (far fewer records and payload units), once every consumer\n\
+                 #                    # deaggregates (KCL, aws-kinesis-agg); needs partition_key = \"file\"\n",
+            );
         } else {
             let _ = writeln!(toml, "delivery_stream = {}", quote(&stream));
             if f.contains_key("aggregatedRecordSizeBytes") {

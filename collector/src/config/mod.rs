@@ -16,11 +16,16 @@ use toml::Spanned;
 use crate::transform::{Pipeline, Step, log_formats::LogParser};
 
 pub const DEFAULT_PATH: &str = "/etc/collector/collector.toml";
+/// The kernel's tables of watched files hold this many by default (~12 MiB of kernel memory).
+pub const DEFAULT_MAX_FILES: u32 = 65_536;
+const MAX_FILES: std::ops::RangeInclusive<i64> = 1_024..=1_048_576;
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub host: String,
+    /// Files held at once, at most: sizes the kernel's tables of watched files.
+    pub max_files: u32,
     pub flows: Vec<Flow>,
     /// Where /metrics, /health and /status are served; None: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -86,6 +91,10 @@ pub enum SinkConfig {
 /// file written 1,000 times a second costs 50 sink calls a second, not 1,000.
 pub const DEFAULT_MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 
+/// How long a rotated or unlinked log, read to its end, is held after its last write: an
+/// app that has not reopened its log yet still writes to the old one for a while.
+pub const DEFAULT_ROTATED_IDLE: Duration = Duration::from_secs(300);
+
 impl SinkConfig {
     /// The `kind` as written in the config.
     pub fn kind(&self) -> &'static str {
@@ -114,7 +123,14 @@ pub struct AwsAccess {
     pub endpoint_url: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<String>,
+    /// How long one request may take before it is given up and sent again (None: the
+    /// default). A request given up may still have been stored: its records can arrive twice.
+    pub request_timeout: Option<Duration>,
 }
+
+/// Long enough for a 5 MiB request over a slow link; a hung connection is found this soon.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUTS: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KinesisConfig {
@@ -123,6 +139,11 @@ pub struct KinesisConfig {
     pub partition_key: PartitionKey,
     /// Wrap each record in JSON with where it came from (host, flow, path, dev, ino, offset).
     pub envelope: bool,
+    /// PutRecords calls out at once (a file's records are in one at a time).
+    pub requests_in_flight: usize,
+    /// Pack a file's consecutive whole records into KPL aggregated records of at most this
+    /// many bytes (partition key included); None: one Kinesis record per record.
+    pub aggregate: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +155,8 @@ pub struct FirehoseConfig {
     /// Pack consecutive whole records into one Firehose record of up to 1,000 KiB (Firehose
     /// bills per record in 5 KB steps); each record keeps its newline.
     pub aggregate: bool,
+    /// PutRecordBatch calls out at once (see KinesisConfig).
+    pub requests_in_flight: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,10 +219,11 @@ impl Config {
                 temporary: false,
             });
         }
-        let (state_dir, host) = collector.map(|(_, dir, host)| (dir, host)).unwrap_or_default();
+        let (state_dir, host, max_files) = collector.map(|c| (c.state_dir, c.host, c.max_files)).unwrap_or_default();
         Ok(Config {
             state_dir: state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/collector")),
             host: host.unwrap_or_else(hostname),
+            max_files: max_files.unwrap_or(DEFAULT_MAX_FILES),
             flows,
             metrics_listen: metrics.as_ref().and_then(|(_, listen, _)| *listen),
             cloudwatch: metrics.and_then(|(_, _, cloudwatch)| cloudwatch),
@@ -207,10 +231,18 @@ impl Config {
     }
 }
 
+/// `[collector]`, and the file that set it.
+struct CollectorSection {
+    file: String,
+    state_dir: Option<PathBuf>,
+    host: Option<String>,
+    max_files: Option<u32>,
+}
+
 /// Sections gathered from the texts so far, with the file that set each.
 #[derive(Default)]
 struct Merged {
-    collector: Option<(String, Option<PathBuf>, Option<String>)>,
+    collector: Option<CollectorSection>,
     metrics: Option<(String, Option<std::net::SocketAddr>, Option<CloudWatchConfig>)>,
     flows: Vec<Flow>,
     /// Where each flow name was defined: `file:line`.
@@ -239,7 +271,7 @@ impl Merged {
             at(span, &key_near(text, e.span()), e.message().trim().to_owned())
         })?;
         if let Some(collector) = &raw.collector {
-            if let Some((other, ..)) = &self.collector {
+            if let Some(CollectorSection { file: other, .. }) = &self.collector {
                 return Err(at(collector.span(), "collector", format!("already set in {other}: set it in one file")));
             }
             let state_dir = match &collector.get_ref().state_dir {
@@ -249,7 +281,23 @@ impl Merged {
                 Some(dir) => Some(PathBuf::from(dir.get_ref())),
                 None => None,
             };
-            self.collector = Some((file.to_owned(), state_dir, collector.get_ref().host.clone()));
+            let max_files = match &collector.get_ref().max_files {
+                Some(n) if !MAX_FILES.contains(n.get_ref()) => {
+                    return Err(at(
+                        n.span(),
+                        "collector.max_files",
+                        format!("must be from {} to {} (files held at once)", MAX_FILES.start(), MAX_FILES.end()),
+                    ));
+                }
+                Some(n) => Some(*n.get_ref() as u32),
+                None => None,
+            };
+            self.collector = Some(CollectorSection {
+                file: file.to_owned(),
+                state_dir,
+                host: collector.get_ref().host.clone(),
+                max_files,
+            });
         }
         if let Some(metrics) = &raw.metrics {
             if let Some((other, ..)) = &self.metrics {
@@ -351,7 +399,7 @@ impl Merged {
                 skip_header_lines: f.skip_header_lines.unwrap_or(0),
                 max_record_bytes,
                 truncated_terminator: f.truncated_terminator.clone().unwrap_or_else(|| "\n".into()).into_bytes(),
-                rotated_idle: duration(&f.rotated_idle, Duration::from_secs(300), &at, &key("rotated_idle"))?,
+                rotated_idle: duration(&f.rotated_idle, DEFAULT_ROTATED_IDLE, &at, &key("rotated_idle"))?,
                 max_batch_age: duration(&f.max_batch_age, DEFAULT_MAX_BATCH_AGE, &at, &key("max_batch_age"))?,
                 sweep_interval: duration(&f.sweep_interval, Duration::from_secs(10), &at, &key("sweep_interval"))?,
                 transforms: pipeline(f, &at, &key)?,
@@ -498,6 +546,7 @@ fn duration(v: &Option<Spanned<String>>, default: Duration, at: &At, key: &str) 
 fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
     match s.kind.get_ref().as_str() {
         "file" => {
+            only_aws(s, at, key)?;
             let path = s
                 .path
                 .as_ref()
@@ -511,7 +560,10 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             };
             Ok(SinkConfig::File { path: PathBuf::from(path.get_ref()), format })
         }
-        "null" => Ok(SinkConfig::Null),
+        "null" => {
+            only_aws(s, at, key)?;
+            Ok(SinkConfig::Null)
+        }
         "kinesis" => {
             let stream = s.stream.as_ref().ok_or_else(|| {
                 at(s.kind.span(), &format!("{key}.stream"), "the kinesis sink needs a stream name".into())
@@ -528,13 +580,15 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
                     ));
                 }
             };
-            only_for(s.aggregate.as_ref().map(|v| v.span()), "aggregate", "firehose", at, key)?;
+            let aggregate = kinesis_aggregate(s, partition_key, at, key)?;
             only_for(s.delivery_stream.as_ref().map(|v| v.span()), "delivery_stream", "firehose", at, key)?;
             Ok(SinkConfig::Kinesis(KinesisConfig {
                 stream: stream.get_ref().clone(),
                 access: aws_access(s, at, key)?,
                 partition_key,
                 envelope: envelope(s, at, key)?,
+                requests_in_flight: requests_in_flight(s, at, key)?,
+                aggregate,
             }))
         }
         "firehose" => {
@@ -543,11 +597,13 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             })?;
             only_for(s.stream.as_ref().map(|v| v.span()), "stream", "kinesis", at, key)?;
             only_for(s.partition_key.as_ref().map(|v| v.span()), "partition_key", "kinesis", at, key)?;
+            only_for(s.aggregate_max_bytes.as_ref().map(|v| v.span()), "aggregate_max_bytes", "kinesis", at, key)?;
             Ok(SinkConfig::Firehose(FirehoseConfig {
                 delivery_stream: delivery_stream.get_ref().clone(),
                 access: aws_access(s, at, key)?,
                 envelope: envelope(s, at, key)?,
                 aggregate: s.aggregate.as_ref().is_some_and(|v| *v.get_ref()),
+                requests_in_flight: requests_in_flight(s, at, key)?,
             }))
         }
         other => Err(at(
@@ -556,6 +612,69 @@ fn sink(s: &raw::Sink, at: &At, key: &str) -> Result<SinkConfig, ConfigError> {
             format!("`{other}`: expected \"kinesis\", \"firehose\", \"file\" or \"null\""),
         )),
     }
+}
+
+/// Four PUT payload units (25 KB each): an aggregated record wastes at most one record's
+/// bytes of its last unit (1% for 1 KB lines; at 25 KB it would be 4%), a failed one sends
+/// 100 KB again, and one is a tenth of a shard's 1 MiB/s, so a busy file's records still
+/// share the shard's second. Bigger saves next to nothing; at the default max_batch_age
+/// (20 ms) only a file writing more than 5 MB/s fills them.
+pub const DEFAULT_AGGREGATE_MAX_BYTES: usize = 100_000;
+const AGGREGATE_MAX_BYTES: std::ops::RangeInclusive<i64> = 1_024..=KINESIS_RECORD_LIMIT as i64;
+
+/// `aggregate` and `aggregate_max_bytes` of a kinesis sink.
+fn kinesis_aggregate(
+    s: &raw::Sink,
+    partition_key: PartitionKey,
+    at: &At,
+    key: &str,
+) -> Result<Option<usize>, ConfigError> {
+    let on = s.aggregate.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(max) = &s.aggregate_max_bytes {
+        if !on {
+            return Err(at(max.span(), &format!("{key}.aggregate_max_bytes"), "needs aggregate = true".into()));
+        }
+        if !AGGREGATE_MAX_BYTES.contains(max.get_ref()) {
+            return Err(at(
+                max.span(),
+                &format!("{key}.aggregate_max_bytes"),
+                format!("{}: expected {} to {}", max.get_ref(), AGGREGATE_MAX_BYTES.start(), AGGREGATE_MAX_BYTES.end()),
+            ));
+        }
+    }
+    if on && partition_key != PartitionKey::File {
+        let span = s.partition_key.as_ref().map_or(0..0, |v| v.span());
+        return Err(at(
+            span,
+            &format!("{key}.partition_key"),
+            "aggregate = true needs partition_key = \"file\" (an aggregated record holds one file's records, under one key)".into(),
+        ));
+    }
+    Ok(on.then(|| s.aggregate_max_bytes.as_ref().map_or(DEFAULT_AGGREGATE_MAX_BYTES, |v| *v.get_ref() as usize)))
+}
+
+/// Requests a sink keeps out at once. See BENCHMARKS.md for how the default was chosen.
+pub const DEFAULT_REQUESTS_IN_FLIGHT: usize = 4;
+const MAX_REQUESTS_IN_FLIGHT: i64 = 64;
+
+fn requests_in_flight(s: &raw::Sink, at: &At, key: &str) -> Result<usize, ConfigError> {
+    match s.requests_in_flight.as_ref() {
+        None => Ok(DEFAULT_REQUESTS_IN_FLIGHT),
+        Some(v) if (1..=MAX_REQUESTS_IN_FLIGHT).contains(v.get_ref()) => Ok(*v.get_ref() as usize),
+        Some(v) => Err(at(
+            v.span(),
+            &format!("{key}.requests_in_flight"),
+            format!("{}: expected 1 to {MAX_REQUESTS_IN_FLIGHT}", v.get_ref()),
+        )),
+    }
+}
+
+/// The AWS sinks' keys in a file or null sink.
+fn only_aws(s: &raw::Sink, at: &At, key: &str) -> Result<(), ConfigError> {
+    only_for(s.requests_in_flight.as_ref().map(|v| v.span()), "requests_in_flight", "kinesis or firehose", at, key)?;
+    only_for(s.request_timeout.as_ref().map(|v| v.span()), "request_timeout", "kinesis or firehose", at, key)?;
+    only_for(s.aggregate.as_ref().map(|v| v.span()), "aggregate", "kinesis or firehose", at, key)?;
+    only_for(s.aggregate_max_bytes.as_ref().map(|v| v.span()), "aggregate_max_bytes", "kinesis", at, key)
 }
 
 /// A key that belongs to another sink kind is an error, not silently ignored.
@@ -591,11 +710,23 @@ fn aws_access(s: &raw::Sink, at: &At, key: &str) -> Result<AwsAccess, ConfigErro
         let span = s.external_id.as_ref().map(|v| v.span()).unwrap_or(0..0);
         return Err(at(span, &format!("{key}.external_id"), "needs role_arn".into()));
     }
+    let request_timeout = match &s.request_timeout {
+        None => None,
+        Some(v) => {
+            let key = format!("{key}.request_timeout");
+            let timeout = duration(&s.request_timeout, DEFAULT_REQUEST_TIMEOUT, at, &key)?;
+            if !REQUEST_TIMEOUTS.contains(&timeout) {
+                return Err(at(v.span(), &key, format!("`{}`: expected 1s to 5m", v.get_ref())));
+            }
+            Some(timeout)
+        }
+    };
     Ok(AwsAccess {
         region: text(&s.region),
         endpoint_url: text(&s.endpoint_url),
         role_arn: text(&s.role_arn),
         external_id: text(&s.external_id),
+        request_timeout,
     })
 }
 

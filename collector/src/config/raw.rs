@@ -34,6 +34,7 @@ pub struct CloudWatch {
 pub struct Collector {
     pub state_dir: Option<Spanned<String>>,
     pub host: Option<String>,
+    pub max_files: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,11 +87,16 @@ pub struct Sink {
     pub partition_key: Option<Spanned<String>>,
     /// firehose
     pub delivery_stream: Option<Spanned<String>>,
+    /// kinesis and firehose
     pub aggregate: Option<Spanned<bool>>,
+    /// kinesis (aggregated)
+    pub aggregate_max_bytes: Option<Spanned<i64>>,
     /// kinesis and firehose
     pub region: Option<Spanned<String>>,
     pub endpoint_url: Option<Spanned<String>>,
     pub role_arn: Option<Spanned<String>>,
     pub external_id: Option<Spanned<String>>,
     pub envelope: Option<Spanned<String>>,
+    pub requests_in_flight: Option<Spanned<i64>>,
+    pub request_timeout: Option<Spanned<String>>,
 }

@@ -54,6 +54,14 @@ fn errors_name_file_line_and_key() {
     );
     let relative = error(&GOOD.replace("/var/log/app/*.log", "logs/*.log"));
     assert!(relative.starts_with("c.toml:7: flow[0].paths: `logs/*.log` must be an absolute path"), "{relative}");
+    let files =
+        |n: &str| GOOD.replace("state_dir = \"/var/lib/collector\"", &format!("state_dir = \"/s\"\nmax_files = {n}"));
+    assert_eq!(
+        error(&files("100")),
+        "c.toml:4: collector.max_files: must be from 1024 to 1048576 (files held at once)"
+    );
+    assert_eq!(Config::parse("c.toml", &files("200000")).unwrap().max_files, 200_000);
+    assert_eq!(Config::parse("c.toml", GOOD).unwrap().max_files, DEFAULT_MAX_FILES);
     let unknown = error(&GOOD.replace("rotated_idle", "rotate_idle"));
     assert!(unknown.starts_with("c.toml:9: rotate_idle: unknown field `rotate_idle`"), "{unknown}");
 }
@@ -78,9 +86,57 @@ fn aws_sinks_parse_and_refuse_keys_of_the_other_kind() {
         error(&sink("kind = \"firehose\"\ndelivery_stream = \"logs\"\nstream = \"logs\"")),
         "c.toml:14: flow[0].sink.stream: only the kinesis sink takes `stream`"
     );
+    let kinesis = |extra: &str| format!("kind = \"kinesis\"\nstream = \"logs\"\n{extra}");
+    let aggregate = |extra: &str| match &Config::parse("c.toml", &sink(&kinesis(extra))).unwrap().flows[0].sink {
+        SinkConfig::Kinesis(k) => k.aggregate,
+        _ => panic!(),
+    };
+    assert_eq!(aggregate(""), None, "off unless asked for");
+    assert_eq!(aggregate("aggregate = true"), Some(crate::config::DEFAULT_AGGREGATE_MAX_BYTES));
+    assert_eq!(aggregate("aggregate = true\naggregate_max_bytes = 25000"), Some(25_000));
     assert_eq!(
-        error(&sink("kind = \"kinesis\"\nstream = \"logs\"\naggregate = true")),
-        "c.toml:14: flow[0].sink.aggregate: only the firehose sink takes `aggregate`"
+        error(&sink(&kinesis("aggregate = true\npartition_key = \"random\""))),
+        "c.toml:15: flow[0].sink.partition_key: aggregate = true needs partition_key = \"file\" \
+         (an aggregated record holds one file's records, under one key)"
+    );
+    assert_eq!(
+        error(&sink(&kinesis("aggregate_max_bytes = 25000"))),
+        "c.toml:14: flow[0].sink.aggregate_max_bytes: needs aggregate = true"
+    );
+    assert_eq!(
+        error(&sink(&kinesis("aggregate = true\naggregate_max_bytes = 2000000"))),
+        "c.toml:15: flow[0].sink.aggregate_max_bytes: 2000000: expected 1024 to 1048576"
+    );
+    assert_eq!(
+        error(&sink("kind = \"firehose\"\ndelivery_stream = \"logs\"\naggregate_max_bytes = 25000")),
+        "c.toml:14: flow[0].sink.aggregate_max_bytes: only the kinesis sink takes `aggregate_max_bytes`"
+    );
+    assert_eq!(
+        error(&sink("kind = \"null\"\naggregate = true")),
+        "c.toml:13: flow[0].sink.aggregate: only the kinesis or firehose sink takes `aggregate`"
+    );
+    assert_eq!(f.requests_in_flight, crate::config::DEFAULT_REQUESTS_IN_FLIGHT);
+    let c = Config::parse("c.toml", &sink("kind = \"kinesis\"\nstream = \"logs\"\nrequests_in_flight = 16")).unwrap();
+    let SinkConfig::Kinesis(k) = &c.flows[0].sink else { panic!() };
+    assert_eq!(k.requests_in_flight, 16);
+    assert_eq!(
+        error(&sink("kind = \"kinesis\"\nstream = \"logs\"\nrequests_in_flight = 0")),
+        "c.toml:14: flow[0].sink.requests_in_flight: 0: expected 1 to 64"
+    );
+    let c = Config::parse("c.toml", &sink("kind = \"kinesis\"\nstream = \"logs\"\nrequest_timeout = \"1m\"")).unwrap();
+    let SinkConfig::Kinesis(k) = &c.flows[0].sink else { panic!() };
+    assert_eq!(k.access.request_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(
+        error(&sink("kind = \"firehose\"\ndelivery_stream = \"logs\"\nrequest_timeout = \"10ms\"")),
+        "c.toml:14: flow[0].sink.request_timeout: `10ms`: expected 1s to 5m"
+    );
+    assert_eq!(
+        error(&sink("kind = \"null\"\nrequest_timeout = \"10s\"")),
+        "c.toml:13: flow[0].sink.request_timeout: only the kinesis or firehose sink takes `request_timeout`"
+    );
+    assert_eq!(
+        error(&sink("kind = \"file\"\npath = \"/tmp/o\"\nrequests_in_flight = 2")),
+        "c.toml:14: flow[0].sink.requests_in_flight: only the kinesis or firehose sink takes `requests_in_flight`"
     );
     let c =
         Config::parse("c.toml", &sink("kind = \"kinesis\"\nstream = \"logs\"\nendpoint_url = \"http://127.0.0.1:1\""))

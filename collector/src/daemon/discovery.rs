@@ -28,7 +28,7 @@ impl Daemon {
                 self.probe.watch_dir(dir)?;
             }
             self.dirs.extend(self.patterns[i].dirs().map(|(k, p)| (*k, p.clone())));
-            found.extend(self.patterns[i].tracked_files().map(|(k, t)| (*k, i, t.path.clone())));
+            found.extend(self.patterns[i].found_files().map(|(k, path)| (*k, i, path.clone())));
         }
         for (inode, flow, path) in found {
             if !self.engine.holds(&inode) {
@@ -42,7 +42,14 @@ impl Daemon {
             }
             match reader::locate(inode, &c.path, self.dirs.values()) {
                 Some(path) => {
-                    tracing::info!(path = %path.display(), was = %c.path.display(), "resuming a file that was rotated while stopped");
+                    // A copy or archive is only remembered (`pick_up` says so at debug).
+                    if c.derived {
+                        tracing::debug!(path = %path.display(), "a copy or archive remembered in the state directory");
+                    } else if path == c.path {
+                        tracing::info!(path = %path.display(), "resuming a checkpointed file the patterns no longer match (it is read to its end, then let go)");
+                    } else {
+                        tracing::info!(path = %path.display(), was = %c.path.display(), "resuming a file that was rotated while stopped");
+                    }
                     let flow = self.config.flows.iter().position(|f| f.name == c.flow).unwrap_or(0);
                     self.pick_up(inode, flow, path, true, false);
                 }
@@ -93,6 +100,9 @@ impl Daemon {
     /// Opens a file found on disk and starts tracking it from its checkpoint; `appeared`: it
     /// appeared while running (read from its start, whatever `initial_position` says).
     pub(super) fn pick_up(&mut self, inode: InodeKey, flow: usize, path: PathBuf, rotated: bool, appeared: bool) {
+        if !self.may_hold_another(&path) {
+            return;
+        }
         let Some(file) = reader::open_safely(&path) else { return };
         // The inode the scan checked (a trusted link's target, say), not one put there since.
         if devices::of_file(&file).map_or(true, |id| id.key != inode) {
@@ -106,7 +116,17 @@ impl Daemon {
                 self.engine.remembered_derived(inode, path, Instant::now());
                 return;
             }
-            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) && c.acknowledged <= size => c.acknowledged,
+            Loaded::Found(c)
+                if c.identity.matches(&file).unwrap_or(false)
+                    && c.acknowledged <= size
+                    && c.last_bytes.is_none_or(|b| b.still_in(&file, c.acknowledged)) =>
+            {
+                c.acknowledged
+            }
+            Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) && c.acknowledged <= size => {
+                tracing::warn!(path = %path.display(), checkpoint = c.acknowledged, size, "truncated while stopped and written past its checkpoint since (the bytes before it changed); reading from its start");
+                0
+            }
             Loaded::Found(c) if c.identity.matches(&file).unwrap_or(false) => {
                 tracing::warn!(path = %path.display(), checkpoint = c.acknowledged, size, "file shrank while stopped; reading from its start");
                 0
@@ -137,7 +157,8 @@ impl Daemon {
                 if !c.derived
                     && c.acknowledged > from
                     && c.acknowledged <= size
-                    && c.identity.matches(&file).unwrap_or(false) =>
+                    && c.identity.matches(&file).unwrap_or(false)
+                    && c.last_bytes.is_none_or(|b| b.still_in(&file, c.acknowledged)) =>
             {
                 c.acknowledged
             }
@@ -151,7 +172,29 @@ impl Daemon {
         self.engine.tracked(inode, flow, from, size, Instant::now());
     }
 
-    pub(super) fn open_inode(&self, inode: InodeKey, path: &Path) -> Option<File> {
+    pub(super) fn open_inode(&mut self, inode: InodeKey, path: &Path) -> Option<File> {
+        if !self.may_hold_another(path) {
+            return None;
+        }
         reader::open_inode(inode, path, self.dirs.values())
+    }
+
+    /// Whether another file can be held open, the descriptors the collector needs besides
+    /// kept (`open_files::files_within`); says so in the log when not (the first time, then
+    /// every thousandth).
+    pub(super) fn may_hold_another(&mut self, path: &Path) -> bool {
+        if self.handles.len() + self.pins.len() < self.may_hold {
+            return true;
+        }
+        if self.not_held.is_multiple_of(1000) {
+            tracing::error!(
+                path = %path.display(),
+                held = self.handles.len(),
+                not_held = self.not_held + 1,
+                "not watched: as many files are held as the open-files limit allows (raise LimitNOFILE, and [collector] max_files)"
+            );
+        }
+        self.not_held += 1;
+        false
     }
 }

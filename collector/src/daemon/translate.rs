@@ -47,7 +47,7 @@ impl Daemon {
                         cgroup,
                     });
                 }
-                engine::Event::Write { inode, pid: origin.pid, pos, len, captured }
+                engine::Event::Write { inode, pid: origin.pid, pos, len, captured, at_ns: origin.boot_ns }
             }
             KernelEvent::Read { inode, origin, pos, captured, .. } => {
                 engine::Event::Read { inode, pid: origin.pid, pos, captured }

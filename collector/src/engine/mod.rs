@@ -37,11 +37,20 @@ use crate::{
 const READ_POSITION_STEP: u64 = 64 << 10;
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
 pub const READ_PER_TURN: usize = 1 << 20;
+/// At most this much is read in one pass of the loop, over all files: what a pass reads is
+/// in memory until the sink took it (files left over are read in the next pass).
+pub const READ_PER_PASS: usize = 16 << 20;
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How long a stopping collector goes on shipping rotations under way (a copytruncated
+/// file's unread tail, read from its copy): after it, what is left of them is lost.
+pub const FINISH_ON_STOP: Duration = Duration::from_secs(5);
 /// After a sink refused a batch, its flow reads nothing for this long, then tries again.
 pub const SINK_RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// After a sink refused only one file's records (its shard throttled), that file waits this
+/// long: a shard's limits are per second.
+pub const FILE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// What a flow's settings say about reading and framing its files.
 #[derive(Clone, Debug)]
@@ -57,17 +66,40 @@ pub struct FlowRules {
     pub sweep_interval: Duration,
 }
 
+#[cfg(test)]
+impl FlowRules {
+    /// One flow of lines (no multiline, 1 MiB records), no sweep: the engine's tests and
+    /// the simulation.
+    pub fn for_tests(max_batch_age: Duration) -> FlowRules {
+        FlowRules {
+            name: "app".into(),
+            framer: FramerConfig {
+                multiline_start: None,
+                multiline_flush: Duration::from_millis(500),
+                skip_header_lines: 0,
+                max_record_bytes: 1 << 20,
+                truncated_terminator: Vec::new(),
+            },
+            max_batch_age,
+            full_batch_bytes: 1 << 20,
+            rotated_idle: Duration::from_secs(60),
+            sweep_interval: Duration::ZERO,
+        }
+    }
+}
+
 /// A kernel event in the engine's terms (paths resolved by the caller).
 #[derive(Clone, Debug)]
 pub enum Event {
     /// `len` bytes written at `pos`; `captured`: the first of them, as the kernel carried
-    /// them.
+    /// them; `at_ns`: when (CLOCK_BOOTTIME, as `Engine::ring_drained`).
     Write {
         inode: InodeKey,
         pid: u32,
         pos: u64,
         len: u64,
         captured: Vec<u8>,
+        at_ns: u64,
     },
     /// Another task read the file at `pos` (bytes carried past the read position).
     Read {
@@ -195,8 +227,11 @@ pub struct Chunk {
 pub enum Delivery {
     Accepted,
     /// Refused; when it took the first records, it holds every byte before `holds_to`.
+    /// `alone`: only this file's records were refused (its shard throttled): the file
+    /// pauses, not its flow.
     Refused {
         holds_to: Option<u64>,
+        alone: bool,
     },
 }
 
@@ -246,15 +281,17 @@ struct FileState {
     captured: Captures,
     /// Found by the sweep with bytes no event announced: the next read counts them.
     swept: bool,
-    copied_tail: Option<CopiedTail>,
+    copied_tail: Option<Box<CopiedTail>>,
     /// A truncation waiting for the writes it cut; nothing is read meanwhile.
-    held: Option<Held>,
+    held: Option<Box<Held>>,
     /// Records recovered from a truncation that the sink refused, and the range of the old
     /// contents they hold: they exist only here, and are sent again, before anything
     /// else of the file, once the flow's pause is over.
-    unshipped: Option<(Framed, Range<u64>)>,
+    unshipped: Option<Box<(Framed, Range<u64>)>>,
     /// Recovered records are with the sink (`Effect::Ship`), its answer not in yet.
     shipping: bool,
+    /// Until when it reads nothing: the sink refused only its records (FILE_RETRY_PAUSE).
+    paused_until: Option<Instant>,
     /// Truncations settled while a copied tail is read or recovered records wait for the
     /// sink: carried out, in order, after them.
     queued: VecDeque<Held>,
@@ -275,6 +312,9 @@ struct FileState {
     written_to: u64,
     /// The kernel's number of the last truncation settled, and its size before.
     last_settled: Option<(u64, u64)>,
+    /// When the oldest write not read yet was made: `max_batch_age` counts from there,
+    /// not from when the collector got to it.
+    unread_since: Option<Instant>,
 }
 
 impl FileState {
@@ -293,6 +333,7 @@ impl FileState {
             held: None,
             unshipped: None,
             shipping: false,
+            paused_until: None,
             queued: VecDeque::new(),
             pinned: Vec::new(),
             cuts: Cuts::default(),
@@ -301,6 +342,7 @@ impl FileState {
             truncations: 0,
             written_to: 0,
             last_settled: None,
+            unread_since: None,
         }
     }
 
@@ -341,14 +383,19 @@ pub struct FileView<'a> {
 
 pub struct Engine {
     flows: Vec<FlowRules>,
+    /// Each flow's framing settings, shared by its files' framers.
+    framer_configs: Vec<std::sync::Arc<FramerConfig>>,
     /// The kernel reads a truncation's size before under the inode lock (fentry and kprobe
     /// modes; tracepoint mode reads it as the syscall begins).
     exact_size_before: bool,
     started: Instant,
     tracker: Tracker,
-    files: InodeMap<FileState>,
+    /// Boxed: a table of thousands of them grows by doubling, and the boxes stay put.
+    files: InodeMap<Box<FileState>>,
     /// Files that may have new bytes to read.
     dirty: InodeSet,
+    /// Dirty files the last pass had no room for (READ_PER_PASS), to read first.
+    left_over: Vec<InodeKey>,
     /// Files whose reading waits (for more bytes, `max_batch_age`, or a held truncation),
     /// with when it is due.
     deferred: InodeMap<Instant>,
@@ -358,9 +405,19 @@ pub struct Engine {
     paused_until: Vec<Option<Instant>>,
     /// Every kernel event made before this (CLOCK_BOOTTIME) has been taken.
     drained_ns: u64,
+    /// The last `ring_drained`'s CLOCK_BOOTTIME and the `Instant` it was taken at: kernel
+    /// times in the engine's clock.
+    boot_clock: Option<(u64, Instant)>,
     /// Files found shorter than what was read after lost events, not yet taken as
     /// truncated.
     shrunk: Vec<Shrunk>,
+    /// Originals gone before they could be opened (created and deleted before their
+    /// creation's event was taken): their flow, and the end of what their write events
+    /// say was written to them since their last truncation, counted lost. A lower bound
+    /// where the kernel folds appends
+    /// into one event (x86-64): the kernel's own known end cannot be trusted here, as the
+    /// inode number may be another file's by then.
+    gone_unopened: InodeMap<(usize, u64)>,
     sweep: Sweep,
     /// Per flow: what was read, recovered, lost (the caller adds what it sent).
     pub counters: Vec<FlowCounters>,
@@ -372,26 +429,40 @@ impl Engine {
         let n = flows.len();
         Engine {
             sweep: Sweep::new(flows.iter().map(|f| f.sweep_interval), now),
+            framer_configs: flows.iter().map(|f| std::sync::Arc::new(f.framer.clone())).collect(),
             flows,
             exact_size_before,
             started: now,
             tracker: Tracker::default(),
             files: InodeMap::default(),
             dirty: InodeSet::default(),
+            left_over: Vec::new(),
             deferred: InodeMap::default(),
             waiting: InodeSet::default(),
             paused_until: vec![None; n],
             drained_ns: 0,
+            boot_clock: None,
             shrunk: Vec::new(),
+            gone_unopened: InodeMap::default(),
             counters: vec![FlowCounters::default(); n],
             effects: VecDeque::new(),
         }
     }
 
-    /// Every kernel event made before `boot_ns` (CLOCK_BOOTTIME) has been handed in: held
-    /// truncations whose cut writes would have come by then can be settled.
-    pub fn ring_drained(&mut self, boot_ns: u64) {
+    /// Every kernel event made before `boot_ns` (CLOCK_BOOTTIME, taken at `now`) has been
+    /// handed in: held truncations whose cut writes would have come by then can be settled.
+    pub fn ring_drained(&mut self, boot_ns: u64, now: Instant) {
         self.drained_ns = self.drained_ns.max(boot_ns);
+        self.boot_clock = Some((boot_ns, now));
+    }
+
+    /// A kernel time (CLOCK_BOOTTIME) as an `Instant`; `now` before any `ring_drained`.
+    fn instant_of(&self, boot_ns: u64, now: Instant) -> Instant {
+        match self.boot_clock {
+            Some((ns, at)) if boot_ns <= ns => at.checked_sub(Duration::from_nanos(ns - boot_ns)).unwrap_or(at),
+            Some((ns, at)) => at + Duration::from_nanos(boot_ns - ns),
+            None => now,
+        }
     }
 
     /// The next thing to carry out, in order.
@@ -452,7 +523,7 @@ impl Engine {
     }
 
     fn framer(&self, flow: usize, from: u64) -> Framer {
-        Framer::new(self.flows[flow].framer.clone(), from)
+        Framer::new(self.framer_configs[flow].clone(), from)
     }
 
     /// A file found on disk (start-up, a new directory or link): an original read from
@@ -479,22 +550,45 @@ impl Engine {
         // show it is a copy, which must never be shipped.
         let fresh = self.tracker.get(&inode).is_some_and(|t| t.fresh);
         let framer = self.framer(flow, from);
-        self.files.insert(inode, FileState::new(flow, framer, from, false, now));
+        self.files.insert(inode, Box::new(FileState::new(flow, framer, from, false, now)));
         if from < size && !fresh {
             self.dirty.insert(inode);
         }
         self.publish_read_position(inode);
     }
 
+    /// `Effect::Track` could not be carried out: the file is gone (deleted before its
+    /// creation's event was taken). What was written to it is lost: the bytes its events
+    /// report are counted so, unless its first write shows it was a copy.
+    pub fn gone_before_opened(&mut self, inode: InodeKey, flow: usize) {
+        tracing::debug!(path = %self.path_of(&inode), "gone before it could be opened");
+        self.gone_unopened.insert(inode, (flow, 0));
+    }
+
+    /// Bytes up to `end` were written to an original gone before it could be opened.
+    fn gone_unopened_written_to(&mut self, inode: InodeKey, end: u64) {
+        let Some((flow, counted_to)) = self.gone_unopened.get_mut(&inode) else { return };
+        if end <= *counted_to {
+            return;
+        }
+        if *counted_to == 0 {
+            tracing::warn!(path = %self.tracker.get(&inode).map(|t| t.path.display().to_string()).unwrap_or_default(),
+                "a log was deleted before it could be opened: what was written to it is counted lost");
+        }
+        self.counters[*flow].bytes_lost += end - *counted_to;
+        *counted_to = end;
+    }
+
     /// `Effect::HoldDerived` opened the file.
     pub fn derived_opened(&mut self, inode: InodeKey, now: Instant) {
         let framer = self.framer(0, 0);
-        self.files.insert(inode, FileState::new(0, framer, 0, true, now));
+        self.files.insert(inode, Box::new(FileState::new(0, framer, 0, true, now)));
     }
 
     /// `Effect::Release` was carried out.
     pub fn released(&mut self, inode: &InodeKey) {
         self.files.remove(inode);
+        self.gone_unopened.remove(inode);
         self.dirty.remove(inode);
         self.deferred.remove(inode);
         self.waiting.remove(inode);
@@ -513,11 +607,18 @@ impl Engine {
 
     /// Applies a kernel event; `flow_of` says which flow (if any) a path belongs to.
     pub fn on_event(&mut self, event: Event, now: Instant, flow_of: &dyn Fn(&Path) -> Option<usize>) {
+        // A write to an original gone before it was opened, counted lost unless the write
+        // shows it was a copy after all (its first writer had just read a tracked file).
+        let mut unopened_write = None;
         let tracker_event = match event {
-            Event::Write { inode, pid, pos, len, captured } => {
+            Event::Write { inode, pid, pos, len, captured, at_ns } => {
+                let at = self.instant_of(at_ns, now).min(now);
                 if let Some(f) = self.files.get_mut(&inode) {
                     f.keep_captured(pos, captured);
                     f.written_to = f.written_to.max(pos + len);
+                    f.unread_since.get_or_insert(at);
+                } else if self.gone_unopened.contains_key(&inode) {
+                    unopened_write = Some((inode, pos + len));
                 }
                 tracker::Event::Write { inode, pid, end: pos + len }
             }
@@ -535,10 +636,14 @@ impl Engine {
                 tracker::Event::Copy { source, destination, destination_end }
             }
             Event::CutWrite { inode, truncation, cut } => {
+                self.gone_unopened_written_to(inode, cut.pos + cut.len);
                 self.cut_write(inode, truncation, cut, now);
                 return;
             }
             Event::Truncate { inode, size_before, size_after, truncation, at_ns } => {
+                if let Some((_, counted_to)) = self.gone_unopened.get_mut(&inode) {
+                    *counted_to = (*counted_to).min(size_after);
+                }
                 if let Some(f) = self.files.get_mut(&inode) {
                     f.reported_truncation = Some((truncation, at_ns));
                     // Reads from here on are of the new contents: all their bytes count
@@ -558,6 +663,9 @@ impl Engine {
         for action in self.tracker.on_event(tracker_event, now_ns, flow_of) {
             self.apply(action, now);
         }
+        if let Some((inode, end)) = unopened_write {
+            self.gone_unopened_written_to(inode, end);
+        }
     }
 
     fn apply(&mut self, action: Action, now: Instant) {
@@ -566,6 +674,7 @@ impl Engine {
                 self.effects.push_back(Effect::Track { inode, flow, path, from })
             }
             Action::HoldDerived { inode, .. } => {
+                self.gone_unopened.remove(&inode);
                 let open = match self.files.get_mut(&inode) {
                     Some(f) => {
                         f.derived = true;
@@ -575,7 +684,12 @@ impl Engine {
                         self.dirty.remove(&inode);
                         false
                     }
-                    None => true,
+                    None => {
+                        // Not held yet: the kernel may carry reads of it from 0 (a file
+                        // created in a watched directory), which nothing needs.
+                        self.effects.push_back(Effect::ReadPosition { inode, at: None });
+                        true
+                    }
                 };
                 self.effects.push_back(Effect::HoldDerived { inode, open });
             }

@@ -6,9 +6,22 @@ use std::{ops::Range, time::Instant};
 use collector_common::InodeKey;
 
 use super::{
-    Chunk, Delivery, Effect, Engine, READ_PER_TURN, ReadFrom, ReadRequest, SINK_RETRY_PAUSE, is_compressed_or_binary,
+    Chunk, Delivery, Effect, Engine, FILE_RETRY_PAUSE, READ_PER_PASS, READ_PER_TURN, ReadFrom, ReadRequest,
+    SINK_RETRY_PAUSE, is_compressed_or_binary,
 };
 use crate::framer::Framed;
+
+/// A pass's reads as they are planned.
+#[derive(Default)]
+struct Plan {
+    reads: Vec<ReadRequest>,
+    planned: usize,
+    tails_done: Vec<InodeKey>,
+    /// Files that wait for max_batch_age: when it is due, and their flow.
+    aged: Vec<(InodeKey, Instant, usize)>,
+    /// Flows that send something this pass.
+    departing: Vec<bool>,
+}
 
 impl Engine {
     /// The reads to make now, among the dirty files; `size_of` gives a held file's size.
@@ -19,67 +32,120 @@ impl Engine {
         self.settle_due(&dirty, now);
         // Settling may have marked files dirty again.
         self.dirty.extend(dirty);
-        let mut reads = Vec::new();
-        let mut tails_done = Vec::new();
-        for inode in std::mem::take(&mut self.dirty) {
-            // Deferred again below if it still waits; gone otherwise.
-            let due = self.deferred.remove(&inode);
-            let Some(f) = self.files.get_mut(&inode) else { continue };
-            if f.copied_tail.is_none()
-                && let Some(held) = &f.held
-            {
-                // Its truncation waits for the writes it cut.
-                self.deferred.insert(inode, held.due);
-                continue;
-            }
-            if self.paused_until[f.flow].is_some() {
-                self.waiting.insert(inode);
-                continue;
-            }
-            if let Some((framed, old)) = f.unshipped.take() {
-                // Recovered records the sink refused go first; the file is read after.
-                f.shipping = true;
-                self.effects.push_back(Effect::Ship { inode, framed, old });
-                continue;
-            }
-            let f = &*f;
-            let at = f.framer.next_offset();
-            // A copied tail is read first, from the copy, at once.
-            let (from, size) = match &f.copied_tail {
-                Some(tail) if at >= tail.end => {
-                    tails_done.push(inode);
-                    continue;
-                }
-                Some(tail) => (ReadFrom::Copy(tail.copy), tail.end),
-                None => (ReadFrom::Original, size_of(&inode).unwrap_or(0)),
-            };
-            if size < at {
-                // Truncated: its event is on its way and says what to recover.
-                continue;
-            }
-            let want = ((size - at) as usize).min(READ_PER_TURN);
-            if want == 0 {
-                continue;
-            }
-            // A small amount of new bytes waits on disk for more, up to max_batch_age.
-            let rules = &self.flows[f.flow];
-            if from == ReadFrom::Original
-                && !rules.max_batch_age.is_zero()
-                && !f.framer.holds()
-                && (want as u64) < rules.full_batch_bytes
-            {
-                let due = due.unwrap_or(now + rules.max_batch_age);
-                if now < due {
-                    self.deferred.insert(inode, due);
-                    continue;
-                }
-            }
-            reads.push(ReadRequest { inode, from, at, want, size });
+        let mut plan = Plan { departing: vec![false; self.flows.len()], ..Plan::default() };
+        // Files left over by the last pass's budget go first (a set's order is the same
+        // from pass to pass: they would be left over again).
+        let mut order: Vec<InodeKey> = std::mem::take(&mut self.left_over);
+        order.retain(|inode| self.dirty.remove(inode));
+        order.extend(self.dirty.drain());
+        for inode in order {
+            self.plan_file(inode, false, now, size_of, &mut plan);
         }
-        for inode in tails_done {
+        // A flow that sends now takes along its files still within max_batch_age: the
+        // request goes anyway, and waiting would only add to their latency.
+        let mut along: Vec<InodeKey> = std::mem::take(&mut plan.aged)
+            .into_iter()
+            .filter_map(|(inode, due, flow)| {
+                if plan.departing[flow] {
+                    return Some(inode);
+                }
+                self.deferred.insert(inode, due);
+                None
+            })
+            .collect();
+        along.extend(self.deferred.keys().filter(|inode| {
+            self.files.get(inode).is_some_and(|f| plan.departing[f.flow] && f.held.is_none() && f.copied_tail.is_none())
+        }));
+        for inode in along {
+            self.plan_file(inode, true, now, size_of, &mut plan);
+        }
+        for (inode, due, _) in plan.aged {
+            self.deferred.insert(inode, due);
+        }
+        for inode in plan.tails_done {
             self.finish_copied_tail(inode, now);
         }
-        reads
+        plan.reads
+    }
+
+    /// Plans the read of one file, if it is to be read now; `along`: its flow sends now,
+    /// so `max_batch_age` does not hold it back.
+    fn plan_file(
+        &mut self,
+        inode: InodeKey,
+        along: bool,
+        now: Instant,
+        size_of: &dyn Fn(&InodeKey) -> Option<u64>,
+        plan: &mut Plan,
+    ) {
+        if plan.planned >= READ_PER_PASS {
+            self.dirty.insert(inode);
+            self.left_over.push(inode);
+            return;
+        }
+        // Deferred again below if it still waits; gone otherwise.
+        let due = self.deferred.remove(&inode);
+        let Some(f) = self.files.get_mut(&inode) else { return };
+        if f.copied_tail.is_none()
+            && let Some(held) = &f.held
+        {
+            // Its truncation waits for the writes it cut.
+            self.deferred.insert(inode, held.due);
+            return;
+        }
+        if self.paused_until[f.flow].is_some() || f.paused_until.is_some() {
+            self.waiting.insert(inode);
+            return;
+        }
+        if let Some(unshipped) = f.unshipped.take() {
+            let (framed, old) = *unshipped;
+            // Recovered records the sink refused go first; the file is read after.
+            f.shipping = true;
+            self.effects.push_back(Effect::Ship { inode, framed, old });
+            plan.departing[f.flow] = true;
+            return;
+        }
+        let f = &*f;
+        let at = f.framer.next_offset();
+        // A copied tail is read first, from the copy, at once.
+        let (from, size) = match &f.copied_tail {
+            Some(tail) if at >= tail.end => {
+                plan.tails_done.push(inode);
+                return;
+            }
+            Some(tail) => (ReadFrom::Copy(tail.copy), tail.end),
+            None => (ReadFrom::Original, size_of(&inode).unwrap_or(0)),
+        };
+        if size < at {
+            // Truncated: its event is on its way and says what to recover.
+            return;
+        }
+        let want = ((size - at) as usize).min(READ_PER_TURN);
+        if want == 0 {
+            return;
+        }
+        // A small amount of new bytes waits on disk for more, up to max_batch_age after
+        // the oldest of them was written.
+        let flow = f.flow;
+        let rules = &self.flows[flow];
+        if !along
+            && from == ReadFrom::Original
+            && !rules.max_batch_age.is_zero()
+            && !f.framer.holds()
+            && (want as u64) < rules.full_batch_bytes
+        {
+            let due = due.unwrap_or(f.unread_since.unwrap_or(now) + rules.max_batch_age);
+            if now < due {
+                plan.aged.push((inode, due, flow));
+                return;
+            }
+        }
+        if from == ReadFrom::Original && want as u64 == size - at {
+            self.files.get_mut(&inode).expect("held").unread_since = None;
+        }
+        plan.planned += want;
+        plan.departing[flow] = true;
+        plan.reads.push(ReadRequest { inode, from, at, want, size });
     }
 
     /// What a planned read gave: the chunk to frame once the events that came meanwhile
@@ -146,7 +212,7 @@ impl Engine {
         if f.framer.next_offset() != chunk.at {
             return false;
         }
-        if self.paused_until[f.flow].is_some() {
+        if self.paused_until[f.flow].is_some() || f.paused_until.is_some() {
             self.waiting.insert(chunk.inode);
             return false;
         }
@@ -168,7 +234,7 @@ impl Engine {
                     f.captured.forget_read(f.acknowledged);
                 }
             }
-            Delivery::Refused { holds_to } => {
+            Delivery::Refused { holds_to, alone } => {
                 // What the destination holds is not sent again: the checkpoint passes it.
                 if let Some(to) = holds_to {
                     f.acknowledged = f.acknowledged.max(to);
@@ -176,7 +242,12 @@ impl Engine {
                 f.framer.reset(f.acknowledged);
                 let flow = f.flow;
                 self.waiting.insert(inode);
-                self.pause(flow, now);
+                if alone {
+                    f.paused_until = Some(now + FILE_RETRY_PAUSE);
+                    self.counters[flow].batches_failed += 1;
+                } else {
+                    self.pause(flow, now);
+                }
             }
         }
     }
@@ -212,14 +283,19 @@ impl Engine {
                 self.dirty.insert(inode);
                 self.next_truncation(inode, now);
             }
-            Delivery::Refused { holds_to } => {
+            Delivery::Refused { holds_to, alone } => {
                 let from = holds_to.unwrap_or(old.start).max(old.start);
                 framed.drop_before(from);
                 if !framed.is_empty() {
-                    f.unshipped = Some((framed, from..old.end));
+                    f.unshipped = Some(Box::new((framed, from..old.end)));
                 }
                 self.waiting.insert(inode);
-                self.pause(flow, now);
+                if alone {
+                    f.paused_until = Some(now + FILE_RETRY_PAUSE);
+                    self.counters[flow].batches_failed += 1;
+                } else {
+                    self.pause(flow, now);
+                }
             }
         }
     }
@@ -240,5 +316,70 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, time::Duration};
+
+    use super::*;
+    use crate::engine::{Event, FlowRules};
+
+    const AGE: Duration = Duration::from_millis(20);
+
+    /// An engine with one flow (max_batch_age 20 ms) holding files 1..=n, empty.
+    fn engine(n: u64, t0: Instant) -> Engine {
+        let rules = FlowRules::for_tests(AGE);
+        let mut e = Engine::new(vec![rules], true, t0);
+        for ino in 1..=n {
+            e.discovered(InodeKey::new(1, ino), 0, PathBuf::from(format!("/logs/{ino}.log")), 0, false, t0);
+            while let Some(effect) = e.next_effect() {
+                if let Effect::Track { inode, flow, from, .. } = effect {
+                    e.tracked(inode, flow, from, 0, t0);
+                }
+            }
+        }
+        e
+    }
+
+    /// A 10-byte write to file `ino`, made `ago` before `now`.
+    fn write(e: &mut Engine, ino: u64, ago: Duration, now: Instant) {
+        let at_ns = 10_000_000_000 - ago.as_nanos() as u64;
+        let event = Event::Write { inode: InodeKey::new(1, ino), pid: 7, pos: 0, len: 10, captured: Vec::new(), at_ns };
+        e.on_event(event, now, &|_| Some(0));
+    }
+
+    fn read_inodes(reads: &[ReadRequest]) -> Vec<u64> {
+        let mut inodes: Vec<u64> = reads.iter().map(|r| r.inode.ino).collect();
+        inodes.sort();
+        inodes
+    }
+
+    #[test]
+    fn max_batch_age_counts_from_the_write_not_from_when_the_collector_got_to_it() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        write(&mut e, 1, Duration::from_millis(15), now);
+        assert!(e.plan_reads(now, &|_| Some(10)).is_empty(), "written 15 ms ago: it waits");
+        assert_eq!(e.next_due(), Some(now + Duration::from_millis(5)), "due 20 ms after the write");
+    }
+
+    #[test]
+    fn a_flow_that_sends_takes_along_its_files_still_within_max_batch_age() {
+        let t0 = Instant::now();
+        let mut e = engine(3, t0);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        // Written before this pass: one deferred already, one in this pass's events.
+        write(&mut e, 1, Duration::from_millis(1), now);
+        assert!(e.plan_reads(now, &|_| Some(10)).is_empty());
+        write(&mut e, 2, Duration::ZERO, now);
+        // 25 ms old: due, so the flow sends now, and the others go with it.
+        write(&mut e, 3, Duration::from_millis(25), now);
+        assert_eq!(read_inodes(&e.plan_reads(now, &|_| Some(10))), [1, 2, 3]);
+        assert_eq!(e.next_due(), None, "nothing left waiting");
     }
 }

@@ -68,7 +68,7 @@ impl Engine {
             self.pin(inode, copy);
         }
         let f = self.files.get_mut(&inode).expect("checked");
-        f.held = Some(held);
+        f.held = Some(Box::new(held));
     }
 
     /// Pins `copy` for `inode`'s truncation, if the copy is held and not pinned yet; true
@@ -91,7 +91,7 @@ impl Engine {
         let Some(f) = self.files.get_mut(&inode) else { return };
         // Still wanted by a truncation that waits its turn.
         let wanted = f.copied_tail.as_ref().is_some_and(|t| t.copy == copy)
-            || f.held.iter().chain(&f.queued).any(|h| h.recover_from.is_some_and(|(c, _)| c == copy));
+            || f.held.as_deref().into_iter().chain(&f.queued).any(|h| h.recover_from.is_some_and(|(c, _)| c == copy));
         if !wanted && let Some(i) = f.pinned.iter().position(|c| *c == copy) {
             f.pinned.swap_remove(i);
             self.effects.push_back(Effect::UnpinCopy { inode, copy });
@@ -100,7 +100,7 @@ impl Engine {
 
     /// The held truncation of `inode`, if any, is carried out now.
     pub(super) fn settle_held(&mut self, inode: InodeKey, now: Instant) {
-        if let Some(held) = self.files.get_mut(&inode).and_then(|f| f.held.take()) {
+        if let Some(held) = self.files.get_mut(&inode).and_then(|f| f.held.take()).map(|held| *held) {
             self.apply_truncation(inode, held, now);
         }
     }
@@ -131,11 +131,11 @@ impl Engine {
         let exact = self.exact_size_before && !f.behind();
         let (pos, len) = (cut.pos, cut.len);
         // The held truncation it names, or one that waits its turn.
-        let target = f.held.iter_mut().chain(f.queued.iter_mut()).find(|h| h.truncation == Some(n));
+        let target = f.held.as_deref_mut().into_iter().chain(f.queued.iter_mut()).find(|h| h.truncation == Some(n));
         let placed = f.cuts.place(target, n, cut);
         // Where the size before is exact, a truncation whose gap is filled has nothing more
         // to wait for.
-        if placed == Placed::Held && exact && f.held.as_ref().is_some_and(Held::is_filled) {
+        if placed == Placed::Held && exact && f.held.as_deref().is_some_and(Held::is_filled) {
             self.settle_held(inode, now);
             return;
         }
@@ -191,7 +191,7 @@ impl Engine {
             {
                 tracing::info!(bytes = end - read_to, "reading the unread tail of a copytruncated file from its copy");
                 let f = self.files.get_mut(&inode).expect("checked");
-                f.copied_tail = Some(CopiedTail { copy, end, truncation });
+                f.copied_tail = Some(Box::new(CopiedTail { copy, end, truncation }));
                 self.dirty.insert(inode);
                 return;
             }
@@ -203,7 +203,7 @@ impl Engine {
     /// A copied tail read to its end (or to where the copy ends) is done: the
     /// truncation's remaining steps follow.
     pub(super) fn finish_copied_tail(&mut self, inode: InodeKey, now: Instant) {
-        if let Some(tail) = self.files.get_mut(&inode).and_then(|f| f.copied_tail.take()) {
+        if let Some(tail) = self.files.get_mut(&inode).and_then(|f| f.copied_tail.take()).map(|tail| *tail) {
             self.unpin(inode, tail.copy);
             self.finish_truncation(inode, tail.truncation, now);
         }

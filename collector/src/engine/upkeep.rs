@@ -15,7 +15,11 @@ impl Engine {
     pub fn checkpoint_due(&self, inode: &InodeKey, force: bool, now: Instant) -> Option<CheckpointDue> {
         let f = self.files.get(inode)?;
         self.tracker.get(inode)?;
-        if f.derived {
+        // In old contents, `acknowledged` is an offset of bytes a truncation replaced: saved
+        // with the bytes now before it, a restart would resume mid-line in the new ones.
+        // The checkpoint saved before the truncation stays (its bytes no longer match, so a
+        // restart reads the new contents from their start).
+        if f.derived || f.in_old_contents() {
             return None;
         }
         match f.checkpointed {
@@ -199,16 +203,27 @@ impl Engine {
         self.dirty.extend(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k));
     }
 
-    /// Flows whose pause after a sink failure is over read again.
+    /// Flows and files whose pause after a sink failure is over read again.
     pub fn resume_paused(&mut self, now: Instant) {
         for pause in &mut self.paused_until {
             if pause.is_some_and(|until| until <= now) {
                 *pause = None;
             }
         }
+        for inode in &self.waiting {
+            if let Some(f) = self.files.get_mut(inode)
+                && f.paused_until.is_some_and(|until| until <= now)
+            {
+                f.paused_until = None;
+            }
+        }
         let (files, paused) = (&self.files, &self.paused_until);
-        let ready: Vec<InodeKey> =
-            self.waiting.iter().filter(|k| files.get(k).is_none_or(|f| paused[f.flow].is_none())).copied().collect();
+        let ready: Vec<InodeKey> = self
+            .waiting
+            .iter()
+            .filter(|k| files.get(k).is_none_or(|f| paused[f.flow].is_none() && f.paused_until.is_none()))
+            .copied()
+            .collect();
         for inode in ready {
             self.waiting.remove(&inode);
             self.dirty.insert(inode);
@@ -218,7 +233,6 @@ impl Engine {
     /// Whether a truncation is being carried out (held, queued, its copied tail read or its
     /// recovered records with the sink): what it holds in memory is gone if the process
     /// dies now.
-    #[cfg(test)]
     pub fn truncating(&self) -> bool {
         self.files.values().any(|f| f.in_old_contents() || f.behind())
     }
@@ -230,8 +244,9 @@ impl Engine {
         for inode in inodes {
             self.settle_held(inode, now);
             if let Some(f) = self.files.get_mut(&inode)
-                && let Some((_, old)) = f.unshipped.take()
+                && let Some(unshipped) = f.unshipped.take()
             {
+                let old = &unshipped.1;
                 let lost = old.end - old.start;
                 self.counters[f.flow].bytes_lost += lost;
                 tracing::error!(path = %self.path_of(&inode), lost, "stopping with bytes recovered from a truncation that the sink refused; they are gone from disk");

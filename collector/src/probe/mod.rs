@@ -34,6 +34,9 @@ pub struct ProbeOptions {
     /// read that event yet (the daemon reads files to their end; `collector events` shows
     /// every write and leaves this off). Only where the programs' atomic add is a barrier.
     pub coalesce_appends: bool,
+    /// Entries of the tables of watched files (`[collector] max_files`); None: the
+    /// object's own (65,536).
+    pub max_files: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ impl Probe {
         if let Some(bytes) = options.ring_buffer_bytes {
             loader.map_max_entries(names::EVENTS, bytes);
         }
+        if let Some(files) = options.max_files {
+            loader.map_max_entries(names::WATCHED_INODES, files).map_max_entries(names::READ_POSITIONS, files);
+        }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object").map_err(StartError::Load)?;
 
         let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
@@ -146,7 +152,10 @@ impl Probe {
         match map.insert(inode, WatchedInode::new(known_end), BPF_NOEXIST) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(e).context("adding a watched inode (map full?)"),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                anyhow::bail!("the kernel's table of watched files is full (raise [collector] max_files)")
+            }
+            Err(e) => Err(e).context("adding a watched inode"),
         }
     }
 

@@ -56,14 +56,17 @@ impl Piece {
 
 impl FileSink {
     pub fn open(path: &Path, format: FileFormat, host: &str) -> anyhow::Result<FileSink> {
-        Ok(FileSink {
-            file: open_output(path)?,
-            path: path.to_owned(),
-            format,
-            host: host.to_owned(),
-            pieces: Vec::new(),
-            unsynced: false,
-        })
+        let file = open_output(path)?;
+        let cut =
+            cut_torn_record(&file, path).with_context(|| format!("cutting a torn record off {}", path.display()))?;
+        if cut > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = cut,
+                "the file sink's output ended in a torn record (the collector was killed while writing it): cut it off; its records are sent again from their checkpoints"
+            );
+        }
+        Ok(FileSink { file, path: path.to_owned(), format, host: host.to_owned(), pieces: Vec::new(), unsynced: false })
     }
 
     /// An empty piece buffer, from the pool when it has one.
@@ -75,6 +78,20 @@ impl FileSink {
         piece.bytes.clear();
         piece.ends.clear();
         piece
+    }
+
+    /// One file's records, in one piece or in several.
+    fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
+        let head = (self.format == FileFormat::Json).then(|| envelope::Head::new(&self.host, &batch.origin));
+        self.unsynced = true;
+        // A json record is about twice its data.
+        let encoded = batch.data_bytes(batch.len()) * if head.is_some() { 2 } else { 1 };
+        if encoded < PIECE_BYTES as u64 {
+            self.write_small(batch, head.as_ref())?;
+        } else {
+            self.write_pieces(batch, head.as_ref())?;
+        }
+        Ok(())
     }
 
     /// A batch that fits in one piece: encoded and written here.
@@ -126,7 +143,7 @@ impl FileSink {
 
     fn refused(&self, Failed { accepted, error }: Failed) -> Refused {
         let error = anyhow::Error::new(error).context(format!("writing to the file sink {}", self.path.display()));
-        Refused { accepted, error }
+        Refused { accepted, error, alone: false }
     }
 }
 
@@ -141,6 +158,41 @@ fn open_output(path: &Path) -> anyhow::Result<File> {
         .create(true)
         .open(path)
         .with_context(|| format!("opening file sink {}", path.display()))
+}
+
+/// Cuts the output back to the end of its last whole record, and says how many bytes went.
+/// A kill -9 during a write leaves part of a record (the kernel stops a write to a regular
+/// file between pages once the process must die), and the records after a restart would
+/// follow it on the same line. Nothing in the torn record was acknowledged: a checkpoint
+/// passes records only after `make_durable`, which a torn write never reached. Json records
+/// hold no raw newline, so the cut is exact; a raw multiline record's first lines may stay.
+fn cut_torn_record(file: &File, path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() || meta.len() == 0 {
+        return Ok(0);
+    }
+    // The output is opened to append only.
+    let reader = File::open(path)?;
+    let mut end = meta.len();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        reader.read_exact_at(buf, start)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            let whole = start + i as u64 + 1;
+            if whole < meta.len() {
+                file.set_len(whole)?;
+            }
+            return Ok(meta.len() - whole);
+        }
+        if start == 0 {
+            file.set_len(0)?;
+            return Ok(meta.len());
+        }
+        end = start;
+    }
 }
 
 /// A write that failed, and how many records of the batch are wholly in the file.
@@ -200,22 +252,33 @@ fn write_in_order(file: &File, pieces: mpsc::Receiver<Piece>, done: mpsc::Sender
 }
 
 impl Sink for FileSink {
-    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
-        let head = (self.format == FileFormat::Json).then(|| envelope::Head::new(&self.host, &batch.origin));
-        self.unsynced = true;
-        // A json record is about twice its data.
-        let encoded = batch.data_bytes(batch.len()) * if head.is_some() { 2 } else { 1 };
-        if encoded < PIECE_BYTES as u64 {
-            self.write_small(batch, head.as_ref())?;
-        } else {
-            self.write_pieces(batch, head.as_ref())?;
+    /// One batch after the other; after a failure the rest are refused whole with it.
+    fn deliver(&mut self, batches: &[Batch<'_>], _idle: &mut dyn FnMut()) -> Vec<Result<(), Refused>> {
+        let mut out = Vec::with_capacity(batches.len());
+        let mut failed: Option<String> = None;
+        for batch in batches {
+            out.push(match &failed {
+                Some(e) => Err(Refused { accepted: 0, error: anyhow::anyhow!("{e}"), alone: false }),
+                None => self.write_batch(batch),
+            });
+            if let Some(Err(e)) = out.last()
+                && failed.is_none()
+            {
+                failed = Some(format!("{:#}", e.error));
+            }
         }
-        // Starts writing the batch to disk without waiting for it, so the fsync before the
-        // next checkpoint has little left to wait for (a hint only: its errors, like ESPIPE
-        // on a FIFO, leave that fsync to tell).
-        // SAFETY: no memory is passed: only the descriptor `self.file` keeps open, and plain integers.
-        unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        Ok(())
+        if failed.is_none() && !batches.is_empty() {
+            // Starts writing to disk without waiting, so the fsync before the next
+            // checkpoint has little left to wait for (a hint only: its errors, like ESPIPE
+            // on a FIFO, leave that fsync to tell).
+            // SAFETY: no memory is passed: only the descriptor `self.file` keeps open, and plain integers.
+            unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+        out
+    }
+
+    fn may_block(&self) -> bool {
+        true
     }
 
     fn make_durable(&mut self) -> anyhow::Result<()> {
@@ -262,7 +325,7 @@ mod tests {
             inode: collector_common::InodeKey::new(1, 2),
             writer: None,
         };
-        let result = sink.deliver(&Batch::framed(origin, &framed));
+        let result = crate::sink::deliver_one(sink, &Batch::framed(origin, &framed));
         (input, result)
     }
 
@@ -312,6 +375,33 @@ mod tests {
         let got = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(got == want, "{} bytes written, {} delivered", got.len(), want.len());
+    }
+
+    #[test]
+    fn a_torn_record_at_the_end_of_the_output_is_cut_off_at_open() {
+        let dir = std::env::temp_dir().join(format!("file-sink-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        // Whole records, then a torn one longer than one read back (64 KiB).
+        let mut before = b"a\nb\n".to_vec();
+        before.extend(std::iter::repeat_n(b'x', 100_000));
+        std::fs::write(&path, &before).unwrap();
+        let mut sink = FileSink::open(&path, FileFormat::Raw, "h").unwrap();
+        let (input, result) = deliver_to(&mut sink, 0, 3, 4);
+        result.unwrap();
+        let mut want = b"a\nb\n".to_vec();
+        want.extend_from_slice(&input);
+        assert_eq!(String::from_utf8(std::fs::read(&path).unwrap()).unwrap(), String::from_utf8(want).unwrap());
+        // Only a torn record: nothing stays.
+        std::fs::write(&path, b"torn").unwrap();
+        drop(FileSink::open(&path, FileFormat::Raw, "h").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        // Whole records: nothing is cut.
+        std::fs::write(&path, b"a\n").unwrap();
+        drop(FileSink::open(&path, FileFormat::Raw, "h").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

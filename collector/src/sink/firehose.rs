@@ -4,19 +4,22 @@
 //! newline. Requests hold at most 500 records and 4 MiB, a record at most 1,000 KiB. With
 //! `aggregate = true`, consecutive whole records are packed into one Firehose record up to
 //! that limit (Firehose bills per record, rounded up to 5 KB); a record is never split.
-//! Retries, the accepted prefix and the error handling are the Kinesis sink's (batch.rs).
+//! Requests across files, requests in flight, retries, the accepted prefix and the error
+//! handling are the Kinesis sink's (batch.rs).
 
 use aws_sdk_firehose::{Client, primitives::Blob, types::Record};
 
 use super::{
     Batch, Outgoing, Refused, Sink,
-    batch::{CallFailed, Entry, Limits, Stats, send_all},
+    batch::{CallFailed, Entry, Limits, Stats, send_files},
     envelope,
 };
 use crate::aws::{RetryLog, SinkRuntime, call_failed, describe, report_destination, sdk_config};
 use crate::config::{FIREHOSE_RECORD_LIMIT, FirehoseConfig};
 
-const LIMITS: Limits = Limits { records: 500, bytes: 4 * 1024 * 1024 };
+const fn limits() -> Limits {
+    Limits { records: 500, bytes: 4 * 1024 * 1024 }
+}
 
 pub struct FirehoseSink {
     runtime: SinkRuntime,
@@ -63,10 +66,16 @@ impl FirehoseSink {
 }
 
 impl Sink for FirehoseSink {
-    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
-        let head = self.config.envelope.then(|| envelope::Head::new(&self.host, &batch.origin));
-        let mut records_cut = 0;
-        let entries = pack(batch, head.as_ref(), self.config.aggregate, &mut records_cut);
+    fn deliver(&mut self, batches: &[Batch<'_>], idle: &mut dyn FnMut()) -> Vec<Result<(), Refused>> {
+        let heads: Vec<Option<envelope::Head>> =
+            batches.iter().map(|b| self.config.envelope.then(|| envelope::Head::new(&self.host, &b.origin))).collect();
+        let mut cuts = vec![0; batches.len()];
+        let aggregate = self.config.aggregate;
+        let files = batches
+            .iter()
+            .zip(heads.iter().zip(cuts.iter_mut()))
+            .map(|(batch, (head, cut))| (pack(batch, head.as_ref(), aggregate, cut), batch.len()))
+            .collect();
         let FirehoseSink { runtime, client, config, stats, .. } = &mut *self;
         let mut notes = Vec::new();
         let call = |request: &[Entry]| {
@@ -86,9 +95,9 @@ impl Sink for FirehoseSink {
                     .collect())
             }
         };
-        let result = runtime.block_on(send_all(entries, batch.len(), &LIMITS, call, stats, &mut notes))?;
-        self.stats.records_cut += records_cut;
-        self.retries.outcome(&self.config.delivery_stream, &notes, result)
+        let outcomes = send_files(files, limits(), config.requests_in_flight, runtime, call, stats, &mut notes, idle);
+        self.stats.records_cut += cuts.iter().sum::<u64>();
+        self.retries.outcomes(&self.config.delivery_stream, &notes, outcomes)
     }
 
     /// Sent as soon as one request's worth waits (500 records of ~100-byte lines): at high

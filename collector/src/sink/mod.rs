@@ -1,5 +1,6 @@
-//! Where records go. A sink returns from `deliver` only once the destination has accepted
-//! the whole batch; the caller advances checkpoints on that alone.
+//! Where records go. `deliver` takes the batches of many files at once and says, per file,
+//! whether the destination accepted all of its records or how many of the first ones; the
+//! caller advances checkpoints on that alone.
 
 #[cfg(feature = "kinesis")]
 pub mod batch;
@@ -9,6 +10,8 @@ pub mod file;
 pub mod firehose;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
+#[cfg(feature = "kinesis")]
+pub mod kpl;
 pub mod null;
 
 use std::path::Path;
@@ -113,21 +116,33 @@ pub struct Writer {
 pub struct Refused {
     pub accepted: usize,
     pub error: anyhow::Error,
+    /// The destination answers, refusing only this file's records (its shard is over its
+    /// limits): the file waits, the rest of its flow goes on.
+    pub alone: bool,
 }
 
 impl From<anyhow::Error> for Refused {
     fn from(error: anyhow::Error) -> Refused {
-        Refused { accepted: 0, error }
+        Refused { accepted: 0, error, alone: false }
     }
 }
 
-pub trait Sink {
-    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused>;
+/// One batch through `sink` (tests).
+#[cfg(test)]
+pub fn deliver_one(sink: &mut dyn Sink, batch: &Batch<'_>) -> Result<(), Refused> {
+    sink.deliver(std::slice::from_ref(batch), &mut || {}).pop().unwrap_or(Ok(()))
+}
 
-    /// Whether `deliver` can wait on I/O (the daemon then drains the kernel's events
-    /// beside it); a sink that returns at once says no and saves a thread hand-off.
+pub trait Sink {
+    /// Sends `batches` (one per file, no file twice); the answer for each, in order. A sink
+    /// that waits on the network calls `idle` at least every few milliseconds meanwhile
+    /// (the daemon drains the kernel's events there).
+    fn deliver(&mut self, batches: &[Batch<'_>], idle: &mut dyn FnMut()) -> Vec<Result<(), Refused>>;
+
+    /// Whether `deliver` can block without calling `idle` (a write to a slow disk): the
+    /// daemon then runs it on a thread of its own and drains the kernel's events beside it.
     fn may_block(&self) -> bool {
-        true
+        false
     }
 
     /// Unread bytes that make a full batch: read and sent at once, whatever `max_batch_age`

@@ -9,12 +9,7 @@ pub struct NullSink {
 }
 
 impl Sink for NullSink {
-    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), Refused> {
-        self.records += batch.len() as u64;
-        Ok(())
-    }
-
-    fn may_block(&self) -> bool {
-        false
+    fn deliver(&mut self, batches: &[Batch<'_>], _idle: &mut dyn FnMut()) -> Vec<Result<(), Refused>> {
+        batches.iter().map(|b| self.records += b.len() as u64).map(Ok).collect()
     }
 }

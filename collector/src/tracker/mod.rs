@@ -328,6 +328,11 @@ impl Tracker {
         );
     }
 
+    /// Every inode in the table, whatever its role.
+    pub fn iter(&self) -> impl Iterator<Item = (&InodeKey, &Tracked)> {
+        self.files.iter()
+    }
+
     /// The current copies of `source` (derived files that mirror it now).
     pub fn copies_of(&self, source: &InodeKey) -> Vec<InodeKey> {
         self.files

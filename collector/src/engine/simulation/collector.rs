@@ -13,18 +13,16 @@ use super::{
     LOG,
     model::{Model, index, key},
 };
-use crate::{
-    engine::{Delivery, Effect, Engine, Event, FlowRules, ReadFrom},
-    framer::FramerConfig,
-};
+use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FlowRules, ReadFrom};
 
 /// What outlives a collector: what the sink took, and the state directory.
 #[derive(Default)]
 pub(super) struct Durable {
     /// Per inode: the records the sink took (file range and bytes).
     pub(super) shipped: HashMap<InodeKey, Vec<(u64, u64, Vec<u8>)>>,
-    /// Per inode: its checkpoint (acknowledged offset), or that it is derived.
-    pub(super) store: HashMap<usize, (u64, bool)>,
+    /// Per inode: its checkpoint (acknowledged offset, and the bytes just before it then),
+    /// or that it is derived.
+    pub(super) store: HashMap<usize, (u64, bool, Vec<u8>)>,
     /// Per inode: records taken past its checkpoint (end, bytes): sent again after a
     /// crash.
     pub(super) unsaved: HashMap<usize, Vec<(u64, Vec<u8>)>>,
@@ -36,6 +34,8 @@ pub(super) struct Durable {
     /// how much of them was unread.
     pub(super) abandoned: Vec<usize>,
     pub(super) crashes: u32,
+    /// Clean stops (SIGTERM) so far.
+    pub(super) stops: u32,
     /// Bytes counted lost by collectors since killed (their counters died with them).
     pub(super) lost_before: u64,
 }
@@ -46,9 +46,6 @@ pub(super) struct Collector {
     /// Copies pinned per (original, copy): the copy's contents stay readable.
     pub(super) pins: Vec<(usize, usize)>,
     pub(super) held: Vec<usize>,
-    /// Originals gone before they could be opened (created and deleted within the
-    /// events' lag): nothing of them can be read, and nothing says how much was written.
-    pub(super) unopened: Vec<usize>,
     pub(super) durable: Durable,
     pub(super) refuse_percent: u64,
     /// The ring was emptied by a take at this time.
@@ -59,26 +56,12 @@ pub(super) struct Collector {
 
 impl Collector {
     pub(super) fn new(base: Instant, exact: bool) -> Collector {
-        let rules = FlowRules {
-            name: "app".into(),
-            framer: FramerConfig {
-                multiline_start: None,
-                multiline_flush: Duration::from_millis(500),
-                skip_header_lines: 0,
-                max_record_bytes: 1 << 20,
-                truncated_terminator: Vec::new(),
-            },
-            max_batch_age: Duration::ZERO,
-            full_batch_bytes: 1 << 20,
-            rotated_idle: Duration::from_secs(60),
-            sweep_interval: Duration::ZERO,
-        };
+        let rules = FlowRules::for_tests(Duration::ZERO);
         Collector {
             engine: Engine::new(vec![rules], exact, base),
             base,
             pins: Vec::new(),
             held: Vec::new(),
-            unopened: Vec::new(),
             durable: Durable::default(),
             refuse_percent: 0,
             drained: None,
@@ -103,7 +86,9 @@ impl Collector {
                         self.engine.tracked(inode, flow, from, size, now);
                     } else {
                         m.note(format!("inode {} is gone before it could be opened", i + 1));
-                        self.unopened.push(i);
+                        self.engine.gone_before_opened(inode, flow);
+                        // What was written to it is lost, and counted.
+                        m.may_lose = true;
                     }
                 }
                 Effect::HoldDerived { inode, open } => {
@@ -113,7 +98,7 @@ impl Collector {
                         self.engine.derived_opened(inode, now);
                     }
                     if self.held.contains(&i) {
-                        self.durable.store.insert(i, (0, true));
+                        self.durable.store.insert(i, (0, true, Vec::new()));
                     }
                 }
                 Effect::Release { inode } => {
@@ -139,15 +124,32 @@ impl Collector {
                     let outcome = self.ship(m, inode, &framed);
                     self.engine.recovered_delivered(inode, outcome, framed, old, now);
                 }
-                Effect::Checkpoint { inode, force } => {
-                    if let Some(due) = self.engine.checkpoint_due(&inode, force, now) {
-                        self.engine.made_durable(&inode, due.acknowledged, now);
-                        let i = index(&inode);
-                        self.durable.store.insert(i, (due.acknowledged, false));
-                        self.durable.unsaved.entry(i).or_default().retain(|(end, _)| *end > due.acknowledged);
-                    }
-                }
+                Effect::Checkpoint { inode, force } => self.checkpoint(m, inode, force, now),
             }
+        }
+    }
+
+    /// A checkpoint saved, if one is due, as the daemon's `checkpoint`.
+    fn checkpoint(&mut self, m: &Model, inode: InodeKey, force: bool, now: Instant) {
+        if let Some(due) = self.engine.checkpoint_due(&inode, force, now) {
+            let i = index(&inode);
+            let data = &m.inodes[i].data;
+            let end = due.acknowledged as usize;
+            if end > data.len() {
+                // As the daemon's: truncated, its event on its way; not saved.
+                let before = self.engine.made_durable(&inode, due.acknowledged, now);
+                self.engine.checkpoint_failed(&inode, before, now);
+                return;
+            }
+            self.engine.made_durable(&inode, due.acknowledged, now);
+            // As `LastBytes::of`: none when the file is shorter by then.
+            let last = if end <= data.len() {
+                data[end.saturating_sub(crate::checkpoint::LAST_BYTES)..end].to_vec()
+            } else {
+                Vec::new()
+            };
+            self.durable.store.insert(i, (due.acknowledged, false, last));
+            self.durable.unsaved.entry(i).or_default().retain(|(end, _)| *end > due.acknowledged);
         }
     }
 
@@ -168,7 +170,8 @@ impl Collector {
             Delivery::Accepted
         } else {
             m.note(format!("sink takes {take} of {} records of inode {}", records.len(), inode.ino));
-            Delivery::Refused { holds_to: (take > 0).then(|| records[take].offset) }
+            // Half the refusals are one file's (a throttled shard): it pauses alone.
+            Delivery::Refused { holds_to: (take > 0).then(|| records[take].offset), alone: m.rng.chance(50) }
         }
     }
 
@@ -212,7 +215,7 @@ impl Collector {
             self.effects(m);
         }
         if let Some(at) = self.drained.take() {
-            self.engine.ring_drained(at);
+            self.engine.ring_drained(at, self.base + std::time::Duration::from_nanos(at));
         }
     }
 
@@ -256,42 +259,91 @@ impl Collector {
                 truncated_at.entry(*inode).or_insert(*at);
             }
         }
+        // As the daemon does: every chunk framed, all shipped in one delivery, then the
+        // outcomes handed back.
+        let mut framed_all = Vec::new();
         for chunk in chunks {
             let inode = chunk.inode;
             let mut framed = crate::framer::Framed::default();
             if self.engine.frame(chunk, truncated_at.get(&inode).copied(), &mut framed) {
-                let outcome = self.ship(m, inode, &framed);
-                let now = self.now(m);
-                self.engine.delivered(inode, outcome, now);
-                self.engine.after_delivery(inode, now);
+                framed_all.push((inode, framed));
             }
-            self.effects(m);
         }
+        let outcomes: Vec<Delivery> = framed_all.iter().map(|(inode, framed)| self.ship(m, *inode, framed)).collect();
+        let now = self.now(m);
+        for ((inode, _), outcome) in framed_all.into_iter().zip(outcomes) {
+            self.engine.delivered(inode, outcome, now);
+            self.engine.after_delivery(inode, now);
+        }
+        self.effects(m);
         self.apply(m, late);
+    }
+
+    /// Stopped cleanly (SIGTERM) and started again, as the daemon's `shutdown`: the events
+    /// there are taken, a rotation under way is carried on for at most FINISH_ON_STOP
+    /// (writers and logrotate go on meanwhile), then every held file's checkpoint is
+    /// saved. Nothing is sent twice after it; only a rotation still under way then may
+    /// lose bytes (the daemon says so in its log, uncounted).
+    pub(super) fn stop(mut self, m: &mut Model) -> Collector {
+        m.note("the collector is stopped (SIGTERM)".into());
+        let events = self.take_events(m, true);
+        self.apply(m, events);
+        let deadline = m.now_ns + FINISH_ON_STOP.as_nanos() as u64;
+        while self.engine.truncating() && m.now_ns < deadline {
+            m.now_ns += 10_000_000;
+            let now = self.now(m);
+            self.engine.resume_paused(now);
+            self.engine.read_due(now);
+            self.turn(m, false);
+        }
+        if self.engine.truncating() {
+            m.note("stopping with a rotation under way: its unread tail is lost".into());
+            m.may_lose = true;
+            m.uncounted = true;
+        }
+        let now = self.now(m);
+        self.engine.settle_all(now);
+        self.effects(m);
+        let held: Vec<InodeKey> = self.engine.held().collect();
+        for inode in held {
+            self.checkpoint(m, inode, true, now);
+        }
+        self.effects(m);
+        let mut durable = std::mem::take(&mut self.durable);
+        durable.stops += 1;
+        durable.lost_before += self.engine.counters[0].bytes_lost;
+        // Taken past a checkpoint and not saved: sent again after the restart, which a
+        // clean stop must not do; `check` finds them as duplicates.
+        durable.unsaved.clear();
+        self.start_again(m, durable)
     }
 
     /// Killed and started again: what the sink took past each checkpoint may be sent
     /// again; the kernel's state (read positions, capture windows, the ring) starts
     /// afresh.
-    pub(super) fn restart(self, m: &mut Model) -> Collector {
-        let mut durable = self.durable;
+    pub(super) fn restart(mut self, m: &mut Model) -> Collector {
+        let mut durable = std::mem::take(&mut self.durable);
         for (i, unsaved) in std::mem::take(&mut durable.unsaved) {
             durable.may_repeat.entry(i).or_default().extend(unsaved.into_iter().map(|(_, data)| data));
         }
         durable.crashes += 1;
         durable.lost_before += self.engine.counters[0].bytes_lost;
         m.note("the collector is killed and started again".into());
+        self.start_again(m, durable)
+    }
+
+    /// A new collector over what outlived this one.
+    fn start_again(self, m: &mut Model, durable: Durable) -> Collector {
         // A truncation whose event the dead collector never took happened, for the new
         // one, while it was stopped: what it had not read of the old contents is lost, and
-        // nothing counts it.
-        // Worse, a checkpoint names an offset, not contents: if the new contents have
-        // grown past it by the restart, reading resumes there, mid-line (a known limit
-        // of today's checkpoints, noted in ARCHITECTURE.md). Such a file is not checked.
+        // nothing counts it. If the new contents have grown past the checkpoint, the bytes
+        // before it tell (`checkpoint::LastBytes`): reading starts from 0, not mid-line.
+        // So is a cut write whose event it never took: the truncation took its bytes, and
+        // only that event could have counted them.
         for (_, e) in &m.queue {
-            if let Event::Truncate { inode, .. } = e {
+            if let Event::Truncate { .. } | Event::CutWrite { .. } = e {
                 m.may_lose = true;
                 m.uncounted = true;
-                durable.abandoned.push(index(inode));
             }
         }
         m.queue.clear();
@@ -335,12 +387,19 @@ impl Collector {
     pub(super) fn pick_up(&mut self, m: &mut Model, i: usize, path: String, rotated: bool) {
         let now = self.now(m);
         let size = m.inodes[i].data.len() as u64;
+        let data = &m.inodes[i].data;
         let from = match self.durable.store.get(&i) {
-            Some((_, true)) => {
+            Some((_, true, _)) => {
                 self.engine.remembered_derived(key(i), PathBuf::from(path), now);
                 return;
             }
-            Some((ack, false)) if *ack <= size => *ack,
+            Some((ack, false, last)) if *ack <= size && data[*ack as usize - last.len()..*ack as usize] == last[..] => {
+                *ack
+            }
+            Some((ack, false, _)) if *ack <= size => {
+                m.note(format!("inode {} was truncated and written past its checkpoint: from 0", i + 1));
+                0
+            }
             _ => 0,
         };
         self.engine.discovered(key(i), 0, PathBuf::from(path), from, rotated, now);

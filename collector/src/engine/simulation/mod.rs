@@ -64,6 +64,17 @@ fn history(seed: u64, verbose: bool) -> Outcome {
             && !c.engine.truncating()
         {
             c = c.restart(&mut m);
+        } else if m.rng.chance(1)
+            && c.durable.stops < 2
+            && m.slow.is_empty()
+            && m.script.is_empty()
+            && !c.engine.truncating()
+        {
+            // Stopped cleanly, under the same conditions as a kill. Not simulated yet: a
+            // stop while a truncation is carried on (FINISH_ON_STOP): with it, ~4 histories
+            // in 300,000 count bytes lost (a copy not recognised after rotations every few
+            // hundred ms with the sink refusing), not yet understood.
+            c = c.stop(&mut m);
         }
         if m.rng.chance(30) {
             events += m.queue.len() as u64;
@@ -105,9 +116,6 @@ fn check(m: &Model, c: &Collector) -> Vec<String> {
         }
         let shipped = c.durable.shipped.get(&key(i)).map(Vec::as_slice).unwrap_or_default();
         let mut may_repeat = c.durable.may_repeat.get(&i).cloned().unwrap_or_default();
-        if c.unopened.contains(&i) {
-            continue;
-        }
         if !f.original {
             if !shipped.is_empty() {
                 violations.push(format!(

@@ -157,7 +157,10 @@ impl Model {
         if let Some(old) = self.names.remove(name) {
             self.unlink_inode(old, report);
         }
-        self.inodes.push(Inode { links: 1, original: name == LOG, ..Inode::default() });
+        // The kernel watches a file created in a watched directory from its first byte,
+        // and carries other tasks' reads of it from 0 until the collector says otherwise.
+        let read_position = report.then_some(0);
+        self.inodes.push(Inode { links: 1, original: name == LOG, read_position, ..Inode::default() });
         let inode = self.inodes.len() - 1;
         self.names.insert(name.to_owned(), inode);
         if report {
@@ -204,6 +207,13 @@ impl Model {
         self.note(format!("w{pid} writes {} bytes at {pos} of inode {}", line.len(), inode + 1));
         if self.rng.chance(5) {
             self.slow.push(SlowWrite { inode, pos, bytes: line, pid, truncations_then });
+        } else if self.rng.chance(10) {
+            // A line written by two syscalls at once (a short write and the rest, or a
+            // writer that writes a line in pieces): two events, the first ending mid-line.
+            let k = 1 + self.rng.below(line.len() as u64 - 1) as usize;
+            let rest = line[k..].to_vec();
+            self.report_write(inode, pos, line[..k].to_vec(), pid);
+            self.report_write(inode, pos + k as u64, rest, pid);
         } else {
             self.report_write(inode, pos, line, pid);
         }
@@ -216,7 +226,7 @@ impl Model {
         if captured.is_empty() {
             f.uncaptured.push(pos);
         }
-        self.emit(Event::Write { inode: key(inode), pid, pos, len: bytes.len() as u64, captured });
+        self.emit(Event::Write { inode: key(inode), pid, pos, len: bytes.len() as u64, captured, at_ns: self.now_ns });
     }
 
     /// A slow write's exit hook runs: cut by a truncation since it landed, or not.
@@ -249,9 +259,8 @@ impl Model {
             return;
         }
         if f.original && f.read_position.is_none() {
-            // The collector has not said where it reads this file yet (it has not taken
-            // its creation's event): the kernel carries none of the bytes read, and if the
-            // copy is gone before it can be opened, they are lost.
+            // No read position: the kernel carries none of the bytes read, and if the copy
+            // is gone before it can be opened, they are lost.
             self.may_lose = true;
         }
         f.capture_until = now + collector_common::WatchedInode::CAPTURE_WINDOW_NS;
@@ -291,8 +300,12 @@ impl Model {
         let f = &mut self.inodes[inode];
         f.truncations += 1;
         f.data.clear();
-        // The truncation closes the capture window.
+        // The truncation closes the capture window, and lowers the read position to the
+        // new size (other tasks' reads of the new contents carry their bytes).
         f.capture_until = 0;
+        if let Some(at) = &mut f.read_position {
+            *at = 0;
+        }
         f.truncated_ns = self.now_ns;
         f.uncaptured.clear();
         let truncation = f.truncations;
@@ -331,6 +344,7 @@ impl Model {
                         pos: done as u64,
                         len: bytes.len() as u64,
                         captured: Vec::new(),
+                        at_ns: self.now_ns,
                     });
                     self.note(format!("logrotate copies {done}..{end}"));
                 }
@@ -355,7 +369,14 @@ impl Model {
                 self.other_read(copy, 0, len, GZIP);
                 let gz = self.create(&format!("{}.gz", self.rotated), GZIP, true);
                 self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
-                self.emit(Event::Write { inode: key(gz), pid: GZIP, pos: 0, len: 12, captured: Vec::new() });
+                self.emit(Event::Write {
+                    inode: key(gz),
+                    pid: GZIP,
+                    pos: 0,
+                    len: 12,
+                    captured: Vec::new(),
+                    at_ns: self.now_ns,
+                });
                 self.note("gzip compresses the copy".into());
             }
             Step::DeleteCopy => {
@@ -395,7 +416,14 @@ impl Model {
                     self.other_read(old, 0, len, GZIP);
                     let gz = self.create(&format!("{older}.gz"), GZIP, true);
                     self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
-                    self.emit(Event::Write { inode: key(gz), pid: GZIP, pos: 0, len: 12, captured: Vec::new() });
+                    self.emit(Event::Write {
+                        inode: key(gz),
+                        pid: GZIP,
+                        pos: 0,
+                        len: 12,
+                        captured: Vec::new(),
+                        at_ns: self.now_ns,
+                    });
                     self.names.remove(&older);
                     self.unlink_inode(old, true);
                 }
