@@ -9,6 +9,10 @@
 //! throttle one shard: records whose data starts with a set prefix are refused as Kinesis
 //! refuses records over a shard's limits (ProvisionedThroughputExceededException), the
 //! rest of the same call accepted.
+//!
+//! KPL aggregated records are unpacked (not checked: the tests that check the format use
+//! AWS's own deaggregator): the callback and `records` see the records inside them, and
+//! `kinesis_records` and `payload_units` count what Kinesis would bill.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -25,6 +29,8 @@ pub type OnRecord = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 struct State {
     records: AtomicU64,
+    kinesis_records: AtomicU64,
+    payload_units: AtomicU64,
     bytes: AtomicU64,
     calls: AtomicU64,
     stall: AtomicBool,
@@ -45,6 +51,8 @@ impl Acceptor {
         let port = listener.local_addr()?.port();
         let state = Arc::new(State {
             records: AtomicU64::new(0),
+            kinesis_records: AtomicU64::new(0),
+            payload_units: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             stall: AtomicBool::new(false),
@@ -71,6 +79,17 @@ impl Acceptor {
     /// Records accepted so far.
     pub fn records(&self) -> u64 {
         self.state.records.load(Ordering::Relaxed)
+    }
+
+    /// Kinesis records accepted so far (an aggregated record counts once).
+    pub fn kinesis_records(&self) -> u64 {
+        self.state.kinesis_records.load(Ordering::Relaxed)
+    }
+
+    /// PUT payload units of the records accepted so far: each record's data and partition
+    /// key, in 25 KB steps.
+    pub fn payload_units(&self) -> u64 {
+        self.state.payload_units.load(Ordering::Relaxed)
     }
 
     /// PutRecords calls answered since the last time this was asked.
@@ -156,7 +175,7 @@ fn put_records(body: &[u8], state: &State) -> std::io::Result<String> {
     let request: serde_json::Value = serde_json::from_slice(body).map_err(std::io::Error::other)?;
     let records = request["Records"].as_array().ok_or_else(|| std::io::Error::other("no Records"))?;
     let throttled = state.throttled.lock().expect("throttled").clone();
-    let (mut bytes, mut taken) = (0, 0);
+    let (mut bytes, mut taken, mut kinesis_records, mut units) = (0, 0, 0, 0);
     let mut answers = Vec::with_capacity(records.len());
     for r in records {
         let data = base64_decode(r["Data"].as_str().unwrap_or("")).ok_or_else(|| std::io::Error::other("Data"))?;
@@ -167,15 +186,85 @@ fn put_records(body: &[u8], state: &State) -> std::io::Result<String> {
             continue;
         }
         bytes += data.len() as u64;
-        taken += 1;
-        (state.on_record)(&data);
+        kinesis_records += 1;
+        units += (data.len() + r["PartitionKey"].as_str().map_or(0, str::len)).div_ceil(PAYLOAD_UNIT) as u64;
+        match kpl_records(&data) {
+            Some(inner) => {
+                for record in inner {
+                    (state.on_record)(record);
+                    taken += 1;
+                }
+            }
+            None => {
+                (state.on_record)(&data);
+                taken += 1;
+            }
+        }
         answers.push("{\"SequenceNumber\":\"1\",\"ShardId\":\"shardId-000000000000\"}");
     }
     state.records.fetch_add(taken, Ordering::Relaxed);
+    state.kinesis_records.fetch_add(kinesis_records, Ordering::Relaxed);
+    state.payload_units.fetch_add(units, Ordering::Relaxed);
     state.bytes.fetch_add(bytes, Ordering::Relaxed);
     state.calls.fetch_add(1, Ordering::Relaxed);
-    let failed = records.len() as u64 - taken;
+    let failed = records.len() as u64 - kinesis_records;
     Ok(format!("{{\"FailedRecordCount\":{failed},\"Records\":[{}]}}", answers.join(",")))
+}
+
+/// Kinesis bills PUT payload units of 25 KB.
+const PAYLOAD_UNIT: usize = 25_000;
+
+/// The records inside a KPL aggregated record (magic F3 89 9A C2, a protobuf
+/// AggregatedRecord whose field 3 holds Records, each with its data in field 3, then a
+/// 16-byte MD5); None when `data` is not one.
+fn kpl_records(data: &[u8]) -> Option<Vec<&[u8]>> {
+    let message = data.strip_prefix(&[0xF3, 0x89, 0x9A, 0xC2])?;
+    let message = message.get(..message.len().checked_sub(16)?)?;
+    let mut records = Vec::new();
+    for (field, value) in protobuf_fields(message)? {
+        if field == 3 {
+            let record = protobuf_fields(value?)?;
+            records.push(record.into_iter().find(|(f, _)| *f == 3)?.1?);
+        }
+    }
+    Some(records)
+}
+
+/// A protobuf field: its number, and the bytes of a length-delimited value (None for a varint).
+type Field<'a> = (u64, Option<&'a [u8]>);
+
+/// A protobuf message's fields; None when it does not parse.
+fn protobuf_fields(mut bytes: &[u8]) -> Option<Vec<Field<'_>>> {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut fields = Vec::new();
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes)?;
+        match key & 7 {
+            0 => {
+                varint(&mut bytes)?;
+                fields.push((key >> 3, None));
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut bytes)?).ok()?;
+                let (value, rest) = bytes.split_at_checked(len)?;
+                bytes = rest;
+                fields.push((key >> 3, Some(value)));
+            }
+            _ => return None,
+        }
+    }
+    Some(fields)
 }
 
 /// Standard base64 (with or without padding); None for anything else.
@@ -211,5 +300,14 @@ mod tests {
         assert_eq!(super::base64_decode("YWI=").unwrap(), b"ab");
         assert_eq!(super::base64_decode("YWJj").unwrap(), b"abc");
         assert!(super::base64_decode("a*").is_none());
+    }
+
+    #[test]
+    fn kpl_records_are_unpacked_and_anything_else_is_not() {
+        let protobuf = [0x0A, 1, b'k', 0x1A, 6, 0x08, 0, 0x1A, 2, b'a', b'b', 0x1A, 4, 0x08, 0, 0x1A, 0];
+        let data = [&[0xF3, 0x89, 0x9A, 0xC2][..], &protobuf, &[0; 16]].concat();
+        assert_eq!(super::kpl_records(&data).unwrap(), vec![&b"ab"[..], &b""[..]]);
+        assert!(super::kpl_records(b"plain line").is_none());
+        assert!(super::kpl_records(&data[..10]).is_none());
     }
 }

@@ -43,6 +43,11 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         println!("{}", crate::bench_ops::active_table(&collector, Some((files, Duration::from_millis(delay))))?);
         return Ok(());
     }
+    // XTASK_BENCH_AGGREGATION=1: the kinesis bench's aggregation tables alone, printed.
+    if std::env::var_os("XTASK_BENCH_AGGREGATION").is_some() {
+        println!("{}", crate::bench_kinesis::aggregation_alone(&collector)?);
+        return Ok(());
+    }
     let header = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
          ratios compare with a baseline measured in the same run.\n",

@@ -218,8 +218,114 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
          collector's CPU per record (building and signing PutRecords requests in the AWS SDK). At 100,000 lines/s the \
          writer, the collector and the acceptor share the machine's 2 cores.\n",
     );
+    s.push_str(&aggregation(collector, &dir, &accepted, &latencies)?);
     s.push_str(&file_sink_latency(collector, &dir)?);
     s.push_str(&stalled(collector, &dir, &accepted, &latencies)?);
+    Ok(s)
+}
+
+pub fn aggregation_alone(collector: &Path) -> anyhow::Result<String> {
+    let dir = shell::work_dir().join("bench-kinesis");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("logs"))?;
+    let (accepted, latencies) = acceptor()?;
+    aggregation(collector, &dir, &accepted, &latencies)
+}
+
+/// Line sizes (bytes, newline included) and how many of each the throughput runs read.
+const AGGREGATION_LINES: [(usize, u64); 2] = [(100, 1_000_000), (1_000, 200_000)];
+/// What a shard takes: 1 MiB/s and 1,000 records/s.
+const SHARD_BYTES: f64 = 1_048_576.0;
+const SHARD_RECORDS: f64 = 1_000.0;
+
+/// One record per line (what the Kinesis Agent sends) beside KPL aggregated records, each
+/// beside the null sink on the same file: rate, CPU, and what Kinesis bills.
+fn aggregation(collector: &Path, dir: &Path, accepted: &Acceptor, latencies: &Latencies) -> anyhow::Result<String> {
+    let port = accepted.port;
+    let mut s = String::from(
+        "\nAggregation (`aggregate = true`, default `aggregate_max_bytes`, 100,000) beside one Kinesis record per \
+         line: a cached log read from its start until the acceptor holds every line (it unpacks the aggregated \
+         records), beside the null sink on the same file. Payload units: each Kinesis record's data and key in 25 KB \
+         steps. Shards for 10 MB/s of such lines: what the record count needs (1,000 records/s a shard) and what the \
+         bytes need (1 MiB/s). Targets (issue 18): aggregated <= 2 CPU s/GiB and >= 0.5x the null sink's rate, >= 100 \
+         lines per record for 100-byte lines; one per line <= 8 CPU s/GiB.\n\n\
+         | line | sink | lines/s | CPU s per GiB | rate vs null sink | Kinesis records per GiB | lines per record | \
+         payload units per GiB | shards for 10 MB/s: by records / by bytes |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let log = dir.join("logs/app.log");
+    for (size, lines) in AGGREGATION_LINES {
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&log)?);
+            for n in 0..lines {
+                let head = format!("n={n} ");
+                writeln!(w, "{head}{}", "x".repeat(size - 1 - head.len()))?;
+            }
+        }
+        let bytes = fs::metadata(&log)?.len();
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let null = throughput_null(collector, dir, bytes)?;
+        let null_rate = lines as f64 / null.0.as_secs_f64();
+        s.push_str(&format!("| {size} B | null | {null_rate:.0} | {:.2} | 1.000x | - | - | - | - |\n", null.1 / gib));
+        for (name, extra) in [("one record per line", ""), ("aggregated", "aggregate = true\n")] {
+            let (records, kinesis_records, units) =
+                (accepted.records(), accepted.kinesis_records(), accepted.payload_units());
+            let running = Collector::start(collector, dir, "", &(kinesis_sink(port) + extra))?;
+            let started = Instant::now();
+            while accepted.records() - records < lines {
+                if started.elapsed() > Duration::from_secs(600) {
+                    bail!("{name}: the acceptor got {} of {lines} lines in 10 minutes", accepted.records() - records);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let (cpu, _) = crate::bench::process_usage(running.pid())?;
+            drop(running);
+            let sent = (accepted.kinesis_records() - kinesis_records) as f64;
+            let units = (accepted.payload_units() - units) as f64;
+            let by_records = (sent / bytes as f64 * 10e6 / SHARD_RECORDS).ceil();
+            let by_bytes = (10e6 / SHARD_BYTES).ceil();
+            s.push_str(&format!(
+                "| {size} B | {name} | {:.0} | {:.2} | {:.3}x | {:.0} | {:.1} | {:.0} | {by_records} / {by_bytes} |\n",
+                lines as f64 / secs,
+                cpu / gib,
+                lines as f64 / secs / null_rate,
+                sent / gib,
+                lines as f64 / sent,
+                units / gib,
+            ));
+        }
+    }
+    fs::remove_file(&log)?;
+    s.push_str(&format!(
+        "\nLatency with aggregation, write(2) → accepted, default settings: one writer for {LATENCY_SECONDS} s as above.\n\n\
+         | rate | lines | p50 | p99 | max | PutRecords calls | Kinesis records | collector CPU |\n|---|---|---|---|---|---|---|---|\n"
+    ));
+    for rate in [1_000u64, 10_000] {
+        let live = dir.join("logs/live.log");
+        let _ = fs::remove_file(&live);
+        fs::File::create(&live)?;
+        latencies.lock().expect("latencies").clear();
+        accepted.take_calls();
+        let kinesis_records = accepted.kinesis_records();
+        let running = Collector::start(collector, dir, "", &(kinesis_sink(port) + "aggregate = true\n"))?;
+        let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (cpu, _) = crate::bench::process_usage(running.pid())?;
+        drop(running);
+        let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
+        if (l.len() as u64) < lines {
+            bail!("{} of {lines} lines reached the acceptor at {rate} lines/s, aggregated", l.len());
+        }
+        let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
+        s.push_str(&format!(
+            "| {rate}/s | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {} | {cpu:.2} s |\n",
+            accepted.take_calls(),
+            accepted.kinesis_records() - kinesis_records
+        ));
+    }
     Ok(s)
 }
 
