@@ -15,7 +15,8 @@ use std::{
 use collector_tests::{
     Running, Scratch, append_lines, assert_every_line_at_least_once, assert_every_line_once_in_order,
     fault_proxy::{Fault, FaultProxy},
-    kinesis_server::KinesisServer,
+    kinesis_server::{KinesisServer, consume},
+    moto_server::MotoServer,
     rotate_repeatedly, writer_process,
 };
 
@@ -305,6 +306,46 @@ fn aggregated_records_unpack_to_every_line_once_through_create_rotation() {
 #[test]
 fn aggregated_records_unpack_to_every_line_once_through_copytruncate_rotation() {
     aggregate_under_rotation("kinesis-agg-copytruncate", "copytruncate\nrotate 100", false);
+}
+
+/// The same against moto's Kinesis (a second implementation of the service): what the
+/// collector aggregates there, AWS's deaggregator reads back, every line once and in order.
+#[test]
+fn aggregated_records_through_moto_unpack_to_every_line_once() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LINES: u64 = 2_000;
+    let moto = MotoServer::start();
+    moto.python(
+        "k = boto3.client('kinesis', **kw)\n\
+         k.create_stream(StreamName='logs', ShardCount=2)\n\
+         k.get_waiter('stream_exists').wait(StreamName='logs')\n",
+    );
+    let scratch = Scratch::new("kinesis-agg-moto");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let config = kinesis_config(&scratch, "app.log*", &moto.endpoint(), "logs") + "aggregate = true\n";
+    let _collector = start_collector(&scratch, &config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotate_repeatedly(log.clone(), "create\nrotate 100".into(), Duration::from_millis(300), stop.clone());
+    assert!(writer(&log, "w", LINES, 1_000, true).wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    rotator.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let consumed = loop {
+        let consumed = consume(moto.port, "logs");
+        if consumed.records.len() as u64 >= LINES || Instant::now() > deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            break consume(moto.port, "logs");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_every_line_once_in_order(&consumed.records, "w", LINES);
+    assert!(
+        consumed.aggregated > 0 && consumed.kinesis_records * 5 <= LINES as usize,
+        "{LINES} lines in {} Kinesis records ({} aggregated)",
+        consumed.kinesis_records,
+        consumed.aggregated
+    );
 }
 
 /// What Kinesis and the network do to a shipper, injected by a proxy between the collector

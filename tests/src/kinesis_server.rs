@@ -176,51 +176,7 @@ pub struct Consumed {
 
 impl KinesisServer {
     pub fn consumed(&self) -> Consumed {
-        let script = format!(
-            "import base64, json, boto3\n\
-             from aws_kinesis_agg.deaggregator import iter_deaggregate_records\n\
-             k = boto3.client('kinesis', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1',\n\
-                 aws_access_key_id='test', aws_secret_access_key='test')\n\
-             for shard in k.list_shards(StreamName={stream:?})['Shards']:\n\
-             \x20   it = k.get_shard_iterator(StreamName={stream:?}, ShardId=shard['ShardId'],\n\
-             \x20       ShardIteratorType='TRIM_HORIZON')['ShardIterator']\n\
-             \x20   while it:\n\
-             \x20       page = k.get_records(ShardIterator=it, Limit=1000)\n\
-             \x20       for r in page['Records']:\n\
-             \x20           print(json.dumps({{'kinesis': r['SequenceNumber']}}))\n\
-             \x20           for u in iter_deaggregate_records([r], data_format='Boto3'):\n\
-             \x20               u = u['kinesis']\n\
-             \x20               data = base64.b64decode(u['data']) if u.get('aggregated') else u['data']\n\
-             \x20               print(json.dumps({{'aggregated': bool(u.get('aggregated')), 'key': u['partitionKey'],\n\
-             \x20                   'seq': u['sequenceNumber'], 'data': data.decode()}}))\n\
-             \x20       it = page.get('NextShardIterator')\n\
-             \x20       if not page['Records']:\n\
-             \x20           break\n",
-            port = self.port,
-            stream = self.stream
-        );
-        let out = servers::python(&script);
-        assert!(out.status.success(), "the consumer failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut consumed = Consumed { kinesis_records: 0, aggregated: 0, records: Vec::new(), carried_by: Vec::new() };
-        let mut this_one_aggregated = false;
-        for line in String::from_utf8(out.stdout).expect("utf-8 output").lines() {
-            let v: Value = serde_json::from_str(line).expect("a line of the consumer");
-            if v.get("kinesis").is_some() {
-                consumed.kinesis_records += 1;
-                this_one_aggregated = false;
-                continue;
-            }
-            if v["aggregated"] == true && !this_one_aggregated {
-                consumed.aggregated += 1;
-                this_one_aggregated = true;
-            }
-            let data = v["data"].as_str().expect("data");
-            consumed
-                .records
-                .push(serde_json::from_str(data).unwrap_or_else(|e| panic!("not an envelope ({e}): {data:?}")));
-            consumed.carried_by.push((v["seq"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned()));
-        }
-        consumed
+        consume(self.port, &self.stream)
     }
 
     /// Waits until a consumer gets at least `count` user records (or two minutes pass).
@@ -236,4 +192,49 @@ impl KinesisServer {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// What a consumer of `stream` on the server at `port` (kinesis-mock or moto) gets.
+pub fn consume(port: u16, stream: &str) -> Consumed {
+    let script = format!(
+        "import base64, json, boto3\n\
+         from aws_kinesis_agg.deaggregator import iter_deaggregate_records\n\
+         k = boto3.client('kinesis', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1',\n\
+             aws_access_key_id='test', aws_secret_access_key='test')\n\
+         for shard in k.list_shards(StreamName={stream:?})['Shards']:\n\
+         \x20   it = k.get_shard_iterator(StreamName={stream:?}, ShardId=shard['ShardId'],\n\
+         \x20       ShardIteratorType='TRIM_HORIZON')['ShardIterator']\n\
+         \x20   while it:\n\
+         \x20       page = k.get_records(ShardIterator=it, Limit=1000)\n\
+         \x20       for r in page['Records']:\n\
+         \x20           print(json.dumps({{'kinesis': r['SequenceNumber']}}))\n\
+         \x20           for u in iter_deaggregate_records([r], data_format='Boto3'):\n\
+         \x20               u = u['kinesis']\n\
+         \x20               data = base64.b64decode(u['data']) if u.get('aggregated') else u['data']\n\
+         \x20               print(json.dumps({{'aggregated': bool(u.get('aggregated')), 'key': u['partitionKey'],\n\
+         \x20                   'seq': u['sequenceNumber'], 'data': data.decode()}}))\n\
+         \x20       it = page.get('NextShardIterator')\n\
+         \x20       if not page['Records']:\n\
+         \x20           break\n"
+    );
+    let out = servers::python(&script);
+    assert!(out.status.success(), "the consumer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut consumed = Consumed { kinesis_records: 0, aggregated: 0, records: Vec::new(), carried_by: Vec::new() };
+    let mut this_one_aggregated = false;
+    for line in String::from_utf8(out.stdout).expect("utf-8 output").lines() {
+        let v: Value = serde_json::from_str(line).expect("a line of the consumer");
+        if v.get("kinesis").is_some() {
+            consumed.kinesis_records += 1;
+            this_one_aggregated = false;
+            continue;
+        }
+        if v["aggregated"] == true && !this_one_aggregated {
+            consumed.aggregated += 1;
+            this_one_aggregated = true;
+        }
+        let data = v["data"].as_str().expect("data");
+        consumed.records.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("not an envelope ({e}): {data:?}")));
+        consumed.carried_by.push((v["seq"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned()));
+    }
+    consumed
 }

@@ -48,22 +48,33 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         println!("{}", crate::bench_kinesis::aggregation_alone(&collector)?);
         return Ok(());
     }
-    let header = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench` (last run {} on {}, {} CPUs). Each section names its command; \
-         ratios compare with a baseline measured in the same run.\n",
+    let when = format!(
+        "{} on {}, {} CPUs",
         shell::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
         shell::output(Command::new("uname").arg("-sr"))?.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
+    let header = "# Benchmarks\n\nWritten by `cargo xtask bench`. Each section names its command and when it was run \
+                  (a section not run again keeps its date); ratios compare with a baseline measured in the same run.\n";
     // Sections of benchmarks not run this time stay as they were.
     let path = shell::root().join("BENCHMARKS.md");
     let old = fs::read_to_string(&path).unwrap_or_default();
+    // Files written before sections carried their own date said it once, in the header.
+    let old_when = old.split_once("(last run ").and_then(|(_, rest)| rest.split_once(").")).map(|(w, _)| w.to_owned());
     let mut sections: Vec<(String, String)> = old
         .split("\n## ")
         .skip(1)
-        .filter_map(|s| Some((s.lines().next()?.trim().to_owned(), format!("\n## {}", s.trim_end()))))
+        .filter_map(|s| {
+            let section = format!("\n## {}", s.trim_end());
+            let section = match &old_when {
+                Some(w) if !section.contains(RUN_STAMP) => stamped(&section, w),
+                _ => section,
+            };
+            Some((s.lines().next()?.trim().to_owned(), section))
+        })
         .collect();
     for bench in BENCHES.iter().filter(|b| name.is_none_or(|n| n == **b)) {
+        reported_modes();
         let section = match *bench {
             "writer-overhead" => writer_overhead(&collector)?,
             "ingest" => ingest(&collector)?,
@@ -72,19 +83,47 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
             "scale" => crate::bench_ops::scale(&collector)?,
             _ => unreachable!(),
         };
+        let section = stamped(&section, &when);
         println!("{section}");
         match sections.iter_mut().find(|(title, _)| title == bench) {
             Some(s) => s.1 = section.trim_end().to_owned(),
             None => sections.push((bench.to_string(), section.trim_end().to_owned())),
         }
     }
-    let mut report = header;
+    let mut report = header.to_owned();
     for (_, s) in sections {
         report.push_str(&s);
         report.push('\n');
     }
     fs::write(&path, &report)?;
     Ok(())
+}
+
+const RUN_STAMP: &str = "\n\n_Run ";
+
+/// `section` with the line that says when it was run under its title.
+fn stamped(section: &str, when: &str) -> String {
+    let section = section.trim_start_matches('\n');
+    let (title, rest) = section.split_once('\n').unwrap_or((section, ""));
+    format!("\n{title}{RUN_STAMP}{when}._\n\n{}", rest.trim_start_matches('\n'))
+}
+
+/// The attach modes the collectors started by a benchmark reported, since the last call.
+static MODES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+pub(crate) fn note_mode(mode: &str) {
+    MODES.lock().expect("modes").insert(mode.to_owned());
+}
+
+/// "tracepoint mode" (or "fentry and tracepoint mode"), as the collectors reported it; clears.
+pub(crate) fn reported_modes() -> String {
+    let modes = std::mem::take(&mut *MODES.lock().expect("modes"));
+    let names: Vec<String> = modes.into_iter().collect();
+    format!(
+        "{} mode (as the collector reported it)",
+        if names.is_empty() { "?".to_owned() } else { names.join(" and ") }
+    )
 }
 
 /// Lines in the ingest data set (~100 bytes each, numbered, like an access log).
@@ -163,14 +202,15 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
          start until the checkpoint acknowledges its last byte (checkpoints of a busy file are written every 200 ms, so times \
          are up to 0.2 s long), and rsyslog's imfile → omfile (Debian's rsyslog, inotify mode, one line per output line) on \
          the same file until its output holds every line. The json file sink wraps each line in its envelope (about twice the \
-         bytes out); the raw one writes each line and a newline, as rsyslog's template does. Tracepoint mode. Targets (issue 6): null sink >= 50% of the `wc -l` rate \
-         per core; file sink >= 10x rsyslog's rate at <= 1/10 its CPU-seconds per GiB. A collector row's CPU is what it \
+         bytes out); the raw one writes each line and a newline, as rsyslog's template does. {}. Targets (issue 6): null sink \
+         >= 50% of the `wc -l` rate per core; file sink >= 10x rsyslog's rate at <= 1/10 its CPU-seconds per GiB. A collector row's CPU is what it \
          spent reading, after start-up (loading the programs, parsing the kernel's BTF: {:.2}-{:.2} CPU-seconds here); \
          rsyslog's includes its start-up. The rate per core is bytes per CPU-second, against `wc -l`'s.\n\n\
          | reader | time | lines/s | MB/s | CPU s per GiB | peak RSS | rate vs `wc -l` | rate per core vs `wc -l` |\n\
          |---|---|---|---|---|---|---|---|\n",
         gib,
         bytes / INGEST_LINES as u64,
+        reported_modes(),
         startup_cpu.iter().copied().fold(f64::INFINITY, f64::min),
         startup_cpu.iter().copied().fold(0.0, f64::max),
     );
@@ -178,9 +218,10 @@ fn ingest(collector: &Path) -> anyhow::Result<String> {
         s.push_str(&r);
     }
     s.push('\n');
-    // The disk's limit for a file sink: as many bytes written and fdatasync'ed by dd.
-    let disk = disk_write_rate(&dir, file_sinks.iter().map(|f| f.3).max().unwrap_or(bytes))?;
     for (what, elapsed, cpu, out_bytes) in file_sinks {
+        // The disk's limit for this file sink: as many bytes as it wrote, written and
+        // fdatasync'ed by dd.
+        let disk = disk_write_rate(&dir, out_bytes)?;
         s.push_str(&format!(
             "- {what} vs rsyslog: {:.1}x its rate, {:.2}x its CPU-seconds per GiB (target: >= 10x the rate at <= 0.1x the CPU). \
              It wrote {:.0} MB at {:.0} MB/s, {:.2}x the disk's rate (`dd ... conv=fdatasync` of as many bytes: {:.0} MB/s).\n",
@@ -355,6 +396,7 @@ fn ingest_once(collector: &Path, dir: &Path, log: &Path, sink: &str) -> anyhow::
     loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).context("the collector did not start")?;
         if line.contains("collector running") {
+            note_mode(line.split_once("mode=").map_or("?", |(_, m)| m.split_whitespace().next().unwrap_or("?")));
             break;
         }
     }

@@ -93,6 +93,7 @@ impl Collector {
                     .to_owned();
             }
         };
+        crate::bench::note_mode(&mode);
         Ok(Collector { child, mode, _stderr: reader })
     }
 
@@ -150,10 +151,11 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     drop(running);
     let calls = accepted.take_calls();
     let secs = elapsed.as_secs_f64();
+    let mode = crate::bench::reported_modes();
     let mut s = format!(
         "\n## kinesis\n\n`cargo xtask bench kinesis`: the Kinesis sink against a minimal local PutRecords acceptor written for \
          the bench (it answers every record as accepted and keeps nothing; kinesis-mock takes ~750 records/s and moto ~10k/s, \
-         too slow to measure the collector). Tracepoint mode, default settings (`partition_key = \"file\"`, no envelope). \
+         too slow to measure the collector). {mode}, default settings (`partition_key = \"file\"`, no envelope). \
          Targets (issue 4): p99 <= 50 ms; RSS <= 32 MiB.\n\n\
          Throughput: a cached log of {THROUGHPUT_LINES} lines ({:.0} MB) read from its start until the acceptor holds every \
          record, beside the null sink on the same file (until its checkpoint acknowledges the last byte).\n\n\

@@ -60,9 +60,10 @@ pub fn rotation(collector: &Path) -> anyhow::Result<String> {
          watched file for {ROTATION_SECONDS} s at a set rate, or as fast as it can; `logrotate -f` with `copytruncate` and \
          `rotate 3` runs every 100 ms meanwhile; time from the first write until the file sink (raw) holds every line \
          (or nothing more arrives for 10 s). Every line is checked by its number. Baseline: the fastest writer without \
-         rotation. Tracepoint mode. Target: 0 lost.\n\n\
+         rotation. {}. Target: 0 lost.\n\n\
          | run | lines | rotations | time | lines/s shipped | lost | duplicated | peak RSS | rate vs baseline |\n\
-         |---|---|---|---|---|---|---|---|---|\n{rows}"
+         |---|---|---|---|---|---|---|---|---|\n{rows}",
+        crate::bench::reported_modes()
     ))
 }
 
@@ -214,11 +215,12 @@ pub fn scale(collector: &Path) -> anyhow::Result<String> {
     let active = active_table(collector, None)?;
     let startup = startup_table(collector)?;
     Ok(format!(
-        "\n## scale\n\n`cargo xtask bench scale`: files of one line under one glob, null sink, tracepoint mode. Idle: CPU \
+        "\n## scale\n\n`cargo xtask bench scale`: files of one line under one glob, null sink, {}. Idle: CPU \
          of the collector over {} s with nothing written (target ~0: nothing is polled). Load: {SCALE_WRITERS} files written \
          at {SCALE_RATE} lines/s each (one write(2) per line) for {} s; the ratio compares the CPU with {SCALE_WRITERS} \
          files watched (baseline) and {SCALE_FILES}. Start-up: from exec to running (programs loaded, files scanned).\n\n\
          | files watched | start-up | idle CPU | CPU under load | CPU vs baseline | RSS |\n|---|---|---|---|---|---|\n{rows}{active}{startup}",
+        crate::bench::reported_modes(),
         IDLE.as_secs(),
         LOAD.as_secs()
     ))
