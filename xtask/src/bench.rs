@@ -67,7 +67,8 @@ pub fn run(name: Option<&str>) -> anyhow::Result<()> {
         .filter_map(|s| {
             let section = format!("\n## {}", s.trim_end());
             let section = match &old_when {
-                Some(w) if !section.contains(RUN_STAMP) => stamped(&section, w),
+                // A section written by hand says its own date in its title.
+                Some(w) if !section.contains(RUN_STAMP) && !section.contains("by hand") => stamped(&section, w),
                 _ => section,
             };
             Some((s.lines().next()?.trim().to_owned(), section))

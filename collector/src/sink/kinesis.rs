@@ -17,7 +17,7 @@
 //! The SDK runs on the sink's own runtime (aws.rs); the daemon's thread waits for the
 //! answers and drains the kernel's events meanwhile.
 
-use std::cell::Cell;
+use std::{borrow::Cow, cell::Cell};
 
 use aws_sdk_kinesis::{Client, primitives::Blob, types::PutRecordsRequestEntry};
 
@@ -186,23 +186,29 @@ fn aggregated<'a>(
 ) -> impl Iterator<Item = Entry> + 'a {
     let mut records = batch.records().enumerate();
     let data_max = max - key.len();
-    let encode = move |r: &Outgoing<'_>| {
+    let limit = KINESIS_RECORD_LIMIT - key.len();
+    // A raw record goes into the aggregated record as it was read (max_record_bytes keeps
+    // it within the limit): no copy of its own per record.
+    let encode = move |r: Outgoing<'a>| -> Cow<'a, [u8]> {
+        if head.is_none() && r.data.len() <= limit {
+            return Cow::Borrowed(r.data);
+        }
         let mut cut = records_cut.get();
-        let data = envelope::encode_within(&batch.origin, head, r, KINESIS_RECORD_LIMIT - key.len(), &mut cut);
+        let data = envelope::encode_within(&batch.origin, head, &r, limit, &mut cut);
         records_cut.set(cut);
-        data
+        Cow::Owned(data)
     };
     // A record that did not fit the aggregated record before it: it starts the next one.
-    let mut carried: Option<(usize, Vec<u8>)> = None;
+    let mut carried: Option<(usize, Cow<'a, [u8]>)> = None;
     std::iter::from_fn(move || {
-        let (index, first) = carried.take().or_else(|| records.next().map(|(i, r)| (i, encode(&r))))?;
-        let mut packed = Aggregated::new(key, first.len() * 2);
+        let (index, first) = carried.take().or_else(|| records.next().map(|(i, r)| (i, encode(r))))?;
+        let mut packed = Aggregated::new(key, (first.len() * 2).min(data_max));
         if packed.size_with(first.len()) > data_max {
-            return Some(Entry { index, key: key.to_owned(), data: first });
+            return Some(Entry { index, key: key.to_owned(), data: first.into_owned() });
         }
         packed.push(&first);
         for (i, r) in records.by_ref() {
-            let data = encode(&r);
+            let data = encode(r);
             if packed.size_with(data.len()) > data_max {
                 carried = Some((i, data));
                 break;
