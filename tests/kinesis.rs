@@ -49,21 +49,37 @@ fn start_collector(scratch: &Scratch, config: &str) -> Running {
 /// server this slow would otherwise make the kernel's ring buffer overflow, see README.)
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `lines` lines (`w N`, 1,000 a second) written to app.log while logrotate rotates it with
+/// `directives` every 300 ms, shipped to `server` by a collector whose sink has `sink_extra`
+/// too; the collector (still running) and the writer's pid.
+fn write_under_rotation(
+    scratch: &Scratch,
+    server: &KinesisServer,
+    sink_extra: &str,
+    directives: &str,
+    reopen: bool,
+    lines: u64,
+) -> (Running, u32) {
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let collector =
+        start_collector(scratch, &(kinesis_config(scratch, "app.log*", &server.endpoint(), "logs") + sink_extra));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotate_repeatedly(log.clone(), directives.into(), Duration::from_millis(300), stop.clone());
+    let mut w = writer(&log, "w", lines, 1_000, reopen);
+    assert!(w.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    let rotations = rotator.join().unwrap();
+    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
+    (collector, w.id())
+}
+
 fn ship_under_rotation(name: &str, directives: &str, reopen: bool) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LINES: u64 = 4_000;
     let server = KinesisServer::start("logs");
     let scratch = Scratch::new(name);
-    let log = scratch.path("app.log");
-    std::fs::write(&log, b"").unwrap();
-    let _collector = start_collector(&scratch, &kinesis_config(&scratch, "app.log*", &server.endpoint(), "logs"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rotator = rotate_repeatedly(log.clone(), directives.into(), Duration::from_millis(300), stop.clone());
-    let mut w = writer(&log, "w", LINES, 1_000, reopen);
-    assert!(w.wait().unwrap().success());
-    stop.store(true, Ordering::Relaxed);
-    let rotations = rotator.join().unwrap();
-    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
+    let (_collector, writer) = write_under_rotation(&scratch, &server, "", directives, reopen, LINES);
     let records = server.wait_for_records(LINES as usize);
     assert_every_line_once_in_order(&records, "w", LINES);
     assert!(
@@ -72,7 +88,6 @@ fn ship_under_rotation(name: &str, directives: &str, reopen: bool) {
             .all(|r| r["path"].as_str().unwrap().ends_with("/app.log") || !directives.contains("copytruncate"))
     );
     // The envelope names the writing process, from the kernel's write events.
-    let writer = w.id();
     assert!(
         records.iter().all(|r| r["pid"].as_u64() == Some(u64::from(writer)) && r["comm"] == "log_writer"),
         "every record names its writer (pid {writer}, log_writer): {:?}",
@@ -273,16 +288,7 @@ fn aggregate_under_rotation(name: &str, directives: &str, reopen: bool) {
     const LINES: u64 = 4_000;
     let server = KinesisServer::start("logs");
     let scratch = Scratch::new(name);
-    let log = scratch.path("app.log");
-    std::fs::write(&log, b"").unwrap();
-    let config = kinesis_config(&scratch, "app.log*", &server.endpoint(), "logs") + "aggregate = true\n";
-    let _collector = start_collector(&scratch, &config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let rotator = rotate_repeatedly(log.clone(), directives.into(), Duration::from_millis(300), stop.clone());
-    assert!(writer(&log, "w", LINES, 1_000, reopen).wait().unwrap().success());
-    stop.store(true, Ordering::Relaxed);
-    let rotations = rotator.join().unwrap();
-    assert!(rotations >= collector_tests::min_rotations(), "{rotations} rotations");
+    let (_collector, _) = write_under_rotation(&scratch, &server, "aggregate = true\n", directives, reopen, LINES);
     let consumed = server.wait_for_consumed(LINES as usize);
     assert_every_line_once_in_order(&consumed.records, "w", LINES);
     eprintln!("{} lines in {} Kinesis records, {} aggregated", LINES, consumed.kinesis_records, consumed.aggregated);

@@ -150,19 +150,7 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
-    use crate::sink::Source;
-
-    fn records(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
-        let mut offset = 0;
-        lines
-            .iter()
-            .map(|data| {
-                let r = Outgoing { offset, data, json: false };
-                offset += data.len() as u64 + 1;
-                r
-            })
-            .collect()
-    }
+    use crate::sink::{Source, outgoing as records};
 
     /// Every entry of `batch`, with the envelope (host "h") when `wrap`.
     fn packed(batch: &Batch<'_>, wrap: bool, aggregate: bool, cut: &mut u64) -> Vec<Entry> {

@@ -230,19 +230,7 @@ mod tests {
     use collector_common::InodeKey;
 
     use super::*;
-    use crate::sink::kpl::MAGIC;
-
-    fn records(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
-        let mut offset = 0;
-        lines
-            .iter()
-            .map(|data| {
-                let r = Outgoing { offset, data, json: false };
-                offset += data.len() as u64 + 1;
-                r
-            })
-            .collect()
-    }
+    use crate::sink::{kpl::MAGIC, outgoing as records};
 
     fn packed(lines: &[Vec<u8>], max: usize) -> Vec<Entry> {
         let records = records(lines);

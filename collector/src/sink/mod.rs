@@ -127,6 +127,20 @@ impl From<anyhow::Error> for Refused {
     }
 }
 
+/// `lines` as records of one file, each followed by a newline in it (tests).
+#[cfg(test)]
+pub fn outgoing(lines: &[Vec<u8>]) -> Vec<Outgoing<'_>> {
+    let mut offset = 0;
+    lines
+        .iter()
+        .map(|data| {
+            let r = Outgoing { offset, data, json: false };
+            offset += data.len() as u64 + 1;
+            r
+        })
+        .collect()
+}
+
 /// One batch through `sink` (tests).
 #[cfg(test)]
 pub fn deliver_one(sink: &mut dyn Sink, batch: &Batch<'_>) -> Result<(), Refused> {
