@@ -194,29 +194,15 @@ pub fn run(collector: &Path) -> anyhow::Result<String> {
     fs::remove_file(&log)?;
     for rate in [100u64, 1_000, 10_000, 100_000] {
         for (age, flow) in [("20ms (default)", ""), ("0s", "max_batch_age = \"0s\"")] {
-            let live = dir.join("logs/live.log");
-            let _ = fs::remove_file(&live);
-            fs::File::create(&live)?;
-            latencies.lock().expect("latencies").clear();
             accepted.take_calls();
-            let running = Collector::start(collector, &dir, flow, &kinesis_sink(port))?;
-            let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while (latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let (cpu, _) = crate::bench::process_usage(running.pid())?;
-            let rss = crate::bench::current_rss_kib(running.pid())?;
-            drop(running);
-            let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
-            if (l.len() as u64) < lines {
-                bail!("{} of {lines} lines reached the acceptor at {rate} lines/s", l.len());
-            }
-            let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
+            let run = latency_run(collector, &dir, &latencies, rate, flow, &kinesis_sink(port))?;
+            let [p50, p99, max] = run.quantiles;
             s.push_str(&format!(
-                "| {rate}/s | {age} | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {cpu:.2} s | {:.1} MiB |\n",
+                "| {rate}/s | {age} | {} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {:.2} s | {:.1} MiB |\n",
+                run.lines,
                 accepted.take_calls(),
-                rss as f64 / 1024.0
+                run.cpu,
+                run.rss_kib as f64 / 1024.0
             ));
         }
     }
@@ -312,32 +298,58 @@ fn aggregation(collector: &Path, dir: &Path, accepted: &Acceptor, latencies: &La
          | rate | lines | p50 | p99 | max | PutRecords calls | Kinesis records | collector CPU |\n|---|---|---|---|---|---|---|---|\n"
     ));
     for rate in [1_000u64, 10_000] {
-        let live = dir.join("logs/live.log");
-        let _ = fs::remove_file(&live);
-        fs::File::create(&live)?;
-        latencies.lock().expect("latencies").clear();
         accepted.take_calls();
         let kinesis_records = accepted.kinesis_records();
-        let running = Collector::start(collector, dir, "", &(kinesis_sink(port) + "aggregate = true\n"))?;
-        let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while (latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (cpu, _) = crate::bench::process_usage(running.pid())?;
-        drop(running);
-        let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
-        if (l.len() as u64) < lines {
-            bail!("{} of {lines} lines reached the acceptor at {rate} lines/s, aggregated", l.len());
-        }
-        let [p50, p99, max] = quantiles(&mut l, [0.5, 0.99, 1.0]);
+        let run = latency_run(collector, dir, latencies, rate, "", &(kinesis_sink(port) + "aggregate = true\n"))?;
+        let [p50, p99, max] = run.quantiles;
         s.push_str(&format!(
-            "| {rate}/s | {lines} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {} | {cpu:.2} s |\n",
+            "| {rate}/s | {} | {p50:.1?} | {p99:.1?} | {max:.1?} | {} | {} | {:.2} s |\n",
+            run.lines,
             accepted.take_calls(),
-            accepted.kinesis_records() - kinesis_records
+            accepted.kinesis_records() - kinesis_records,
+            run.cpu
         ));
     }
     Ok(s)
+}
+
+/// One latency run: a collector with `flow` and `sink`, and a writer on a new log at `rate`
+/// for LATENCY_SECONDS.
+struct LatencyRun {
+    lines: u64,
+    /// p50, p99, max.
+    quantiles: [Duration; 3],
+    /// The collector's CPU-seconds, start-up included, and its RSS at the end.
+    cpu: f64,
+    rss_kib: u64,
+}
+
+fn latency_run(
+    collector: &Path,
+    dir: &Path,
+    latencies: &Latencies,
+    rate: u64,
+    flow: &str,
+    sink: &str,
+) -> anyhow::Result<LatencyRun> {
+    let live = dir.join("logs/live.log");
+    let _ = fs::remove_file(&live);
+    fs::File::create(&live)?;
+    latencies.lock().expect("latencies").clear();
+    let running = Collector::start(collector, dir, flow, sink)?;
+    let lines = write_at_rate(&live, rate, Duration::from_secs(LATENCY_SECONDS))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (latencies.lock().expect("latencies").len() as u64) < lines && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (cpu, _) = crate::bench::process_usage(running.pid())?;
+    let rss_kib = crate::bench::current_rss_kib(running.pid())?;
+    drop(running);
+    let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    if (l.len() as u64) < lines {
+        bail!("{} of {lines} lines reached the acceptor at {rate} lines/s ({sink:?})", l.len());
+    }
+    Ok(LatencyRun { lines, quantiles: quantiles(&mut l, [0.5, 0.99, 1.0]), cpu, rss_kib })
 }
 
 /// write(2) → the record written by the file sink: a reader follows the sink's

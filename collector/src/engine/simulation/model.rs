@@ -251,6 +251,22 @@ impl Model {
 
     /// Another task reads `len` bytes at `pos`: it opens the capture window, and carries
     /// what lies past the collector's read position.
+    /// gzip reads `source` whole and writes its archive `name`.
+    fn gzip(&mut self, source: usize, name: &str) {
+        let len = self.inodes[source].data.len();
+        self.other_read(source, 0, len, GZIP);
+        let gz = self.create(name, GZIP, true);
+        self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
+        self.emit(Event::Write {
+            inode: key(gz),
+            pid: GZIP,
+            pos: 0,
+            len: 12,
+            captured: Vec::new(),
+            at_ns: self.now_ns,
+        });
+    }
+
     pub(super) fn other_read(&mut self, inode: usize, pos: usize, len: usize, pid: u32) {
         let now = self.now_ns;
         let f = &mut self.inodes[inode];
@@ -365,18 +381,7 @@ impl Model {
             }
             Step::Compress => {
                 let Some((_, copy, _)) = self.rotating else { return };
-                let len = self.inodes[copy].data.len();
-                self.other_read(copy, 0, len, GZIP);
-                let gz = self.create(&format!("{}.gz", self.rotated), GZIP, true);
-                self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
-                self.emit(Event::Write {
-                    inode: key(gz),
-                    pid: GZIP,
-                    pos: 0,
-                    len: 12,
-                    captured: Vec::new(),
-                    at_ns: self.now_ns,
-                });
+                self.gzip(copy, &format!("{}.gz", self.rotated));
                 self.note("gzip compresses the copy".into());
             }
             Step::DeleteCopy => {
@@ -412,18 +417,7 @@ impl Model {
                 self.create(LOG, LOGROTATE, true);
                 // delaycompress: the rotation before this one is compressed now, and deleted.
                 if delaycompress && let Some(&old) = self.names.get(&older) {
-                    let len = self.inodes[old].data.len();
-                    self.other_read(old, 0, len, GZIP);
-                    let gz = self.create(&format!("{older}.gz"), GZIP, true);
-                    self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
-                    self.emit(Event::Write {
-                        inode: key(gz),
-                        pid: GZIP,
-                        pos: 0,
-                        len: 12,
-                        captured: Vec::new(),
-                        at_ns: self.now_ns,
-                    });
+                    self.gzip(old, &format!("{older}.gz"));
                     self.names.remove(&older);
                     self.unlink_inode(old, true);
                 }
