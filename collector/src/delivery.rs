@@ -65,7 +65,7 @@ pub struct Delivery {
     pub checkpoints_failing: Option<(Instant, String)>,
     /// Checkpoints saved since the last commit, and what each file's durable offset was
     /// before (to go back to if the commit fails).
-    unsaved: Vec<(InodeKey, Option<u64>)>,
+    unsaved: Vec<(InodeKey, engine::Replaces)>,
 }
 
 impl Delivery {
@@ -240,16 +240,9 @@ impl Delivery {
             return;
         }
         let last_bytes = checkpoint::LastBytes::of(file, due.acknowledged);
-        if last_bytes.is_none() && due.acknowledged > 0 {
-            // Shorter than what was read: truncated, its event still on its way. Saved
-            // without the bytes before it, the offset would be taken as is by a restart
-            // that finds the file grown past it again, mid-line in its new contents. The
-            // checkpoint before stays (its bytes no longer match: a restart reads from 0).
-            let before = engine.made_durable(&inode, due.acknowledged, now);
-            engine.checkpoint_failed(&inode, before, now);
+        let Some(replaced) = engine.made_durable(&inode, due.acknowledged, last_bytes.is_some(), now) else {
             return;
-        }
-        let before = engine.made_durable(&inode, due.acknowledged, now);
+        };
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
             dev: inode.dev,
@@ -262,7 +255,7 @@ impl Delivery {
             last_bytes,
         };
         self.store.save(c);
-        self.unsaved.push((inode, before));
+        self.unsaved.push((inode, replaced));
     }
 
     /// Makes the checkpoints of this pass durable, all with one fsync: on failure the files
@@ -275,8 +268,8 @@ impl Delivery {
         if saved.is_err() {
             let now = Instant::now();
             // Latest first: a file saved twice goes back to where it was before both.
-            for (inode, before) in self.unsaved.drain(..).rev() {
-                engine.checkpoint_failed(&inode, before, now);
+            for (inode, replaced) in self.unsaved.drain(..).rev() {
+                engine.checkpoint_failed(&inode, replaced, now);
             }
         }
         self.unsaved.clear();

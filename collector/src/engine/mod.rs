@@ -243,6 +243,11 @@ pub struct CheckpointDue {
     pub acknowledged: u64,
 }
 
+/// A checkpoint being saved replaces this offset (none before it): what it goes back to if
+/// the save fails (`Engine::checkpoint_failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replaces(pub Option<u64>);
+
 /// After a copytruncate: the unread tail of the old contents, read from the copy (pinned
 /// for it) like any file, up to `end`, before the truncation's remaining steps.
 #[derive(Debug)]

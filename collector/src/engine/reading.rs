@@ -320,7 +320,7 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{path::PathBuf, time::Duration};
 
     use super::*;
@@ -329,7 +329,7 @@ mod tests {
     const AGE: Duration = Duration::from_millis(20);
 
     /// An engine with one flow (max_batch_age 20 ms) holding files 1..=n, empty.
-    fn engine(n: u64, t0: Instant) -> Engine {
+    pub(in crate::engine) fn engine(n: u64, t0: Instant) -> Engine {
         let rules = FlowRules::for_tests(AGE);
         let mut e = Engine::new(vec![rules], true, t0);
         for ino in 1..=n {
@@ -344,7 +344,7 @@ mod tests {
     }
 
     /// A 10-byte write to file `ino`, made `ago` before `now`.
-    fn write(e: &mut Engine, ino: u64, ago: Duration, now: Instant) {
+    pub(in crate::engine) fn write(e: &mut Engine, ino: u64, ago: Duration, now: Instant) {
         let at_ns = 10_000_000_000 - ago.as_nanos() as u64;
         let event = Event::Write { inode: InodeKey::new(1, ino), pid: 7, pos: 0, len: 10, captured: Vec::new(), at_ns };
         e.on_event(event, now, &|_| Some(0));

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Shrunk};
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Replaces, Shrunk};
 use crate::sweep::Look;
 
 impl Engine {
@@ -30,21 +30,40 @@ impl Engine {
         Some(CheckpointDue { flow: f.flow, acknowledged: f.acknowledged })
     }
 
-    /// The sink made durable what it took: the checkpoint of `inode` at `acknowledged`
-    /// is being saved.
-    pub fn made_durable(&mut self, inode: &InodeKey, acknowledged: u64, now: Instant) -> Option<u64> {
+    /// The sink made durable what it took: the checkpoint of `inode` at `acknowledged` is
+    /// to be saved, with the bytes before that offset, which the caller looked for in the
+    /// file (`bytes_before`: found them all). The offset the checkpoint replaces, when it
+    /// is to be saved; `None` when not.
+    ///
+    /// Not saved when the bytes are missing: the file is shorter than what was read, so it
+    /// was truncated and its event is on its way. Saved without them, the offset would be
+    /// taken as is by a restart that finds the file grown past it again, mid-line in its
+    /// new contents. The checkpoint before stays (its bytes no longer match, so a restart
+    /// reads from 0), and this one is tried again after CHECKPOINT_EVERY.
+    pub fn made_durable(
+        &mut self,
+        inode: &InodeKey,
+        acknowledged: u64,
+        bytes_before: bool,
+        now: Instant,
+    ) -> Option<Replaces> {
         let f = self.files.get_mut(inode)?;
         f.durable = acknowledged;
-        let before = f.checkpointed.map(|(_, at)| at);
+        // u64::MAX: tried and none saved yet.
+        let before = f.checkpointed.map(|(_, at)| at).filter(|&at| at != u64::MAX);
+        if !bytes_before && acknowledged > 0 {
+            f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
+            return None;
+        }
         f.checkpointed = Some((now, acknowledged));
-        before
+        Some(Replaces(before))
     }
 
     /// The checkpoint could not be saved: tried again after CHECKPOINT_EVERY, also when no
-    /// byte moves it further (`before`: what `made_durable` returned).
-    pub fn checkpoint_failed(&mut self, inode: &InodeKey, before: Option<u64>, now: Instant) {
+    /// byte moves it further (`replaced`: what `made_durable` returned).
+    pub fn checkpoint_failed(&mut self, inode: &InodeKey, replaced: Replaces, now: Instant) {
         if let Some(f) = self.files.get_mut(inode) {
-            f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
+            f.checkpointed = Some((now, replaced.0.unwrap_or(u64::MAX)));
         }
     }
 
@@ -252,5 +271,44 @@ impl Engine {
                 tracing::error!(path = %self.path_of(&inode), lost, "stopping with bytes recovered from a truncation that the sink refused; they are gone from disk");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        engine::{
+            Delivery,
+            reading::tests::{engine, write},
+        },
+        framer::Framed,
+    };
+
+    #[test]
+    fn a_checkpoint_is_not_saved_while_the_file_lacks_the_bytes_before_it() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let inode = InodeKey::new(1, 1);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        write(&mut e, 1, Duration::from_secs(1), now);
+        let reads = e.plan_reads(now, &|_| Some(10));
+        let chunk = e.read_done(reads[0], Ok(b"123456789\n".to_vec()), 10_000_000_000, now).expect("read");
+        let mut framed = Framed::default();
+        assert!(e.frame(chunk, None, &mut framed));
+        e.delivered(inode, Delivery::Accepted, now);
+
+        let due = e.checkpoint_due(&inode, false, now).expect("due");
+        assert_eq!(due.acknowledged, 10);
+        // Truncated since the read: the bytes before offset 10 are not there.
+        assert_eq!(e.made_durable(&inode, 10, false, now), None, "not saved");
+        assert_eq!(e.checkpoint_due(&inode, false, now + Duration::from_millis(1)), None, "tried again later");
+        let later = now + CHECKPOINT_EVERY;
+        assert_eq!(e.checkpoint_due(&inode, false, later), Some(due), "tried again");
+        assert_eq!(e.made_durable(&inode, 10, true, later), Some(Replaces(None)), "saved, replacing none");
+        assert_eq!(e.checkpoint_due(&inode, true, later), None, "saved where it is");
     }
 }

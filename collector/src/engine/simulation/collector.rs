@@ -135,19 +135,13 @@ impl Collector {
             let i = index(&inode);
             let data = &m.inodes[i].data;
             let end = due.acknowledged as usize;
-            if end > data.len() {
-                // As the daemon's: truncated, its event on its way; not saved.
-                let before = self.engine.made_durable(&inode, due.acknowledged, now);
-                self.engine.checkpoint_failed(&inode, before, now);
+            // As `LastBytes::of`: none when the file is shorter by then.
+            let last =
+                (end <= data.len()).then(|| data[end.saturating_sub(crate::checkpoint::LAST_BYTES)..end].to_vec());
+            if self.engine.made_durable(&inode, due.acknowledged, last.is_some(), now).is_none() {
                 return;
             }
-            self.engine.made_durable(&inode, due.acknowledged, now);
-            // As `LastBytes::of`: none when the file is shorter by then.
-            let last = if end <= data.len() {
-                data[end.saturating_sub(crate::checkpoint::LAST_BYTES)..end].to_vec()
-            } else {
-                Vec::new()
-            };
+            let last = last.unwrap_or_default();
             self.durable.store.insert(i, (due.acknowledged, false, last));
             self.durable.unsaved.entry(i).or_default().retain(|(end, _)| *end > due.acknowledged);
         }
