@@ -281,3 +281,58 @@ fn copies_are_remembered_in_the_state_directory_across_restarts() {
     );
     drop(collector);
 }
+
+/// A way of truncating a file to nothing.
+type Truncation<'a> = &'a dyn Fn(&Path);
+
+/// A checkpoint is saved only once every truncation the kernel counted for the file has had
+/// its event taken (else it could name an offset of the old contents with the new contents'
+/// bytes before it: a restart would resume mid-line). This checks the other side: after
+/// each way of truncating a file (ftruncate, truncate(2) by path, open with O_TRUNC), the
+/// checkpoint still moves to the file's end.
+#[test]
+fn checkpoints_move_on_after_each_kind_of_truncation() {
+    let scratch = Scratch::new("checkpoint-after-truncation");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let state = scratch.path("state");
+    let out = scratch.path("out.jsonl");
+    let cfg = config(&state, &[scratch.pattern("app.log")], &out, "");
+    let _collector = Running::start(&scratch.dir, &cfg);
+    let truncations: [(&str, Truncation); 3] = [
+        ("ftruncate", &|p| std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(0).unwrap()),
+        ("truncate", &|p| {
+            let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+            assert_eq!(unsafe { libc::truncate(path.as_ptr(), 0) }, 0);
+        }),
+        ("O_TRUNC", &|p| drop(std::fs::OpenOptions::new().write(true).truncate(true).open(p).unwrap())),
+    ];
+    let mut lines = 0;
+    for (i, (how, truncate)) in truncations.iter().enumerate() {
+        let tag = format!("t{i}");
+        assert!(writer(&log, &tag, 100, 10_000, false).wait().unwrap().success());
+        lines += 100;
+        wait_for_records(&out, lines);
+        truncate(&log);
+        // The new contents, shorter than the old: a checkpoint at their end is a new one.
+        let tag = format!("n{i}");
+        assert!(writer(&log, &tag, 50, 10_000, false).wait().unwrap().success());
+        lines += 50;
+        wait_for_records(&out, lines);
+        let size = std::fs::metadata(&log).unwrap().len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let at: Vec<u64> =
+                collector_tests::checkpoints(&state).iter().filter_map(|c| c["acknowledged"].as_u64()).collect();
+            if at == [size] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "after {how}: the checkpoint stays at {at:?}, the file is {size} bytes and every line was shipped"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -68,6 +68,14 @@ pub struct Delivery {
     unsaved: Vec<(InodeKey, engine::Replaces)>,
 }
 
+/// A held file whose checkpoint is saved: its descriptor, its identity, and how to ask the
+/// kernel how many truncations of it it has counted.
+pub struct HeldFile<'a> {
+    pub file: &'a std::fs::File,
+    pub identity: &'a Identity,
+    pub truncations: &'a dyn Fn() -> Option<u64>,
+}
+
 impl Delivery {
     pub fn open(config: &Config) -> anyhow::Result<Delivery> {
         let store = Store::open(&config.state_dir)?;
@@ -229,8 +237,7 @@ impl Delivery {
         engine: &mut Engine,
         config: &Config,
         inode: InodeKey,
-        identity: &Identity,
-        file: &std::fs::File,
+        held: HeldFile<'_>,
         force: bool,
     ) {
         let now = Instant::now();
@@ -239,15 +246,17 @@ impl Delivery {
             self.durability_failed(engine, config, due.flow, e);
             return;
         }
-        let last_bytes = checkpoint::LastBytes::of(file, due.acknowledged);
-        let Some(replaced) = engine.made_durable(&inode, due.acknowledged, last_bytes.is_some(), now) else {
+        let last_bytes = checkpoint::LastBytes::of(held.file, due.acknowledged);
+        // After the bytes: a truncation counted then began after they were read.
+        let found = engine::Found { bytes_before: last_bytes.is_some(), truncations: (held.truncations)() };
+        let Some(replaced) = engine.made_durable(&inode, due.acknowledged, found, now) else {
             return;
         };
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
             dev: inode.dev,
             ino: inode.ino,
-            identity: identity.clone(),
+            identity: held.identity.clone(),
             flow: config.flows[due.flow].name.clone(),
             path: engine.path(&inode).map(Path::to_owned).unwrap_or_default(),
             acknowledged: due.acknowledged,

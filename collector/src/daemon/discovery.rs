@@ -169,7 +169,8 @@ impl Daemon {
             return;
         }
         self.handles.insert(inode, Handle { file, identity, writer: None });
-        self.engine.tracked(inode, flow, from, size, Instant::now());
+        let truncations = self.probe.truncations(inode).unwrap_or(0);
+        self.engine.tracked(inode, flow, from, size, truncations, Instant::now());
     }
 
     pub(super) fn open_inode(&mut self, inode: InodeKey, path: &Path) -> Option<File> {

@@ -19,7 +19,7 @@ use crate::{
     cgroup::CgroupNames,
     checkpoint::Identity,
     config::Config,
-    delivery::{About, Delivery},
+    delivery::{About, Delivery, HeldFile},
     engine::{self, Engine, FINISH_ON_STOP, FlowRules, ReadFrom},
     event_queue::EventQueue,
     framer::{Framed, FramerConfig},
@@ -139,7 +139,9 @@ impl Daemon {
 
     fn save_checkpoint(&mut self, inode: InodeKey, force: bool) {
         let Some(h) = self.handles.get(&inode) else { return };
-        self.delivery.checkpoint(&mut self.engine, &self.config, inode, &h.identity, &h.file, force);
+        let probe = &self.probe;
+        let held = HeldFile { file: &h.file, identity: &h.identity, truncations: &|| probe.truncations(inode) };
+        self.delivery.checkpoint(&mut self.engine, &self.config, inode, held, force);
     }
 
     /// Sends records of many files (no file twice), each flow's in one delivery: requests
@@ -255,6 +257,12 @@ impl Daemon {
             );
             self.lost_seen = lost;
             self.engine.events_lost(reader::boot_ns(), &Self::sizes(&self.handles));
+            let held: Vec<InodeKey> = self.engine.held().collect();
+            for inode in held {
+                if let Some(counted) = self.probe.truncations(inode) {
+                    self.engine.truncations_counted(&inode, counted);
+                }
+            }
             self.run_effects(None);
         }
         Ok(())

@@ -243,6 +243,15 @@ pub struct CheckpointDue {
     pub acknowledged: u64,
 }
 
+/// What the caller found as it saved a checkpoint (`Engine::made_durable`): whether the file
+/// still holds the bytes before the offset, and then how many truncations of it the kernel
+/// has counted, where it knows (`WatchedInode::truncations`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub bytes_before: bool,
+    pub truncations: Option<u64>,
+}
+
 /// A checkpoint being saved replaces this offset (none before it): what it goes back to if
 /// the save fails (`Engine::checkpoint_failed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +316,8 @@ struct FileState {
     /// The kernel's number of the truncation being reported and when it was made, from
     /// its event until the tracker's action for it.
     reported_truncation: Option<(u64, u64)>,
+    /// The kernel's number of the last truncation whose event was taken.
+    truncations_taken: u64,
     /// The read position last given to the kernel.
     read_position: Option<u64>,
     /// Truncations of it so far (reported or inferred).
@@ -343,6 +354,7 @@ impl FileState {
             pinned: Vec::new(),
             cuts: Cuts::default(),
             reported_truncation: None,
+            truncations_taken: 0,
             read_position: None,
             truncations: 0,
             written_to: 0,
@@ -549,13 +561,17 @@ impl Engine {
     }
 
     /// `Effect::Track` was carried out: the file is open and watched, `size` long, read
-    /// from `from`.
-    pub fn tracked(&mut self, inode: InodeKey, flow: usize, from: u64, size: u64, now: Instant) {
+    /// from `from`; `truncations`: the kernel's count of its truncations once watched (it
+    /// counts from when the file was created in, or first watched from, a watched
+    /// directory; `made_durable` compares with it).
+    pub fn tracked(&mut self, inode: InodeKey, flow: usize, from: u64, size: u64, truncations: u64, now: Instant) {
         // A file created while running is read on its first write: that write's task may
         // show it is a copy, which must never be shipped.
         let fresh = self.tracker.get(&inode).is_some_and(|t| t.fresh);
         let framer = self.framer(flow, from);
-        self.files.insert(inode, Box::new(FileState::new(flow, framer, from, false, now)));
+        let mut state = Box::new(FileState::new(flow, framer, from, false, now));
+        state.truncations_taken = truncations;
+        self.files.insert(inode, state);
         if from < size && !fresh {
             self.dirty.insert(inode);
         }
@@ -651,6 +667,7 @@ impl Engine {
                 }
                 if let Some(f) = self.files.get_mut(&inode) {
                     f.reported_truncation = Some((truncation, at_ns));
+                    f.truncations_taken = f.truncations_taken.max(truncation);
                     // Reads from here on are of the new contents: all their bytes count
                     // until reading resumes in them (`finish_truncation`).
                     if f.read_position.is_some_and(|at| at > 0) && !f.derived {

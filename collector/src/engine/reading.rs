@@ -336,7 +336,7 @@ pub(super) mod tests {
             e.discovered(InodeKey::new(1, ino), 0, PathBuf::from(format!("/logs/{ino}.log")), 0, false, t0);
             while let Some(effect) = e.next_effect() {
                 if let Effect::Track { inode, flow, from, .. } = effect {
-                    e.tracked(inode, flow, from, 0, t0);
+                    e.tracked(inode, flow, from, 0, 0, t0);
                 }
             }
         }

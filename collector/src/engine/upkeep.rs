@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Replaces, Shrunk};
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Found, Replaces, Shrunk};
 use crate::sweep::Look;
 
 impl Engine {
@@ -31,32 +31,44 @@ impl Engine {
     }
 
     /// The sink made durable what it took: the checkpoint of `inode` at `acknowledged` is
-    /// to be saved, with the bytes before that offset, which the caller looked for in the
-    /// file (`bytes_before`: found them all). The offset the checkpoint replaces, when it
-    /// is to be saved; `None` when not.
+    /// to be saved, with the bytes before that offset as the caller found them in the file
+    /// (`found`). The offset the checkpoint replaces, when it is to be saved; `None` when not.
     ///
-    /// Not saved when the bytes are missing: the file is shorter than what was read, so it
-    /// was truncated and its event is on its way. Saved without them, the offset would be
-    /// taken as is by a restart that finds the file grown past it again, mid-line in its
-    /// new contents. The checkpoint before stays (its bytes no longer match, so a restart
-    /// reads from 0), and this one is tried again after CHECKPOINT_EVERY.
+    /// Not saved when the file may have been truncated since it was read, its event still
+    /// on its way: the bytes are missing (the file is shorter), or the kernel has counted a
+    /// truncation whose event was not taken (counted as it begins, and looked at after the
+    /// bytes: so none began before they were read). Saved then, the checkpoint would hold
+    /// the new contents' bytes at an offset of the old ones, and a restart would take it
+    /// as is, mid-line. The checkpoint before stays (its bytes no longer match, so a
+    /// restart reads from 0), and this one is tried again after CHECKPOINT_EVERY.
     pub fn made_durable(
         &mut self,
         inode: &InodeKey,
         acknowledged: u64,
-        bytes_before: bool,
+        found: Found,
         now: Instant,
     ) -> Option<Replaces> {
         let f = self.files.get_mut(inode)?;
         f.durable = acknowledged;
         // u64::MAX: tried and none saved yet.
         let before = f.checkpointed.map(|(_, at)| at).filter(|&at| at != u64::MAX);
-        if !bytes_before && acknowledged > 0 {
+        let missing = !found.bytes_before && acknowledged > 0;
+        let unseen = found.truncations.is_some_and(|counted| counted > f.truncations_taken);
+        if missing || unseen {
             f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
             return None;
         }
         f.checkpointed = Some((now, acknowledged));
         Some(Replaces(before))
+    }
+
+    /// After lost events: the kernel has counted `counted` truncations of `inode`. Those
+    /// whose events were lost never come, so they count as taken (`made_durable` would
+    /// otherwise wait for them forever).
+    pub fn truncations_counted(&mut self, inode: &InodeKey, counted: u64) {
+        if let Some(f) = self.files.get_mut(inode) {
+            f.truncations_taken = f.truncations_taken.max(counted);
+        }
     }
 
     /// The checkpoint could not be saved: tried again after CHECKPOINT_EVERY, also when no
@@ -288,7 +300,7 @@ mod tests {
     };
 
     #[test]
-    fn a_checkpoint_is_not_saved_while_the_file_lacks_the_bytes_before_it() {
+    fn a_checkpoint_is_not_saved_while_a_truncation_may_have_replaced_the_bytes_before_it() {
         let t0 = Instant::now();
         let mut e = engine(1, t0);
         let inode = InodeKey::new(1, 1);
@@ -304,11 +316,15 @@ mod tests {
         let due = e.checkpoint_due(&inode, false, now).expect("due");
         assert_eq!(due.acknowledged, 10);
         // Truncated since the read: the bytes before offset 10 are not there.
-        assert_eq!(e.made_durable(&inode, 10, false, now), None, "not saved");
+        let found = Found { bytes_before: true, truncations: Some(0) };
+        assert_eq!(e.made_durable(&inode, 10, Found { bytes_before: false, ..found }, now), None, "not saved");
         assert_eq!(e.checkpoint_due(&inode, false, now + Duration::from_millis(1)), None, "tried again later");
         let later = now + CHECKPOINT_EVERY;
         assert_eq!(e.checkpoint_due(&inode, false, later), Some(due), "tried again");
-        assert_eq!(e.made_durable(&inode, 10, true, later), Some(Replaces(None)), "saved, replacing none");
+        // Truncated and written past 10 again: the bytes are there, the event is not.
+        assert_eq!(e.made_durable(&inode, 10, Found { truncations: Some(1), ..found }, later), None, "not saved");
+        let later = later + CHECKPOINT_EVERY;
+        assert_eq!(e.made_durable(&inode, 10, found, later), Some(Replaces(None)), "saved, replacing none");
         assert_eq!(e.checkpoint_due(&inode, true, later), None, "saved where it is");
     }
 }

@@ -165,6 +165,13 @@ impl Probe {
         map.get(&inode, 0).ok().map(|w| w.known_end)
     }
 
+    /// How many truncations of a watched inode the kernel has counted, each as it began
+    /// (`WatchedInode::truncations`).
+    pub fn truncations(&self, inode: InodeKey) -> Option<u64> {
+        let map: HashMap<_, InodeKey, WatchedInode> = HashMap::try_from(self.ebpf.map(names::WATCHED_INODES)?).ok()?;
+        map.get(&inode, 0).ok().map(|w| w.truncations)
+    }
+
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
         self.forget_read_position(inode)?;
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map(names::WATCHED_INODES)?;

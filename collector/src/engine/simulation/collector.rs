@@ -13,7 +13,7 @@ use super::{
     LOG,
     model::{Model, index, key},
 };
-use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FlowRules, ReadFrom};
+use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FlowRules, Found, ReadFrom};
 
 /// What outlives a collector: what the sink took, and the state directory.
 #[derive(Default)]
@@ -83,7 +83,7 @@ impl Collector {
                     if m.inodes[i].links > 0 || self.held.contains(&i) {
                         self.held.push(i);
                         let size = m.inodes[i].data.len() as u64;
-                        self.engine.tracked(inode, flow, from, size, now);
+                        self.engine.tracked(inode, flow, from, size, m.inodes[i].truncations, now);
                     } else {
                         m.note(format!("inode {} is gone before it could be opened", i + 1));
                         self.engine.gone_before_opened(inode, flow);
@@ -138,7 +138,8 @@ impl Collector {
             // As `LastBytes::of`: none when the file is shorter by then.
             let last =
                 (end <= data.len()).then(|| data[end.saturating_sub(crate::checkpoint::LAST_BYTES)..end].to_vec());
-            if self.engine.made_durable(&inode, due.acknowledged, last.is_some(), now).is_none() {
+            let found = Found { bytes_before: last.is_some(), truncations: Some(m.inodes[i].truncations) };
+            if self.engine.made_durable(&inode, due.acknowledged, found, now).is_none() {
                 return;
             }
             let last = last.unwrap_or_default();
@@ -316,6 +317,13 @@ impl Collector {
     /// again; the kernel's state (read positions, capture windows, the ring) starts
     /// afresh.
     pub(super) fn restart(mut self, m: &mut Model) -> Collector {
+        // A rotation under way dies with what the collector held of it in memory: captured
+        // bytes, a held truncation, a copy's unread tail. Lost, and nothing counts them.
+        if self.engine.truncating() || !m.script.is_empty() || !m.slow.is_empty() {
+            m.note("killed with a rotation under way".into());
+            m.may_lose = true;
+            m.uncounted = true;
+        }
         let mut durable = std::mem::take(&mut self.durable);
         for (i, unsaved) in std::mem::take(&mut durable.unsaved) {
             durable.may_repeat.entry(i).or_default().extend(unsaved.into_iter().map(|(_, data)| data));
@@ -341,6 +349,19 @@ impl Collector {
             }
         }
         m.queue.clear();
+        // A copytruncate whose copy was made before the restart: the new collector never
+        // took its creation, so it cannot tell the copy, and its truncation loses what was
+        // unread (counted: the new collector takes the truncation).
+        if m.rotating.is_some() && m.script.iter().any(|s| matches!(s, super::model::Step::Truncate)) {
+            m.note("restarted with a copytruncate's copy made: the new collector cannot know it".into());
+            m.may_lose = true;
+        }
+        // Likewise a write the truncation already cut whose exit hook has not run: its
+        // state from entry to exit was in the dead collector's maps, so no event comes.
+        if m.slow.iter().any(|s| m.inodes[s.inode].truncations > s.truncations_then) {
+            m.may_lose = true;
+            m.uncounted = true;
+        }
         for f in &mut m.inodes {
             f.read_position = None;
             f.capture_until = 0;
@@ -413,6 +434,9 @@ impl Collector {
         if std::mem::take(&mut self.lost) {
             let inodes = &m.inodes;
             self.engine.events_lost(m.now_ns, &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64));
+            for &i in &self.held {
+                self.engine.truncations_counted(&key(i), m.inodes[i].truncations);
+            }
             self.effects(m);
         }
         self.engine.read_due(now);
