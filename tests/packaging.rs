@@ -174,3 +174,70 @@ fn the_package_installs_a_unit_systemd_accepts_and_a_config_check_config_accepts
         .replace("/etc/default/collector", root.join("etc/default/collector").to_str().unwrap());
     assert_systemd_accepts(&scratch, &text);
 }
+
+/// sha256 of a file, in hex.
+fn sha256(file: &Path) -> String {
+    let out = Command::new("sha256sum").arg(file).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("a digest").to_owned()
+}
+
+fn read_json(file: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// The container image (`cargo xtask image`, which `cargo xtask test` runs first and names in
+/// COLLECTOR_IMAGE) is an OCI image layout whose blobs are what their names and sizes say,
+/// and whose one layer runs the collector with nothing but its own files: chrooted into the
+/// unpacked layer, `--version` answers and `check-config` accepts the package's config. (No
+/// container engine is installed here; chroot is what such an engine does to the layer.)
+#[test]
+fn the_image_is_an_oci_layout_whose_layer_runs_the_collector_alone() {
+    let archive = std::env::var_os("COLLECTOR_IMAGE")
+        .expect("COLLECTOR_IMAGE: the image archive to check (cargo xtask test sets it)");
+    let scratch = Scratch::new("image");
+    let layout = scratch.path("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    assert!(Command::new("tar").arg("xf").arg(&archive).arg("-C").arg(&layout).status().unwrap().success());
+    assert_eq!(read_json(&layout.join("oci-layout"))["imageLayoutVersion"], "1.0.0");
+    let blob = |digest: &serde_json::Value, size: &serde_json::Value| {
+        let hex = digest.as_str().and_then(|d| d.strip_prefix("sha256:")).expect("a sha256 digest");
+        let file = layout.join("blobs/sha256").join(hex);
+        assert_eq!(sha256(&file), hex, "{} holds what its name says", file.display());
+        assert_eq!(Some(std::fs::metadata(&file).unwrap().len()), size.as_u64(), "the size of {hex}");
+        file
+    };
+    let index = read_json(&layout.join("index.json"));
+    let entry = &index["manifests"][0];
+    let arch = Command::new("dpkg").arg("--print-architecture").output().unwrap();
+    assert_eq!(entry["platform"]["architecture"], String::from_utf8_lossy(&arch.stdout).trim());
+    let name = format!("collector:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(entry["annotations"]["org.opencontainers.image.ref.name"], name.as_str());
+    let manifest = read_json(&blob(&entry["digest"], &entry["size"]));
+    let config = read_json(&blob(&manifest["config"]["digest"], &manifest["config"]["size"]));
+    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/usr/bin/collector"]));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer: {manifest}");
+    let layer = blob(&layers[0]["digest"], &layers[0]["size"]);
+    let unpacked = scratch.path("layer.tar");
+    let gunzip = Command::new("gunzip").arg("-c").arg(&layer).output().unwrap();
+    assert!(gunzip.status.success());
+    std::fs::write(&unpacked, &gunzip.stdout).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{}", sha256(&unpacked)), "the layer's diff id");
+
+    let root = scratch.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    assert!(Command::new("tar").arg("xf").arg(&unpacked).arg("-C").arg(&root).status().unwrap().success());
+    let size = std::fs::metadata(root.join("usr/bin/collector")).unwrap().len();
+    assert!(size < 40 << 20, "the image's binary is {size} bytes");
+    let version = Command::new("chroot").arg(&root).args(["/usr/bin/collector", "--version"]).output().unwrap();
+    assert!(version.status.success(), "in the image: {}", String::from_utf8_lossy(&version.stderr));
+    assert_eq!(String::from_utf8_lossy(&version.stdout), format!("collector {}\n", env!("CARGO_PKG_VERSION")));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::fs::copy(repo.join("packaging/deb/collector.toml"), root.join("etc/collector/collector.toml")).unwrap();
+    let check = Command::new("chroot")
+        .arg(&root)
+        .args(["/usr/bin/collector", "check-config", "--config", "/etc/collector/collector.toml"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "check-config in the image: {}", String::from_utf8_lossy(&check.stderr));
+}

@@ -6,6 +6,7 @@ mod bench_kinesis;
 mod bench_ops;
 mod build;
 mod guest;
+mod image;
 mod package;
 mod run;
 mod setup;
@@ -56,6 +57,8 @@ enum Command {
     },
     /// Build the Debian package: target/package/collector_<version>_<arch>.deb.
     Package,
+    /// Build the container image: target/package/collector-<version>-<arch>.tar (OCI archive).
+    Image,
     /// Serve one guest connection on stdin/stdout: start a test server on this host, or run
     /// a boto3 script (QEMU runs this for the guests; tests/src/servers.rs).
     #[command(hide = true)]
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
         Command::Bench { name } => bench::run(name.as_deref()),
         Command::Package => package::run().map(|_| ()),
+        Command::Image => image::run().map(|_| ()),
         Command::GuestAgent => Ok(collector_tests::servers::serve(std::io::stdin(), std::io::stdout())?),
     }
 }

@@ -83,8 +83,9 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     setup::run(with_guest)?;
     if native {
         let collector = build::collector()?;
-        // tests/packaging.rs installs it.
+        // tests/packaging.rs installs the one and runs the other.
         let deb = package::run()?;
+        let image = crate::image::run()?;
         let mut tests = Command::new("cargo");
         tests
             .args(["test", "--release"])
@@ -93,7 +94,8 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
             .env("KINESIS_LOCAL_MAIN", setup::kinesis_local_main())
             .env("MOTO_VENV", setup::moto_venv())
             .env("HELM_VENV", shell::work_dir().join("helm"))
-            .env("COLLECTOR_DEB", &deb);
+            .env("COLLECTOR_DEB", &deb)
+            .env("COLLECTOR_IMAGE", &image);
         // The offsets unit test reads the 6.12 guest's BTF: with the guests in the run, a
         // vmlinux that could not be extracted is an error, not a skipped check.
         let guest_elf = guest::kernel_elf("6.12");
