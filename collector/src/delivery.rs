@@ -248,7 +248,9 @@ impl Delivery {
         }
         let last_bytes = checkpoint::LastBytes::of(held.file, due.acknowledged);
         // After the bytes: a truncation counted then began after they were read.
-        let found = engine::Found { bytes_before: last_bytes.is_some(), truncations: (held.truncations)() };
+        let truncations = (held.truncations)();
+        let found =
+            engine::Found { bytes_before: last_bytes.is_some(), truncations, looked_ns: crate::reader::boot_ns() };
         let Some(replaced) = engine.made_durable(&inode, due.acknowledged, found, now) else {
             return;
         };

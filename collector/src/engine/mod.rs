@@ -40,6 +40,10 @@ pub const READ_PER_TURN: usize = 1 << 20;
 /// At most this much is read in one pass of the loop, over all files: what a pass reads is
 /// in memory until the sink took it (files left over are read in the next pass).
 pub const READ_PER_PASS: usize = 16 << 20;
+/// A truncation the kernel counted whose event has not come this long after the count was
+/// seen never will: the call failed (it is counted as it begins; a failed one makes no
+/// event). Its checkpoint then goes on.
+const UNSEEN_TRUNCATION_WAIT: Duration = Duration::from_secs(1);
 /// Checkpoints of a busy file are written at most this often (and always on truncation,
 /// release and shutdown): after a crash, at most this much is sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -250,6 +254,8 @@ pub struct CheckpointDue {
 pub struct Found {
     pub bytes_before: bool,
     pub truncations: Option<u64>,
+    /// When the kernel's count was looked up (CLOCK_BOOTTIME, as `Engine::ring_drained`).
+    pub looked_ns: u64,
 }
 
 /// A checkpoint being saved replaces this offset (none before it): what it goes back to if
@@ -318,6 +324,9 @@ struct FileState {
     reported_truncation: Option<(u64, u64)>,
     /// The kernel's number of the last truncation whose event was taken.
     truncations_taken: u64,
+    /// A count of truncations the kernel had and no event has come for yet, and when it
+    /// was first looked up (CLOCK_BOOTTIME): see `Engine::made_durable`.
+    truncations_unseen: Option<(u64, u64)>,
     /// The read position last given to the kernel.
     read_position: Option<u64>,
     /// Truncations of it so far (reported or inferred).
@@ -355,6 +364,7 @@ impl FileState {
             cuts: Cuts::default(),
             reported_truncation: None,
             truncations_taken: 0,
+            truncations_unseen: None,
             read_position: None,
             truncations: 0,
             written_to: 0,
@@ -422,6 +432,8 @@ pub struct Engine {
     paused_until: Vec<Option<Instant>>,
     /// Every kernel event made before this (CLOCK_BOOTTIME) has been taken.
     drained_ns: u64,
+    /// Stopping (`settle_all`): every event made was taken.
+    stopping: bool,
     /// The last `ring_drained`'s CLOCK_BOOTTIME and the `Instant` it was taken at: kernel
     /// times in the engine's clock.
     boot_clock: Option<(u64, Instant)>,
@@ -458,6 +470,7 @@ impl Engine {
             waiting: InodeSet::default(),
             paused_until: vec![None; n],
             drained_ns: 0,
+            stopping: false,
             boot_clock: None,
             shrunk: Vec::new(),
             gone_unopened: InodeMap::default(),

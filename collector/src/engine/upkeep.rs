@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Found, Replaces, Shrunk};
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Found, Replaces, Shrunk, UNSEEN_TRUNCATION_WAIT};
 use crate::sweep::Look;
 
 impl Engine {
@@ -41,6 +41,12 @@ impl Engine {
     /// the new contents' bytes at an offset of the old ones, and a restart would take it
     /// as is, mid-line. The checkpoint before stays (its bytes no longer match, so a
     /// restart reads from 0), and this one is tried again after CHECKPOINT_EVERY.
+    ///
+    /// A counted truncation whose event has not come once every event made up to
+    /// UNSEEN_TRUNCATION_WAIT after the count was first seen has been taken never will (the
+    /// call failed): it counts as taken. So does one when stopping: the ring was drained,
+    /// so the call failed or is still under way (and then its cut came after the bytes were
+    /// read but for the call's own microseconds).
     pub fn made_durable(
         &mut self,
         inode: &InodeKey,
@@ -48,13 +54,23 @@ impl Engine {
         found: Found,
         now: Instant,
     ) -> Option<Replaces> {
+        let (drained_ns, stopping) = (self.drained_ns, self.stopping);
         let f = self.files.get_mut(inode)?;
         f.durable = acknowledged;
         // u64::MAX: tried and none saved yet.
         let before = f.checkpointed.map(|(_, at)| at).filter(|&at| at != u64::MAX);
         let missing = !found.bytes_before && acknowledged > 0;
-        let unseen = found.truncations.is_some_and(|counted| counted > f.truncations_taken);
-        if missing || unseen {
+        let counted = found.truncations.unwrap_or(0);
+        if counted > f.truncations_taken {
+            let wait = UNSEEN_TRUNCATION_WAIT.as_nanos() as u64;
+            match f.truncations_unseen {
+                _ if stopping => f.truncations_taken = counted,
+                Some((c, since)) if c == counted && drained_ns >= since + wait => f.truncations_taken = counted,
+                Some((c, _)) if c == counted => {}
+                _ => f.truncations_unseen = Some((counted, found.looked_ns)),
+            }
+        }
+        if missing || counted > f.truncations_taken {
             f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
             return None;
         }
@@ -271,6 +287,7 @@ impl Engine {
     /// Stopping: held truncations are carried out (their checkpoints follow). Recovered
     /// records the sink still refuses exist only in memory: counted lost.
     pub fn settle_all(&mut self, now: Instant) {
+        self.stopping = true;
         let inodes: Vec<InodeKey> = self.files.keys().copied().collect();
         for inode in inodes {
             self.settle_held(inode, now);
@@ -316,7 +333,7 @@ mod tests {
         let due = e.checkpoint_due(&inode, false, now).expect("due");
         assert_eq!(due.acknowledged, 10);
         // Truncated since the read: the bytes before offset 10 are not there.
-        let found = Found { bytes_before: true, truncations: Some(0) };
+        let found = Found { bytes_before: true, truncations: Some(0), looked_ns: 10_000_000_000 };
         assert_eq!(e.made_durable(&inode, 10, Found { bytes_before: false, ..found }, now), None, "not saved");
         assert_eq!(e.checkpoint_due(&inode, false, now + Duration::from_millis(1)), None, "tried again later");
         let later = now + CHECKPOINT_EVERY;
@@ -326,5 +343,25 @@ mod tests {
         let later = later + CHECKPOINT_EVERY;
         assert_eq!(e.made_durable(&inode, 10, found, later), Some(Replaces(None)), "saved, replacing none");
         assert_eq!(e.checkpoint_due(&inode, true, later), None, "saved where it is");
+    }
+
+    #[test]
+    fn a_counted_truncation_that_never_reports_stops_holding_checkpoints_back() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let inode = InodeKey::new(1, 1);
+        let now = t0 + Duration::from_secs(1);
+        let at_ns = 10_000_000_000;
+        e.ring_drained(at_ns, now);
+        // A failed ftruncate: counted as it began, no event.
+        let found = Found { bytes_before: true, truncations: Some(1), looked_ns: at_ns };
+        assert_eq!(e.made_durable(&inode, 0, found, now), None, "its event may be on its way");
+        let wait = UNSEEN_TRUNCATION_WAIT.as_nanos() as u64;
+        let later = now + UNSEEN_TRUNCATION_WAIT;
+        e.ring_drained(at_ns + wait - 1, later);
+        let found = Found { looked_ns: at_ns + wait - 1, ..found };
+        assert_eq!(e.made_durable(&inode, 0, found, later), None, "every event until then not taken yet");
+        e.ring_drained(at_ns + wait, later);
+        assert_eq!(e.made_durable(&inode, 0, found, later), Some(Replaces(None)), "never coming: saved");
     }
 }

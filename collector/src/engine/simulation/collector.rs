@@ -83,7 +83,7 @@ impl Collector {
                     if m.inodes[i].links > 0 || self.held.contains(&i) {
                         self.held.push(i);
                         let size = m.inodes[i].data.len() as u64;
-                        self.engine.tracked(inode, flow, from, size, m.inodes[i].truncations, now);
+                        self.engine.tracked(inode, flow, from, size, m.inodes[i].counted_truncations(), now);
                     } else {
                         m.note(format!("inode {} is gone before it could be opened", i + 1));
                         self.engine.gone_before_opened(inode, flow);
@@ -138,7 +138,11 @@ impl Collector {
             // As `LastBytes::of`: none when the file is shorter by then.
             let last =
                 (end <= data.len()).then(|| data[end.saturating_sub(crate::checkpoint::LAST_BYTES)..end].to_vec());
-            let found = Found { bytes_before: last.is_some(), truncations: Some(m.inodes[i].truncations) };
+            let found = Found {
+                bytes_before: last.is_some(),
+                truncations: Some(m.inodes[i].counted_truncations()),
+                looked_ns: m.now_ns,
+            };
             if self.engine.made_durable(&inode, due.acknowledged, found, now).is_none() {
                 return;
             }
@@ -423,6 +427,11 @@ impl Collector {
 
     pub(super) fn tick(&mut self, m: &mut Model) {
         let now = self.now(m);
+        // As the daemon's: checkpoints not where their files were acknowledged to.
+        for inode in self.engine.unsaved() {
+            self.checkpoint(m, inode, false, now);
+        }
+        self.effects(m);
         self.engine.resume_paused(now);
         for (inode, framed) in self.engine.flush_idle(now) {
             let outcome = self.ship(m, inode, &framed);
@@ -435,7 +444,7 @@ impl Collector {
             let inodes = &m.inodes;
             self.engine.events_lost(m.now_ns, &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64));
             for &i in &self.held {
-                self.engine.truncations_counted(&key(i), m.inodes[i].truncations);
+                self.engine.truncations_counted(&key(i), m.inodes[i].counted_truncations());
             }
             self.effects(m);
         }

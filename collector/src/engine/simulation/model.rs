@@ -38,7 +38,13 @@ pub(super) struct Inode {
     pub(super) capture_until: u64,
     /// The collector's read position, as the engine last said.
     pub(super) read_position: Option<u64>,
+    /// Truncations done to it.
     pub(super) truncations: u64,
+    /// The kernel's number of each of them (`WatchedInode::truncations`), which also counts
+    /// calls that failed.
+    pub(super) kernel_numbers: Vec<u64>,
+    /// Truncating calls that failed: counted by the kernel as they began, with no event.
+    pub(super) failed_truncations: u64,
     /// When it was last truncated.
     pub(super) truncated_ns: u64,
     /// Where writes landed that carried no bytes (no capture window), since its last
@@ -48,6 +54,13 @@ pub(super) struct Inode {
     pub(super) original: bool,
     /// The lines that landed in it, in order.
     pub(super) lines: Vec<Vec<u8>>,
+}
+
+impl Inode {
+    /// What the kernel counts: every truncating call as it began.
+    pub(super) fn counted_truncations(&self) -> u64 {
+        self.truncations + self.failed_truncations
+    }
 }
 
 /// A write that landed and whose event comes later.
@@ -243,7 +256,8 @@ impl Model {
             }
             let captured = s.bytes[..s.bytes.len().min(CAPTURE_LEN)].to_vec();
             let cut = CutWrite { pos: s.pos, len: s.bytes.len() as u64, bytes: captured };
-            self.emit(Event::CutWrite { inode: key(s.inode), truncation: s.truncations_then + 1, cut });
+            let truncation = self.inodes[s.inode].kernel_numbers[s.truncations_then as usize];
+            self.emit(Event::CutWrite { inode: key(s.inode), truncation, cut });
         } else {
             self.report_write(s.inode, s.pos, s.bytes, s.pid);
         }
@@ -324,7 +338,8 @@ impl Model {
         }
         f.truncated_ns = self.now_ns;
         f.uncaptured.clear();
-        let truncation = f.truncations;
+        let truncation = f.counted_truncations();
+        f.kernel_numbers.push(truncation);
         self.note(format!("pid {pid} truncates inode {} from {size_before}", inode + 1));
         // The truncation's own event is made at its exit hook: writes it cut may report
         // theirs first (their exit hooks run on other CPUs meanwhile).
@@ -467,6 +482,13 @@ impl Model {
                 self.finish_slow(i);
             }
             17 if self.script.is_empty() && self.slow.is_empty() => self.rotate(),
+            // An ftruncate that fails (a read-only descriptor): the kernel counted it as it
+            // began, and no event comes.
+            18 if self.rng.chance(10) => {
+                let log = self.names[LOG];
+                self.inodes[log].failed_truncations += 1;
+                self.note(format!("an ftruncate of inode {} fails", log + 1));
+            }
             _ => {}
         }
     }
