@@ -92,7 +92,7 @@ fn aws_sinks_parse_and_refuse_keys_of_the_other_kind() {
         _ => panic!(),
     };
     assert_eq!(aggregate(""), None, "off unless asked for");
-    assert_eq!(aggregate("aggregate = true"), Some(crate::config::DEFAULT_AGGREGATE_MAX_BYTES));
+    assert_eq!(aggregate("aggregate = true"), Some(crate::config::sinks::DEFAULT_AGGREGATE_MAX_BYTES));
     assert_eq!(aggregate("aggregate = true\naggregate_max_bytes = 25000"), Some(25_000));
     assert_eq!(
         error(&sink(&kinesis("aggregate = true\npartition_key = \"random\""))),
@@ -115,7 +115,7 @@ fn aws_sinks_parse_and_refuse_keys_of_the_other_kind() {
         error(&sink("kind = \"null\"\naggregate = true")),
         "c.toml:13: flow[0].sink.aggregate: only the kinesis or firehose sink takes `aggregate`"
     );
-    assert_eq!(f.requests_in_flight, crate::config::DEFAULT_REQUESTS_IN_FLIGHT);
+    assert_eq!(f.requests_in_flight, crate::config::sinks::DEFAULT_REQUESTS_IN_FLIGHT);
     let c = Config::parse("c.toml", &sink("kind = \"kinesis\"\nstream = \"logs\"\nrequests_in_flight = 16")).unwrap();
     let SinkConfig::Kinesis(k) = &c.flows[0].sink else { panic!() };
     assert_eq!(k.requests_in_flight, 16);
