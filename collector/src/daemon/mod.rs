@@ -278,7 +278,15 @@ impl Daemon {
             }
             self.engine.resume_paused(now);
             self.flush_idle();
-            self.engine.expire(now, &Self::sizes(&self.handles));
+            {
+                let (probe, sizes) = (&self.probe, Self::sizes(&self.handles));
+                let look = engine::FileLookup {
+                    size_of: &sizes,
+                    truncations_of: &|inode| probe.truncations(*inode),
+                    boot_ns: reader::boot_ns(),
+                };
+                self.engine.expire(now, look);
+            }
             self.run_effects(None);
         }
         self.recheck_after_loss()?;

@@ -258,6 +258,16 @@ pub struct Found {
     pub looked_ns: u64,
 }
 
+/// What the executor looks up about a held file when the engine asks (`Engine::expire`):
+/// its size, and how many truncations of it the kernel has counted, at `boot_ns`
+/// (CLOCK_BOOTTIME, as `Engine::ring_drained`).
+#[derive(Clone, Copy)]
+pub struct FileLookup<'a> {
+    pub size_of: &'a dyn Fn(&InodeKey) -> Option<u64>,
+    pub truncations_of: &'a dyn Fn(&InodeKey) -> Option<u64>,
+    pub boot_ns: u64,
+}
+
 /// A checkpoint being saved replaces this offset (none before it): what it goes back to if
 /// the save fails (`Engine::checkpoint_failed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +395,30 @@ impl FileState {
     /// cannot be known to be filled early.
     fn behind(&self) -> bool {
         self.copied_tail.is_some() || self.unshipped.is_some() || self.shipping || !self.queued.is_empty()
+    }
+
+    /// Whether the `counted` truncations the kernel has of it have all been taken (see
+    /// `Engine::made_durable`): their events were, or one without an event never comes (the
+    /// call failed) since every event made up to UNSEEN_TRUNCATION_WAIT after the count
+    /// was first seen is taken, or the collector is stopping (the ring drained).
+    fn truncations_settled(&self, counted: u64, drained_ns: u64, stopping: bool) -> bool {
+        let wait = UNSEEN_TRUNCATION_WAIT.as_nanos() as u64;
+        counted <= self.truncations_taken
+            || stopping
+            || self.truncations_unseen.is_some_and(|(c, since)| c == counted && drained_ns >= since + wait)
+    }
+
+    /// `truncations_settled`, taking them as taken if so, else noting when this count was
+    /// first seen (`looked_ns`).
+    fn truncations_settle(&mut self, counted: u64, looked_ns: u64, drained_ns: u64, stopping: bool) -> bool {
+        if self.truncations_settled(counted, drained_ns, stopping) {
+            self.truncations_taken = self.truncations_taken.max(counted);
+            return true;
+        }
+        if self.truncations_unseen.is_none_or(|(c, _)| c != counted) {
+            self.truncations_unseen = Some((counted, looked_ns));
+        }
+        false
     }
 
     /// Keeps bytes the kernel captured at `pos` unless the sink took them already (bytes

@@ -251,8 +251,13 @@ impl Engine {
         if verdict.restart {
             f.framer.reset(verdict.resume);
             f.acknowledged = verdict.resume;
-            // Offsets start again below: nothing after `resume` is durable yet.
+            // Offsets start again below: nothing after `resume` is durable yet, and the
+            // checkpoint saved is at an offset of the old contents, whatever its number
+            // (u64::MAX: none saved of the new ones).
             f.durable = f.durable.min(verdict.resume);
+            if let Some((_, at)) = &mut f.checkpointed {
+                *at = u64::MAX;
+            }
         }
         self.publish_read_position(inode);
         self.effects.push_back(Effect::Checkpoint { inode, force: true });

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, Found, Replaces, Shrunk, UNSEEN_TRUNCATION_WAIT};
+use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, FileLookup, Found, Replaces, Shrunk};
 use crate::sweep::Look;
 
 impl Engine {
@@ -61,16 +61,7 @@ impl Engine {
         let before = f.checkpointed.map(|(_, at)| at).filter(|&at| at != u64::MAX);
         let missing = !found.bytes_before && acknowledged > 0;
         let counted = found.truncations.unwrap_or(0);
-        if counted > f.truncations_taken {
-            let wait = UNSEEN_TRUNCATION_WAIT.as_nanos() as u64;
-            match f.truncations_unseen {
-                _ if stopping => f.truncations_taken = counted,
-                Some((c, since)) if c == counted && drained_ns >= since + wait => f.truncations_taken = counted,
-                Some((c, _)) if c == counted => {}
-                _ => f.truncations_unseen = Some((counted, found.looked_ns)),
-            }
-        }
-        if missing || counted > f.truncations_taken {
+        if !f.truncations_settle(counted, found.looked_ns, drained_ns, stopping) || missing {
             f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
             return None;
         }
@@ -126,20 +117,38 @@ impl Engine {
 
     /// Files to let go (`Effect::Release`, after their checkpoint): originals rotated away
     /// or unlinked, idle and read to their end, idle derived files.
-    pub fn expire(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+    ///
+    /// Not while the kernel counts a truncation of it whose event has not been taken: its
+    /// checkpoint is held back then (`made_durable`), and released with the one before,
+    /// a restart would read it again from there. `look`: its size and that count now.
+    pub fn expire(&mut self, now: Instant, look: FileLookup<'_>) {
         let idle: Vec<u64> = self.flows.iter().map(|f| f.rotated_idle.as_nanos() as u64).collect();
-        let files = &self.files;
+        let (files, drained_ns, stopping) = (&self.files, self.drained_ns, self.stopping);
+        let held_back = std::cell::RefCell::new(Vec::new());
         let drained = |inode: &InodeKey| {
             files.get(inode).is_none_or(|f| {
                 f.derived
                     || f.copied_tail.is_none()
                         && f.unshipped.is_none()
                         && !f.shipping
-                        && size_of(inode).is_some_and(|size| size <= f.framer.next_offset() && !f.framer.holds())
+                        && (look.size_of)(inode).is_some_and(|size| size <= f.framer.next_offset() && !f.framer.holds())
+                        && {
+                            let counted = (look.truncations_of)(inode).unwrap_or(0);
+                            let settled = f.truncations_settled(counted, drained_ns, stopping);
+                            if !settled {
+                                held_back.borrow_mut().push((*inode, counted));
+                            }
+                            settled
+                        }
             })
         };
         let now_ns = self.ns(now);
         let actions = self.tracker.expired(now_ns, &|flow| idle[flow], &drained);
+        for (inode, counted) in held_back.into_inner() {
+            if let Some(f) = self.files.get_mut(&inode) {
+                f.truncations_settle(counted, look.boot_ns, drained_ns, stopping);
+            }
+        }
         for a in actions {
             self.apply(a, now);
         }
@@ -305,12 +314,12 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{path::PathBuf, time::Duration};
 
     use super::*;
     use crate::{
         engine::{
-            Delivery,
+            Delivery, Effect, Event, UNSEEN_TRUNCATION_WAIT,
             reading::tests::{engine, write},
         },
         framer::Framed,
@@ -343,6 +352,70 @@ mod tests {
         let later = later + CHECKPOINT_EVERY;
         assert_eq!(e.made_durable(&inode, 10, found, later), Some(Replaces(None)), "saved, replacing none");
         assert_eq!(e.checkpoint_due(&inode, true, later), None, "saved where it is");
+    }
+
+    /// File 1's next 10 bytes ("123456789\n" at `pos`) written, read and taken by the sink.
+    fn ship_ten(e: &mut Engine, pos: u64, now: Instant) {
+        let inode = InodeKey::new(1, 1);
+        write(e, 1, Duration::from_secs(1), now);
+        let reads = e.plan_reads(now, &|_| Some(pos + 10));
+        assert_eq!(reads[0].at, pos);
+        let chunk = e.read_done(reads[0], Ok(b"123456789\n".to_vec()), 10_000_000_000, now).expect("read");
+        let mut framed = Framed::default();
+        assert!(e.frame(chunk, None, &mut framed));
+        e.delivered(inode, Delivery::Accepted, now);
+        while e.next_effect().is_some() {}
+    }
+
+    #[test]
+    fn after_a_truncation_the_checkpoint_of_the_old_contents_is_not_taken_for_one_of_the_new() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let inode = InodeKey::new(1, 1);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        ship_ten(&mut e, 0, now);
+        let found = Found { bytes_before: true, truncations: Some(0), looked_ns: 10_000_000_000 };
+        assert_eq!(e.made_durable(&inode, 10, found, now), Some(Replaces(None)), "saved at 10");
+        let event = Event::Truncate { inode, size_before: 10, size_after: 0, truncation: 1, at_ns: 10_000_000_001 };
+        e.on_event(event, now, &|_| Some(0));
+        e.ring_drained(10_000_000_002, now);
+        while e.next_effect().is_some() {}
+        // Its checkpoint at 0 held back: a second truncation is counted (a failed call).
+        let due = e.checkpoint_due(&inode, true, now).expect("due at 0");
+        assert_eq!(due.acknowledged, 0);
+        let found = Found { truncations: Some(2), looked_ns: 10_000_000_002, ..found };
+        assert_eq!(e.made_durable(&inode, 0, found, now), None, "held back");
+        // The new contents reach 10: the checkpoint saved there is of the old ones.
+        ship_ten(&mut e, 0, now);
+        let due = e.checkpoint_due(&inode, true, now).expect("the new contents' 10 is not saved");
+        assert_eq!(due.acknowledged, 10);
+        assert_eq!(e.unsaved(), vec![inode]);
+    }
+
+    #[test]
+    fn a_rotated_file_is_not_let_go_while_a_counted_truncation_holds_its_checkpoint_back() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let inode = InodeKey::new(1, 1);
+        let now = t0 + Duration::from_secs(1);
+        let at_ns = 10_000_000_000;
+        e.ring_drained(at_ns, now);
+        ship_ten(&mut e, 0, now);
+        e.on_event(Event::Renamed { inode, path: PathBuf::from("/logs/1.log.1") }, now, &|_| None);
+        while e.next_effect().is_some() {}
+        let released = |e: &mut Engine, counted: u64, boot_ns: u64, now: Instant| {
+            let look = FileLookup { size_of: &|_| Some(10), truncations_of: &|_| Some(counted), boot_ns };
+            e.expire(now, look);
+            std::iter::from_fn(|| e.next_effect()).any(|effect| matches!(effect, Effect::Release { .. }))
+        };
+        let idle = now + Duration::from_secs(61);
+        assert!(!released(&mut e, 1, at_ns, idle), "a truncation counted, its event not taken");
+        let wait = UNSEEN_TRUNCATION_WAIT.as_nanos() as u64;
+        e.ring_drained(at_ns + wait - 1, idle);
+        assert!(!released(&mut e, 1, at_ns + wait - 1, idle), "every event until then not taken yet");
+        e.ring_drained(at_ns + wait, idle);
+        assert!(released(&mut e, 1, at_ns + wait, idle), "never coming: let go");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{
     LOG,
     model::{Model, index, key},
 };
-use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FlowRules, Found, ReadFrom};
+use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FileLookup, FlowRules, Found, ReadFrom};
 
 /// What outlives a collector: what the sink took, and the state directory.
 #[derive(Default)]
@@ -438,7 +438,12 @@ impl Collector {
             self.engine.delivered(inode, outcome, now);
         }
         let inodes = &m.inodes;
-        self.engine.expire(now, &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64));
+        let look = FileLookup {
+            size_of: &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64),
+            truncations_of: &|k: &InodeKey| Some(inodes[index(k)].counted_truncations()),
+            boot_ns: m.now_ns,
+        };
+        self.engine.expire(now, look);
         self.effects(m);
         if std::mem::take(&mut self.lost) {
             let inodes = &m.inodes;
