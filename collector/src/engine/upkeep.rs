@@ -160,7 +160,12 @@ impl Engine {
     /// was lost, so such a file is taken as truncated only once every event made before
     /// then has been taken, and none was its truncation (`resolve_shrunk`).
     pub fn events_lost(&mut self, boot_ns: u64, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
-        self.dirty.extend(self.files.iter().filter(|(_, f)| !f.derived).map(|(k, _)| *k));
+        // Not a file still waiting for its first write event: that event may show it is a
+        // copy (a lost one leaves it to the sweep).
+        let tracker = &self.tracker;
+        self.dirty.extend(
+            self.files.iter().filter(|(k, f)| !f.derived && !tracker.get(k).is_some_and(|t| t.fresh)).map(|(k, _)| *k),
+        );
         for (inode, f) in &self.files {
             if !f.derived && !f.in_old_contents() && size_of(inode).is_some_and(|size| size < f.framer.next_offset()) {
                 self.shrunk.push(Shrunk {

@@ -123,7 +123,8 @@ impl Tracker {
         let mut actions = Vec::new();
         match event {
             Event::Read { inode, pid } => {
-                if self.is_original(&inode) {
+                // A derived file read makes another (gzip of logrotate's copy).
+                if self.files.get(&inode).is_some_and(|t| matches!(t.role, Role::Original | Role::Derived { .. })) {
                     self.readers.insert(pid, Reading { source: inode, at_ns: now_ns });
                 }
             }
@@ -362,7 +363,7 @@ impl Tracker {
         self.files.get(inode).is_some_and(|t| t.role == Role::Original)
     }
 
-    /// The tracked original `pid` read lately, other than `written`.
+    /// The tracked original or derived file `pid` read lately, other than `written`.
     fn recent_read(&self, pid: u32, written: &InodeKey, now_ns: u64) -> Option<InodeKey> {
         self.readers
             .get(&pid)

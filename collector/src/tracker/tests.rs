@@ -172,3 +172,18 @@ fn a_released_copy_renamed_into_the_pattern_is_still_not_a_log() {
         "logrotate shifting its copies must not make the copy a new log"
     );
 }
+
+#[test]
+fn the_archive_of_a_copy_is_derived_too() {
+    let mut t = started();
+    t.on_event(Event::Created { inode: COPY, path: path("/log/app.log.1"), pid: LOGROTATE }, 1, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 2, &flow_of);
+    t.on_event(Event::Write { inode: COPY, pid: LOGROTATE, end: 100 }, 3, &flow_of);
+    // logrotate's compress: gzip reads the copy and writes the .gz, which the glob matches.
+    t.on_event(Event::Created { inode: GZ, path: path("/log/app.log.1.gz"), pid: GZIP }, 4, &flow_of);
+    t.on_event(Event::Read { inode: COPY, pid: GZIP }, 5, &flow_of);
+    assert_eq!(
+        t.on_event(Event::Write { inode: GZ, pid: GZIP, end: 20 }, 6, &flow_of),
+        [Action::HoldDerived { inode: GZ, source: COPY }]
+    );
+}

@@ -9,10 +9,7 @@ use std::{
 
 use collector_common::InodeKey;
 
-use super::{
-    LOG,
-    model::{Model, index, key},
-};
+use super::model::{Model, index, key, pattern_matches};
 use crate::engine::{Delivery, Effect, Engine, Event, FINISH_ON_STOP, FileLookup, FlowRules, Found, ReadFrom};
 
 /// What outlives a collector: what the sink took, and the state directory.
@@ -182,20 +179,32 @@ impl Collector {
             && m.rng.chance(3)
             && let Some(i) = m.queue.iter().position(|(_, e)| matches!(e, Event::Write { .. } | Event::Read { .. }))
         {
-            match m.queue.remove(i) {
-                // A write the collector never hears of: a truncation may cut its bytes
-                // before they are read, and nothing says how many there were.
-                Some((_, Event::Write { .. })) => {
+            let (at, removed) = m.queue.remove(i).expect("found");
+            match &removed {
+                Event::Write { inode, pid, pos, .. } => {
+                    m.note(format!("an event is lost: w{pid}'s write at {pos} of inode {}", inode.ino));
+                    // A write the collector never hears of: a truncation may cut its bytes
+                    // before they are read, and nothing says how many there were.
                     m.may_lose = true;
                     m.uncounted = true;
+                    // A copy's first write tells the collector it is one; without it, the
+                    // sweep finds its bytes and takes it as it is.
+                    if m.inodes[index(inode)].copied_at.is_some() {
+                        m.inodes[index(inode)].unclassified = true;
+                    }
                 }
-                Some((_, Event::Read { captured, .. })) if !captured.is_empty() => {
-                    m.may_lose = true;
-                    m.uncounted = true;
+                Event::Read { inode, pid, pos, captured } => {
+                    m.note(format!("an event is lost: pid {pid}'s read at {pos} of inode {}", inode.ino));
+                    if !captured.is_empty() {
+                        m.may_lose = true;
+                        m.uncounted = true;
+                    }
+                    if *pid == super::LOGROTATE {
+                        m.copier_read_lost(at);
+                    }
                 }
-                _ => {}
+                _ => unreachable!("only writes and reads are dropped"),
             }
-            m.note("an event is lost".into());
             self.lost = true;
         }
         let n = if all { m.queue.len() } else { m.rng.below(m.queue.len() as u64 + 1) as usize };
@@ -207,7 +216,8 @@ impl Collector {
     }
 
     pub(super) fn apply(&mut self, m: &mut Model, events: Vec<(u64, Event)>) {
-        let flow_of = |p: &Path| (p == Path::new(LOG)).then_some(0);
+        let glob = m.glob;
+        let flow_of = |p: &Path| pattern_matches(glob, &p.to_string_lossy()).then_some(0);
         for (_, event) in events {
             let now = self.now(m);
             self.engine.on_event(event, now, &flow_of);
@@ -353,6 +363,16 @@ impl Collector {
             }
         }
         m.queue.clear();
+        // A copy the dead collector had not saved as one (its events died with it, or
+        // were still in the ring) is, for the new one, a file matching the pattern.
+        for (name, &i) in &m.names {
+            if !m.inodes[i].original
+                && m.matches(name)
+                && !durable.store.get(&i).is_some_and(|(_, derived, _)| *derived)
+            {
+                m.inodes[i].unclassified = true;
+            }
+        }
         // A copytruncate whose copy was made before the restart: the new collector never
         // took its creation, so it cannot tell the copy, and its truncation loses what was
         // unread (counted: the new collector takes the truncation).
@@ -380,8 +400,13 @@ impl Collector {
     /// Start-up, as the daemon's: the log at its name from its checkpoint, then every
     /// checkpointed inode found again in the directory.
     pub(super) fn start(&mut self, m: &mut Model) {
-        let log = m.names[LOG];
-        self.pick_up(m, log, LOG.to_owned(), false);
+        // What the pattern matches (the log's name, and more with a glob), then what the
+        // state directory remembers.
+        let found: Vec<(String, usize)> =
+            m.names.iter().filter(|(name, _)| m.matches(name)).map(|(n, i)| (n.clone(), *i)).collect();
+        for (name, i) in found {
+            self.pick_up(m, i, name, false);
+        }
         let mut known: Vec<usize> = self.durable.store.keys().copied().collect();
         known.sort();
         for i in known {

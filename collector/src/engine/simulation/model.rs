@@ -54,6 +54,12 @@ pub(super) struct Inode {
     pub(super) original: bool,
     /// The lines that landed in it, in order.
     pub(super) lines: Vec<Vec<u8>>,
+    /// A copy the collector cannot tell from a new log: what says it is one (the copier's
+    /// read of the original before its first write) never reached the collector, or
+    /// reached one that died before saving it. It may be shipped as a file of its own.
+    pub(super) unclassified: bool,
+    /// When logrotate created it, if it is a copy.
+    pub(super) copied_at: Option<u64>,
 }
 
 impl Inode {
@@ -104,6 +110,9 @@ pub(super) struct Model {
     pub(super) lines_written: u64,
     /// Where rotation puts the log (logrotate's default, `dateext`, `olddir`).
     pub(super) rotated: String,
+    /// The flow's pattern is `/logs/app.log*`, which also matches the rotated names in
+    /// `/logs` (what the Kinesis Agent's users write), not `/logs/app.log` alone.
+    pub(super) glob: bool,
     /// The kernel reads a truncation's size before under the inode lock (fentry, kprobe
     /// modes) or as the syscall begins (tracepoint mode: a write can land in between).
     pub(super) exact: bool,
@@ -115,6 +124,11 @@ pub(super) struct Model {
     pub(super) uncounted: bool,
     pub(super) log: Vec<String>,
     pub(super) verbose: bool,
+}
+
+/// Whether the flow's pattern (`/logs/app.log`, or `/logs/app.log*` with `glob`) matches.
+pub(super) fn pattern_matches(glob: bool, path: &str) -> bool {
+    path == LOG || glob && path.starts_with(LOG) && !path[LOG.len()..].contains('/')
 }
 
 pub(super) fn key(inode: usize) -> InodeKey {
@@ -139,6 +153,7 @@ impl Model {
             rotating: None,
             lines_written: 0,
             rotated: String::new(),
+            glob: false,
             exact: true,
             may_lose: false,
             uncounted: false,
@@ -148,11 +163,26 @@ impl Model {
         m.rotated =
             ["/logs/app.log.1", "/logs/app.log-20261203", "/logs/old/app.log.1"][m.rng.below(3) as usize].into();
         m.exact = m.rng.chance(50);
+        m.glob = m.rng.chance(50);
         let log = m.create(LOG, 100, false);
         for pid in [100, 101] {
             m.writers.push(Writer { pid, inode: log, reopen_in: None });
         }
         m
+    }
+
+    /// A read by logrotate at `at_ns` never reaches the collector: the copy it fed (the
+    /// last one made by then) cannot be told from a new log.
+    pub(super) fn copier_read_lost(&mut self, at_ns: u64) {
+        let fed = self.inodes.iter().enumerate().rfind(|(_, f)| f.copied_at.is_some_and(|t| t <= at_ns));
+        if let Some((copy, _)) = fed {
+            self.inodes[copy].unclassified = true;
+        }
+    }
+
+    /// Whether the flow's pattern matches `path`.
+    pub(super) fn matches(&self, path: &str) -> bool {
+        pattern_matches(self.glob, path)
     }
 
     pub(super) fn note(&mut self, what: String) {
@@ -271,6 +301,9 @@ impl Model {
         self.other_read(source, 0, len, GZIP);
         let gz = self.create(name, GZIP, true);
         self.inodes[gz].data = b"\x1f\x8bcompressed".to_vec();
+        // Reading an empty file reports nothing: nothing says the archive is derived. Read,
+        // it is skipped (compressed); gone before it could be opened, it is counted lost.
+        self.inodes[gz].unclassified = len == 0;
         self.emit(Event::Write {
             inode: key(gz),
             pid: GZIP,
@@ -359,6 +392,7 @@ impl Model {
             Step::CreateCopy => {
                 let original = self.names[LOG];
                 let copy = self.create(&self.rotated.clone(), LOGROTATE, true);
+                self.inodes[copy].copied_at = Some(self.now_ns);
                 self.note(format!("logrotate creates copy inode {}", copy + 1));
                 self.rotating = Some((original, copy, 0));
             }
