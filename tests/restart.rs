@@ -339,3 +339,72 @@ fn checkpoints_move_on_after_each_kind_of_truncation() {
         }
     }
 }
+
+/// Killed (SIGKILL) while the unread tail of a copytruncated file is read from its copy, the
+/// collector reads the rest of that tail from the copy after its restart: the copy's record
+/// in the state directory stands for where reading was. The endpoint stalls (requests read
+/// and never answered) from before the rotation to the kill, so the tail is unread then.
+/// The endpoint is collector_tests::acceptor: kinesis-mock cannot stall on demand.
+#[test]
+fn a_kill_while_a_copytruncated_tail_is_read_from_its_copy_loses_nothing() {
+    const FIRST: u64 = 1_000;
+    const LINES: u64 = 100_000;
+    let scratch = Scratch::new("kill-in-tail");
+    let log = scratch.path("app.log");
+    let line = |n: u64| format!("tail {n:06} {}\n", "x".repeat(28));
+    std::fs::write(&log, (1..=FIRST).map(line).collect::<String>()).unwrap();
+    let accepted = Arc::new(std::sync::Mutex::new(vec![0u32; LINES as usize + 1]));
+    let taken = accepted.clone();
+    let endpoint = collector_tests::acceptor::Acceptor::start(Box::new(move |data: &[u8]| {
+        let r: serde_json::Value = serde_json::from_slice(data).expect("a json envelope");
+        let n: usize = r["data"].as_str().and_then(|d| d.get(5..11)?.parse().ok()).expect("a numbered line");
+        taken.lock().unwrap()[n] += 1;
+    }))
+    .unwrap();
+    let state = scratch.path("state");
+    let config = format!(
+        "[collector]\nstate_dir = {state:?}\nhost = \"test\"\n\n[[flow]]\nname = \"app\"\npaths = [{log:?}]\n\n\
+         [flow.sink]\nkind = \"kinesis\"\nstream = \"s\"\nregion = \"us-east-1\"\nendpoint_url = {:?}\nenvelope = \"json\"\n",
+        endpoint.endpoint()
+    );
+    let config_path = scratch.path("collector.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let credentials =
+        [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")];
+    let count = |accepted: &std::sync::Mutex<Vec<u32>>| accepted.lock().unwrap().iter().filter(|c| **c > 0).count();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            let got = count(&accepted);
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {got} of {LINES} lines");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let collector = Running::start_with_env(&config_path, &credentials);
+    wait("the first lines", &|| count(&accepted) as u64 >= FIRST);
+    // More than one turn's read (1 MiB), then the copytruncate while nothing is answered.
+    endpoint.set_stalled(true);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, (FIRST + 1..=LINES).map(line).collect::<String>().as_bytes()).unwrap();
+    drop(f);
+    collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 1");
+    let copy = collector_tests::ino(&scratch.path("app.log.1"));
+    collector.wait_for_log("reading the unread tail of a copytruncated file from its copy");
+    let record_of_copy =
+        || collector_tests::checkpoints(&state).iter().any(|c| c["ino"] == copy && c["derived"] != true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !record_of_copy() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let copy_had_a_record = record_of_copy();
+    let status = collector.kill(libc::SIGKILL);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert!((count(&accepted) as u64) < LINES, "the tail was still unread when killed");
+    endpoint.set_stalled(false);
+    let collector = Running::start_with_env(&config_path, &credentials);
+    wait("every line", &|| count(&accepted) as u64 >= LINES);
+    assert!(copy_had_a_record, "the copy's record stood for the tail");
+    let log_text = collector.log_lines(Duration::from_millis(500)).join("\n");
+    assert!(log_text.contains("app.log.1"), "the restart resumed the copy: {log_text}");
+    drop(collector);
+}

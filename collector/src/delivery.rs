@@ -231,7 +231,8 @@ impl Delivery {
     }
 
     /// Saves the checkpoint of `inode` if the engine says it is due: what it passes is
-    /// made durable in the sink first.
+    /// made durable in the sink first. `held`: the file of its record
+    /// (`Engine::checkpoint_record`), itself or a copy.
     pub fn checkpoint(
         &mut self,
         engine: &mut Engine,
@@ -256,11 +257,11 @@ impl Delivery {
         };
         let c = Checkpoint {
             version: checkpoint::FORMAT_VERSION,
-            dev: inode.dev,
-            ino: inode.ino,
+            dev: due.record.dev,
+            ino: due.record.ino,
             identity: held.identity.clone(),
             flow: config.flows[due.flow].name.clone(),
-            path: engine.path(&inode).map(Path::to_owned).unwrap_or_default(),
+            path: engine.path(&due.record).map(Path::to_owned).unwrap_or_default(),
             acknowledged: due.acknowledged,
             derived: false,
             last_bytes,

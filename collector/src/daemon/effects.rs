@@ -45,8 +45,10 @@ impl Daemon {
                             }
                         }
                     }
-                    if let (Some(h), Some(path)) = (self.handles.get(&inode), self.engine.path(&inode)) {
-                        let identity = Identity::of(&h.file).unwrap_or_default();
+                    if let (Some(file), Some(path)) =
+                        (Self::copy_file(&self.handles, &self.pins, inode), self.engine.path(&inode))
+                    {
+                        let identity = Identity::of(file).unwrap_or_default();
                         self.delivery.remember_derived(inode, path, identity);
                     }
                 }

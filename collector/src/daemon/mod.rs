@@ -138,10 +138,28 @@ impl Daemon {
     }
 
     fn save_checkpoint(&mut self, inode: InodeKey, force: bool) {
+        let record = self.engine.checkpoint_record(&inode);
+        if record != inode {
+            // A copytruncated file's tail read from its copy: saved as the copy's record.
+            let Some(file) = Self::copy_file(&self.handles, &self.pins, record) else { return };
+            let identity = Identity::of(file).unwrap_or_default();
+            let held = HeldFile { file, identity: &identity, truncations: &|| None };
+            self.delivery.checkpoint(&mut self.engine, &self.config, inode, held, force);
+            return;
+        }
         let Some(h) = self.handles.get(&inode) else { return };
         let probe = &self.probe;
         let held = HeldFile { file: &h.file, identity: &h.identity, truncations: &|| probe.truncations(inode) };
         self.delivery.checkpoint(&mut self.engine, &self.config, inode, held, force);
+    }
+
+    /// A copy held or pinned (released as idle, it may still be pinned for a truncation).
+    fn copy_file<'a>(
+        handles: &'a InodeMap<Handle>,
+        pins: &'a HashMap<(InodeKey, InodeKey), File>,
+        copy: InodeKey,
+    ) -> Option<&'a File> {
+        handles.get(&copy).map(|h| &h.file).or_else(|| pins.iter().find(|((_, c), _)| *c == copy).map(|(_, f)| f))
     }
 
     /// Sends records of many files (no file twice), each flow's in one delivery: requests

@@ -156,8 +156,10 @@ pub enum Effect {
         path: PathBuf,
         from: u64,
     },
-    /// A derived file: never shipped, held open for recovery and remembered as derived.
-    /// `open`: not held yet (open it and call `Engine::derived_opened`).
+    /// A derived file: never shipped, held open for recovery and remembered as derived
+    /// (again, after its record stood for a copytruncated file's tail: see
+    /// `Engine::checkpoint_record`). `open`: not held yet (open it and call
+    /// `Engine::derived_opened`).
     HoldDerived {
         inode: InodeKey,
         open: bool,
@@ -239,12 +241,13 @@ pub enum Delivery {
     },
 }
 
-/// A checkpoint to save: the file's flow, and the offset every byte before which the sink
-/// acknowledged.
+/// A checkpoint to save: the file's flow, the offset every byte before which the sink
+/// acknowledged, and the file whose record it is saved as (`Engine::checkpoint_record`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointDue {
     pub flow: usize,
     pub acknowledged: u64,
+    pub record: InodeKey,
 }
 
 /// What the caller found as it saved a checkpoint (`Engine::made_durable`): whether the file

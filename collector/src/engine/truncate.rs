@@ -192,6 +192,10 @@ impl Engine {
                 tracing::info!(bytes = end - read_to, "reading the unread tail of a copytruncated file from its copy");
                 let f = self.files.get_mut(&inode).expect("checked");
                 f.copied_tail = Some(Box::new(CopiedTail { copy, end, truncation }));
+                // From now on the copy's record says where reading is (`checkpoint_record`),
+                // saved at once: a restart then reads the rest of the tail from the copy.
+                Self::checkpoint_moved_record(f);
+                self.effects.push_back(Effect::Checkpoint { inode, force: true });
                 self.dirty.insert(inode);
                 return;
             }
@@ -200,10 +204,24 @@ impl Engine {
         self.finish_truncation(inode, truncation, now);
     }
 
+    /// The record that stands for where reading of a file is changed (`checkpoint_record`):
+    /// the offset saved in the one before is none of the new one's.
+    fn checkpoint_moved_record(f: &mut super::FileState) {
+        if let Some((_, at)) = &mut f.checkpointed {
+            *at = u64::MAX;
+        }
+    }
+
     /// A copied tail read to its end (or to where the copy ends) is done: the
     /// truncation's remaining steps follow.
     pub(super) fn finish_copied_tail(&mut self, inode: InodeKey, now: Instant) {
-        if let Some(tail) = self.files.get_mut(&inode).and_then(|f| f.copied_tail.take()).map(|tail| *tail) {
+        if let Some(f) = self.files.get_mut(&inode)
+            && let Some(tail) = f.copied_tail.take().map(|tail| *tail)
+        {
+            // The copy is a copy again in the state directory; the file's own record
+            // follows the truncation's verdict.
+            Self::checkpoint_moved_record(f);
+            self.effects.push_back(Effect::HoldDerived { inode: tail.copy, open: false });
             self.unpin(inode, tail.copy);
             self.finish_truncation(inode, tail.truncation, now);
         }
@@ -255,9 +273,7 @@ impl Engine {
             // checkpoint saved is at an offset of the old contents, whatever its number
             // (u64::MAX: none saved of the new ones).
             f.durable = f.durable.min(verdict.resume);
-            if let Some((_, at)) = &mut f.checkpointed {
-                *at = u64::MAX;
-            }
+            Self::checkpoint_moved_record(f);
         }
         self.publish_read_position(inode);
         self.effects.push_back(Effect::Checkpoint { inode, force: true });

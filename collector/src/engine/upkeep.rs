@@ -18,8 +18,9 @@ impl Engine {
         // In old contents, `acknowledged` is an offset of bytes a truncation replaced: saved
         // with the bytes now before it, a restart would resume mid-line in the new ones.
         // The checkpoint saved before the truncation stays (its bytes no longer match, so a
-        // restart reads the new contents from their start).
-        if f.derived || f.in_old_contents() {
+        // restart reads the new contents from their start). While the unread tail is read
+        // from a copy, it is the copy's (`checkpoint_record`).
+        if f.derived || f.held.is_some() {
             return None;
         }
         match f.checkpointed {
@@ -27,7 +28,15 @@ impl Engine {
             Some((when, _)) if !force && now.saturating_duration_since(when) < CHECKPOINT_EVERY => return None,
             _ => {}
         }
-        Some(CheckpointDue { flow: f.flow, acknowledged: f.acknowledged })
+        Some(CheckpointDue { flow: f.flow, acknowledged: f.acknowledged, record: self.checkpoint_record(inode) })
+    }
+
+    /// The file whose record in the state directory stands for where reading of `inode`
+    /// is: itself, or, while a copytruncated file's unread tail is read from its copy, the
+    /// copy (saved as a log of its own at the offset reached, the same in both: a restart
+    /// reads the rest of the tail from the copy, and the new contents from their start).
+    pub fn checkpoint_record(&self, inode: &InodeKey) -> InodeKey {
+        self.files.get(inode).and_then(|f| f.copied_tail.as_ref()).map_or(*inode, |t| t.copy)
     }
 
     /// The sink made durable what it took: the checkpoint of `inode` at `acknowledged` is
@@ -60,7 +69,8 @@ impl Engine {
         // u64::MAX: tried and none saved yet.
         let before = f.checkpointed.map(|(_, at)| at).filter(|&at| at != u64::MAX);
         let missing = !found.bytes_before && acknowledged > 0;
-        let counted = found.truncations.unwrap_or(0);
+        // A copy's record (`checkpoint_record`): the copy is never truncated.
+        let counted = if f.copied_tail.is_some() { f.truncations_taken } else { found.truncations.unwrap_or(0) };
         if !f.truncations_settle(counted, found.looked_ns, drained_ns, stopping) || missing {
             f.checkpointed = Some((now, before.unwrap_or(u64::MAX)));
             return None;

@@ -94,7 +94,7 @@ impl Collector {
                         self.held.push(i);
                         self.engine.derived_opened(inode, now);
                     }
-                    if self.held.contains(&i) {
+                    if self.held.contains(&i) || self.pins.iter().any(|(_, c)| *c == i) {
                         self.durable.store.insert(i, (0, true, Vec::new()));
                     }
                 }
@@ -129,7 +129,13 @@ impl Collector {
     /// A checkpoint saved, if one is due, as the daemon's `checkpoint`.
     fn checkpoint(&mut self, m: &Model, inode: InodeKey, force: bool, now: Instant) {
         if let Some(due) = self.engine.checkpoint_due(&inode, force, now) {
-            let i = index(&inode);
+            // The file's own record, or its copy's while its tail is read from there.
+            let i = index(&due.record);
+            // As the daemon: a copy neither held nor pinned yet (its pin is among the effects
+            // still to come, with a checkpoint after it) is not read.
+            if due.record != inode && !self.held.contains(&i) && !self.pins.iter().any(|(_, c)| *c == i) {
+                return;
+            }
             let data = &m.inodes[i].data;
             let end = due.acknowledged as usize;
             // As `LastBytes::of`: none when the file is shorter by then.
@@ -438,6 +444,10 @@ impl Collector {
                 return;
             }
             Some((ack, false, last)) if *ack <= size && data[*ack as usize - last.len()..*ack as usize] == last[..] => {
+                if !m.inodes[i].original {
+                    m.note(format!("inode {} holds an unread tail: read from {ack}", i + 1));
+                    m.inodes[i].ships_tail = true;
+                }
                 *ack
             }
             Some((ack, false, _)) if *ack <= size => {

@@ -93,6 +93,33 @@ fn history(seed: u64, verbose: bool) -> Outcome {
     Outcome { events, violations }
 }
 
+/// A copy that shipped its original's unread tail after a restart: whole lines of the
+/// original, in order; again only those it may repeat (taken past its checkpoint before a
+/// later kill).
+fn check_tail(
+    m: &Model,
+    copy: usize,
+    original: usize,
+    shipped: &[(u64, u64, Vec<u8>)],
+    may_repeat: &[Vec<u8>],
+    violations: &mut Vec<String>,
+) {
+    let lines = &m.inodes[original].lines;
+    let mut next = 0;
+    for (at, _, data) in shipped {
+        match lines.iter().position(|l| l == data) {
+            Some(n) if n >= next => next = n + 1,
+            Some(_) if may_repeat.contains(data) => {}
+            _ => violations.push(format!(
+                "inode {}, the copy of inode {}: {:?} (at {at}) is no line of it, or shipped twice or out of order",
+                copy + 1,
+                original + 1,
+                String::from_utf8_lossy(&data[..data.len().min(40)])
+            )),
+        }
+    }
+}
+
 /// The promises, checked against what the model wrote and the sink took.
 fn check(m: &Model, c: &Collector) -> Vec<String> {
     let mut violations = Vec::new();
@@ -111,7 +138,11 @@ fn check(m: &Model, c: &Collector) -> Vec<String> {
         let shipped = c.durable.shipped.get(&key(i)).map(Vec::as_slice).unwrap_or_default();
         let mut may_repeat = c.durable.may_repeat.get(&i).cloned().unwrap_or_default();
         if !f.original {
-            if !shipped.is_empty() && !f.unclassified {
+            if f.unclassified {
+                // Shipped as a log of its own, or not.
+            } else if let Some(original) = f.copy_of.filter(|_| f.ships_tail) {
+                check_tail(m, i, original, shipped, &may_repeat, &mut violations);
+            } else if !shipped.is_empty() {
                 violations.push(format!(
                     "inode {} is a copy or derived file, and {} of its records were shipped",
                     i + 1,

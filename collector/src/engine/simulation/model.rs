@@ -60,6 +60,11 @@ pub(super) struct Inode {
     pub(super) unclassified: bool,
     /// When logrotate created it, if it is a copy.
     pub(super) copied_at: Option<u64>,
+    /// The original it is a copy of.
+    pub(super) copy_of: Option<usize>,
+    /// A copy a restart found saved as where reading of its original's unread tail stood
+    /// (`Engine::checkpoint_record`): it ships that tail as a file of its own.
+    pub(super) ships_tail: bool,
 }
 
 impl Inode {
@@ -393,6 +398,7 @@ impl Model {
                 let original = self.names[LOG];
                 let copy = self.create(&self.rotated.clone(), LOGROTATE, true);
                 self.inodes[copy].copied_at = Some(self.now_ns);
+                self.inodes[copy].copy_of = Some(original);
                 self.note(format!("logrotate creates copy inode {}", copy + 1));
                 self.rotating = Some((original, copy, 0));
             }
