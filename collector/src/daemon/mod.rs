@@ -255,7 +255,7 @@ impl Daemon {
 
     /// Held-back records whose flush timeout passed.
     fn flush_idle(&mut self) {
-        let files = self.engine.flush_idle(Instant::now());
+        let files = self.engine.flush_idle(Instant::now(), &Self::sizes(&self.handles));
         let outcomes = self.deliver(&files);
         let now = Instant::now();
         for ((inode, _), outcome) in files.into_iter().zip(outcomes) {

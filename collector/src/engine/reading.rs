@@ -305,11 +305,19 @@ impl Engine {
         self.paused_until[flow] = Some(now + SINK_RETRY_PAUSE);
     }
 
-    /// Held-back records whose flush timeout passed: each file's records to deliver.
-    pub fn flush_idle(&mut self, now: Instant) -> Vec<(InodeKey, Framed)> {
+    /// Held-back records whose flush timeout passed: each file's records to deliver. Not
+    /// while the file has bytes past them not read yet (the flow paused, say): those may
+    /// end the line, which is not idle, only unread. Nor in old contents: the truncation
+    /// flushes them when done.
+    pub fn flush_idle(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) -> Vec<(InodeKey, Framed)> {
         let mut out = Vec::new();
         for (inode, f) in &mut self.files {
-            if !f.derived && f.framer.holds() && now.saturating_duration_since(f.last_input) >= f.framer.flush_after() {
+            let unread = || f.in_old_contents() || size_of(inode).is_some_and(|size| size > f.framer.next_offset());
+            if !f.derived
+                && f.framer.holds()
+                && now.saturating_duration_since(f.last_input) >= f.framer.flush_after()
+                && !unread()
+            {
                 let mut records = Framed::default();
                 f.framer.flush(&mut records);
                 out.push((*inode, records));
@@ -354,6 +362,26 @@ pub(super) mod tests {
         let mut inodes: Vec<u64> = reads.iter().map(|r| r.inode.ino).collect();
         inodes.sort();
         inodes
+    }
+
+    #[test]
+    fn a_line_held_unfinished_is_flushed_when_idle_but_not_while_its_rest_is_unread() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        write(&mut e, 1, Duration::from_secs(1), now);
+        let reads = e.plan_reads(now, &|_| Some(4));
+        let chunk = e.read_done(reads[0], Ok(b"abcd".to_vec()), 10_000_000_000, now).expect("read");
+        let mut framed = Framed::default();
+        assert!(e.frame(chunk, None, &mut framed));
+        assert!(framed.records().is_empty(), "no newline yet");
+        let later = now + Duration::from_secs(1);
+        // The writer wrote the rest, which waits to be read (the flow paused, say).
+        assert!(e.flush_idle(later, &|_| Some(10)).is_empty(), "the rest is on disk");
+        let flushed = e.flush_idle(later, &|_| Some(4));
+        assert_eq!(flushed.len(), 1, "nothing more was written: idle");
+        assert_eq!(flushed[0].1.data(&flushed[0].1.records()[0]), b"abcd");
     }
 
     #[test]

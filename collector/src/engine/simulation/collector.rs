@@ -468,7 +468,9 @@ impl Collector {
         }
         self.effects(m);
         self.engine.resume_paused(now);
-        for (inode, framed) in self.engine.flush_idle(now) {
+        let inodes = &m.inodes;
+        let files = self.engine.flush_idle(now, &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64));
+        for (inode, framed) in files {
             let outcome = self.ship(m, inode, &framed);
             self.engine.delivered(inode, outcome, now);
         }

@@ -68,6 +68,11 @@ pub(super) struct Inode {
 }
 
 impl Inode {
+    /// Bytes of lines that landed in it, each with its newline.
+    pub(super) fn written(&self) -> u64 {
+        self.lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>()
+    }
+
     /// What the kernel counts: every truncating call as it began.
     pub(super) fn counted_truncations(&self) -> u64 {
         self.truncations + self.failed_truncations
@@ -81,6 +86,8 @@ pub(super) struct SlowWrite {
     pub(super) bytes: Vec<u8>,
     pub(super) pid: u32,
     pub(super) truncations_then: u64,
+    /// A writev: the kernel carries none of its bytes.
+    pub(super) iovec: bool,
 }
 
 pub(super) struct Writer {
@@ -235,26 +242,45 @@ impl Model {
         self.emit(Event::Renamed { inode: key(inode), path: PathBuf::from(to) });
     }
 
-    /// A writer appends one line.
+    /// A writer appends one line (write), or a few in one call (writev).
     pub(super) fn write(&mut self, w: usize) {
         let (pid, inode) = (self.writers[w].pid, self.writers[w].inode);
-        self.lines_written += 1;
-        let mut line = format!("w{pid} line {} ", self.lines_written).into_bytes();
-        // Mostly short lines; now and then one longer than a capture.
-        let pad = if self.rng.chance(1) { CAPTURE_LEN + 100 } else { self.rng.below(200) as usize };
-        if pad > CAPTURE_LEN {
-            self.may_lose = true;
+        // writev: one event for its lines, and the kernel carries none of an iovec's bytes
+        // (a truncation that cuts it, or one after it with no copy, loses them).
+        let iovec = self.rng.chance(10);
+        let count = if iovec { 2 + self.rng.below(3) } else { 1 };
+        let mut bytes = Vec::new();
+        let mut lines = Vec::new();
+        for _ in 0..count {
+            self.lines_written += 1;
+            let mut line = format!("w{pid} line {} ", self.lines_written).into_bytes();
+            // Mostly short lines; now and then one longer than a capture.
+            let pad = if self.rng.chance(1) { CAPTURE_LEN + 100 } else { self.rng.below(200) as usize };
+            if pad > CAPTURE_LEN {
+                self.may_lose = true;
+            }
+            line.extend(std::iter::repeat_n(b'x', pad));
+            lines.push(line.clone());
+            line.push(b'\n');
+            bytes.extend_from_slice(&line);
         }
-        line.extend(std::iter::repeat_n(b'x', pad));
-        line.push(b'\n');
+        let line = bytes;
         let f = &mut self.inodes[inode];
         let pos = f.data.len() as u64;
         f.data.extend_from_slice(&line);
-        f.lines.push(line[..line.len() - 1].to_vec());
+        f.lines.extend(lines);
         let truncations_then = f.truncations;
-        self.note(format!("w{pid} writes {} bytes at {pos} of inode {}", line.len(), inode + 1));
-        if self.rng.chance(5) {
-            self.slow.push(SlowWrite { inode, pos, bytes: line, pid, truncations_then });
+        let how = if iovec { "writev" } else { "write" };
+        self.note(format!("w{pid} {how}s {} bytes at {pos} of inode {}", line.len(), inode + 1));
+        if iovec {
+            if self.rng.chance(5) {
+                self.may_lose = true;
+                self.slow.push(SlowWrite { inode, pos, bytes: line, pid, truncations_then, iovec });
+            } else {
+                self.report(inode, pos, line, pid, iovec);
+            }
+        } else if self.rng.chance(5) {
+            self.slow.push(SlowWrite { inode, pos, bytes: line, pid, truncations_then, iovec });
         } else if self.rng.chance(10) {
             // A line written by two syscalls at once (a short write and the rest, or a
             // writer that writes a line in pieces): two events, the first ending mid-line.
@@ -268,9 +294,17 @@ impl Model {
     }
 
     pub(super) fn report_write(&mut self, inode: usize, pos: u64, bytes: Vec<u8>, pid: u32) {
+        self.report(inode, pos, bytes, pid, false);
+    }
+
+    /// A write's event; `iovec`: its bytes are never carried.
+    fn report(&mut self, inode: usize, pos: u64, bytes: Vec<u8>, pid: u32, iovec: bool) {
         let f = &mut self.inodes[inode];
-        let captured =
-            if self.now_ns < f.capture_until { bytes[..bytes.len().min(CAPTURE_LEN)].to_vec() } else { Vec::new() };
+        let captured = if self.now_ns < f.capture_until && !iovec {
+            bytes[..bytes.len().min(CAPTURE_LEN)].to_vec()
+        } else {
+            Vec::new()
+        };
         if captured.is_empty() {
             f.uncaptured.push(pos);
         }
@@ -289,12 +323,12 @@ impl Model {
             if self.now_ns - truncated_ns >= crate::truncation::HOLD.as_nanos() as u64 {
                 self.may_lose = true;
             }
-            let captured = s.bytes[..s.bytes.len().min(CAPTURE_LEN)].to_vec();
+            let captured = if s.iovec { Vec::new() } else { s.bytes[..s.bytes.len().min(CAPTURE_LEN)].to_vec() };
             let cut = CutWrite { pos: s.pos, len: s.bytes.len() as u64, bytes: captured };
             let truncation = self.inodes[s.inode].kernel_numbers[s.truncations_then as usize];
             self.emit(Event::CutWrite { inode: key(s.inode), truncation, cut });
         } else {
-            self.report_write(s.inode, s.pos, s.bytes, s.pid);
+            self.report(s.inode, s.pos, s.bytes, s.pid, s.iovec);
         }
     }
 
@@ -359,9 +393,12 @@ impl Model {
             && let Some(w) = self.writers.iter().position(|w| w.inode == inode)
         {
             // Tracepoint mode reads the size as the syscall begins; a write lands before
-            // the cut. Without a capture window, its bytes are gone with the cut.
+            // the cut. Without a capture window (or from an iovec), its bytes are gone with
+            // the cut.
+            let at = self.inodes[inode].data.len() as u64;
             self.write(w);
-            if self.now_ns >= self.inodes[inode].capture_until {
+            let f = &self.inodes[inode];
+            if self.now_ns >= f.capture_until || f.uncaptured.iter().any(|p| *p >= at) {
                 self.may_lose = true;
             }
         }
