@@ -219,6 +219,40 @@ fn cgroup_v2_root() -> std::path::PathBuf {
     dirs.first().map(std::path::PathBuf::from).expect("a cgroup v2 mount (the kernel's cgroup id is a v2 id)")
 }
 
+/// moto's IMDS emulation answers the token request without the
+/// `X-aws-ec2-metadata-token-ttl-seconds` header that the real service sends and the SDK's
+/// client requires: this one-line shim in front of it adds the header (what no real IMDS
+/// can be here). Every other byte is moto's.
+fn imds_shim(upstream: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let token = request.starts_with(b"PUT /latest/api/token");
+            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let text = String::from_utf8_lossy(&request).replace("\r\nConnection: keep-alive", "");
+            let _ = server.write_all(text.as_bytes());
+            let mut response = Vec::new();
+            let _ = server.read_to_end(&mut response);
+            if token && let Some(end) = response.windows(2).position(|w| w == b"\r\n") {
+                response.splice(end + 2..end + 2, b"X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".iter().copied());
+            }
+            let _ = client.write_all(&response);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
 #[test]
 fn ec2_identity_comes_from_the_metadata_service_or_start_up_fails() {
     // moto's server answers the IMDSv2 token and meta-data paths as an instance would.
@@ -235,7 +269,8 @@ fn ec2_identity_comes_from_the_metadata_service_or_start_up_fails() {
     let path = scratch.path("collector.toml");
     std::fs::write(&path, &config).unwrap();
     {
-        let _collector = Running::start_with_env(&path, &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &moto.endpoint())]);
+        let imds = imds_shim(moto.port);
+        let _collector = Running::start_with_env(&path, &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)]);
         std::fs::write(&log, b"GET /healthz 200\n").unwrap();
         let records = wait_for_records(&out, 1);
         let data = &records[0]["data"];

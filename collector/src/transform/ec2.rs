@@ -1,14 +1,9 @@
-//! add_ec2_metadata: the instance's identity from the instance metadata service (IMDSv2: a
-//! session token first, then GETs carrying it), read once at start-up. Plain HTTP to a
-//! link-local address, so a few lines of std networking rather than an HTTP client.
+//! add_ec2_metadata: the instance's identity from the instance metadata service, read once at
+//! start-up through the AWS SDK's IMDSv2 client (`aws_config::imds`: the session token, its
+//! retries and timeouts, and the SDK's endpoint settings), which the sinks compile in anyway.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    time::Duration,
-};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
 /// The endpoint the AWS SDKs use, and the variable they read to change it.
@@ -32,60 +27,42 @@ pub fn endpoint() -> String {
 
 /// The instance's identity; an error names the endpoint and what failed. The instance id
 /// is required (without it this is not an instance); other fields are left out if absent.
+#[cfg(feature = "kinesis")]
 pub fn fetch(endpoint: &str) -> anyhow::Result<Map<String, Value>> {
-    let host = endpoint
-        .strip_prefix("http://")
-        .with_context(|| format!("{ENDPOINT_VARIABLE}={endpoint}: expected an http:// URL"))?
-        .trim_end_matches('/');
-    let (status, token) = request(host, "PUT", "/latest/api/token", "X-aws-ec2-metadata-token-ttl-seconds: 300")
-        .with_context(|| format!("asking {endpoint} for an IMDSv2 token"))?;
-    if status != 200 {
-        bail!("{endpoint}/latest/api/token answered HTTP {status}");
-    }
-    let auth = format!("X-aws-ec2-metadata-token: {}", token.trim());
-    let mut out = Map::new();
-    for (name, path) in FIELDS {
-        let (status, body) = request(host, "GET", &format!("/latest/{path}"), &auth)
-            .with_context(|| format!("reading {endpoint}/latest/{path}"))?;
-        match status {
-            200 => {
-                out.insert(name.to_owned(), body.trim().to_owned().into());
+    use anyhow::{Context as _, anyhow};
+
+    let client = aws_config::imds::Client::builder()
+        .endpoint(endpoint)
+        .map_err(|e| anyhow!("{ENDPOINT_VARIABLE}={endpoint}: {e}"))?
+        .connect_timeout(TIMEOUT)
+        .read_timeout(TIMEOUT)
+        .build();
+    let runtime = crate::aws::SinkRuntime::new()?;
+    runtime.block_on(async {
+        let mut out = Map::new();
+        for (name, path) in FIELDS {
+            match client.get(format!("/latest/{path}")).await {
+                Ok(value) => {
+                    out.insert(name.to_owned(), value.as_ref().trim().to_owned().into());
+                }
+                Err(e) if name == "instanceId" => {
+                    return Err(e).with_context(|| format!("reading {endpoint}/latest/{path}"));
+                }
+                Err(e) => tracing::debug!(path, "instance metadata field not available: {e}"),
             }
-            _ if name == "instanceId" => bail!("{endpoint}/latest/{path} answered HTTP {status}"),
-            _ => tracing::debug!(path, status, "instance metadata field not available"),
         }
-    }
-    // The account is only in the identity document.
-    if let Ok((200, body)) = request(host, "GET", "/latest/dynamic/instance-identity/document", &auth)
-        && let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&body)
-        && let Some(account) = doc.get("accountId")
-    {
-        out.insert("accountId".into(), account.clone());
-    }
-    Ok(out)
+        // The account is only in the identity document.
+        if let Ok(document) = client.get("/latest/dynamic/instance-identity/document").await
+            && let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(document.as_ref())
+            && let Some(account) = doc.get("accountId")
+        {
+            out.insert("accountId".into(), account.clone());
+        }
+        Ok(out)
+    })?
 }
 
-/// One HTTP/1.1 request on its own connection: (status, body).
-fn request(host: &str, method: &str, path: &str, header: &str) -> anyhow::Result<(u16, String)> {
-    let addr = host.to_socket_addrs()?.next().context("no address")?;
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").context("a response without a header end")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP status line: {:?}", head.lines().next()))?;
-    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked")) {
-        bail!("chunked responses are not expected from the metadata service");
-    }
-    Ok((status, body.to_owned()))
+#[cfg(not(feature = "kinesis"))]
+pub fn fetch(_endpoint: &str) -> anyhow::Result<Map<String, Value>> {
+    anyhow::bail!("this collector was built without the AWS SDK, whose client reads instance metadata")
 }
