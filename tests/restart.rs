@@ -80,6 +80,27 @@ fn an_output_torn_by_a_kill_during_a_write_is_cut_back_to_its_last_whole_record(
     assert_every_line_once_in_order(&records, "w", 500);
 }
 
+/// Inode number `old_ino` was freed: the file the filesystem gives it to next is made and
+/// put at `to` (ext4 hands a freed number to the next file created nearby).
+fn give_freed_inode_number(scratch: &Scratch, old_ino: u64, to: &Path) {
+    let mut spares = Vec::new();
+    let mut reused = false;
+    for i in 0..200 {
+        let p = scratch.path(&format!("spare{i}"));
+        std::fs::write(&p, b"").unwrap();
+        if std::fs::metadata(&p).unwrap().ino() == old_ino {
+            std::fs::rename(&p, to).unwrap();
+            reused = true;
+            break;
+        }
+        spares.push(p);
+    }
+    for p in spares {
+        std::fs::remove_file(p).unwrap();
+    }
+    assert!(reused, "the filesystem did not reuse inode {old_ino}; this test needs it to");
+}
+
 #[test]
 fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     let scratch = Scratch::new("reuse");
@@ -92,23 +113,7 @@ fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     drop(collector); // SIGTERM: its checkpoint says "2,000 lines read".
     let old_ino = std::fs::metadata(&log).unwrap().ino();
     std::fs::remove_file(&log).unwrap();
-    // ext4 hands a freed inode number to the next file created nearby: find one that gets it.
-    let mut spares = Vec::new();
-    let mut reused = false;
-    for i in 0..200 {
-        let p = scratch.path(&format!("spare{i}"));
-        std::fs::write(&p, b"").unwrap();
-        if std::fs::metadata(&p).unwrap().ino() == old_ino {
-            std::fs::rename(&p, &log).unwrap();
-            reused = true;
-            break;
-        }
-        spares.push(p);
-    }
-    for p in spares {
-        std::fs::remove_file(p).unwrap();
-    }
-    assert!(reused, "the filesystem did not reuse inode {old_ino}; this test needs it to");
+    give_freed_inode_number(&scratch, old_ino, &log);
     // Longer than the old checkpoint's offset, so only the identity check can tell.
     assert!(writer(&log, "b", 3_000, 10_000, false).wait().unwrap().success());
     let _collector = Running::start_with(&scratch.path("collector.toml"));
@@ -116,6 +121,45 @@ fn a_new_file_with_a_reused_inode_number_is_read_from_its_start() {
     assert_every_line_once_in_order(&records, "a", 2_000);
     assert_every_line_once_in_order(&records, "b", 3_000);
     assert_eq!(shipped(&out).len(), 5_000);
+}
+
+/// A checkpointed file deleted while the collector is stopped, whose inode number a file
+/// under a name no pattern matches then gets: that file is not taken for the rotated log
+/// (which would ship it), and the stale checkpoint is removed.
+#[test]
+fn a_checkpoint_whose_inode_number_another_file_got_does_not_ship_that_file() {
+    let scratch = Scratch::new("reuse-other");
+    let log = scratch.path("app.log");
+    let out = scratch.path("out.jsonl");
+    let state = scratch.path("state");
+    let cfg = config(&state, &[scratch.pattern("app.log")], &out, "");
+    let collector = Running::start(&scratch.dir, &cfg);
+    assert!(writer(&log, "a", 100, 2_500, false).wait().unwrap().success());
+    wait_for_records(&out, 100);
+    drop(collector);
+    let old_ino = std::fs::metadata(&log).unwrap().ino();
+    std::fs::remove_file(&log).unwrap();
+    let other = scratch.path("notes.txt");
+    give_freed_inode_number(&scratch, old_ino, &other);
+    std::fs::write(&other, "not a log line\n".repeat(50)).unwrap();
+    let collector = Running::start_with(&scratch.path("collector.toml"));
+    std::fs::write(&log, "b 000001 after\n").unwrap();
+    let records = wait_for_records(&out, 101);
+    std::thread::sleep(Duration::from_millis(500));
+    let records = if records.len() > 101 { records } else { shipped(&out) };
+    assert!(
+        records.iter().all(|r| !r["data"].as_str().unwrap_or_default().contains("not a log line")),
+        "notes.txt was shipped"
+    );
+    let said = collector.log_lines(Duration::from_millis(500)).join("\n");
+    assert!(said.contains("its inode number is another file's: checkpoint removed"), "{said}");
+    assert!(
+        collector_tests::checkpoints(&state)
+            .iter()
+            .all(|c| c["ino"] != old_ino || c["path"].as_str().unwrap().ends_with("app.log")),
+        "the stale checkpoint stays"
+    );
+    drop(collector);
 }
 
 /// A state directory as the previous release left it (one `<dev>-<ino>.json` per inode,

@@ -41,6 +41,12 @@ impl Daemon {
                 continue;
             }
             match reader::locate(inode, &c.path, self.dirs.values()) {
+                // Its number went to another file since (the checkpoint's file was deleted):
+                // that file is no rotated log of a flow, whatever directory it is in.
+                Some(path) if !Self::same_file(&c, &path) => {
+                    tracing::info!(path = %path.display(), was = %c.path.display(), "a checkpointed file is gone and its inode number is another file's: checkpoint removed");
+                    self.delivery.store.remove(inode);
+                }
                 Some(path) => {
                     // A copy or archive is only remembered (`pick_up` says so at debug).
                     if c.derived {
@@ -57,6 +63,11 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Whether the file at `path` is the one checkpoint `c` was saved for.
+    fn same_file(c: &crate::checkpoint::Checkpoint, path: &Path) -> bool {
+        reader::open_safely(path).is_some_and(|file| c.identity.matches(&file).unwrap_or(false))
     }
 
     /// Directories and links that appeared under the patterns since the last scan: the

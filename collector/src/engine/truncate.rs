@@ -45,7 +45,7 @@ impl Engine {
         let size_before = size_before.max(std::mem::replace(&mut f.written_to, size_after));
         let exact = self.exact_size_before && !f.behind();
         let cuts = truncation.map(|n| f.cuts.take(n)).unwrap_or_default();
-        let held = Held {
+        let mut held = Held {
             read_to: f.framer.next_offset(),
             truncation,
             size_before,
@@ -57,16 +57,20 @@ impl Engine {
             due: now + truncation::HOLD,
             cut_by_ns: reported.map_or(0, |(_, at)| at + truncation::HOLD.as_nanos() as u64),
         };
+        // The copy is pinned now, as the event is taken: logrotate's `compress` may delete it
+        // while the truncation is held or waits its turn, and its inode number may then go
+        // to another file. One that cannot be pinned now (not held) is none of its bytes.
+        if let Some((copy, _)) = recover_from
+            && !self.pin(inode, copy)
+        {
+            held.recover_from = None;
+        }
         if truncation.is_none() || exact && held.is_filled() {
             self.apply_truncation(inode, held, now);
             return;
         }
         tracing::debug!(ino = inode.ino, ?truncation, "truncation held for the writes it cut");
         self.deferred.insert(inode, held.due);
-        // The copy may be released (logrotate's `compress` deletes it) within the hold.
-        if let Some((copy, _)) = recover_from {
-            self.pin(inode, copy);
-        }
         let f = self.files.get_mut(&inode).expect("checked");
         f.held = Some(Box::new(held));
     }

@@ -194,6 +194,15 @@ impl Tracker {
                 actions.push(Action::Truncated { inode, size_before, size_after, recover_from });
             }
             Event::Created { inode, path, pid } => {
+                // The number names a new file now: what was derived from the file that had
+                // it mirrors none of this one's bytes.
+                for t in self.files.values_mut() {
+                    if let Role::Derived { source, current, .. } = &mut t.role
+                        && *source == inode
+                    {
+                        *current = false;
+                    }
+                }
                 let flow = flow_of(&path);
                 let role = if flow.is_some() { Role::Original } else { Role::Candidate };
                 let _ = pid;

@@ -187,3 +187,23 @@ fn the_archive_of_a_copy_is_derived_too() {
         [Action::HoldDerived { inode: GZ, source: COPY }]
     );
 }
+
+#[test]
+fn nothing_derived_from_a_gone_file_recovers_a_new_file_that_got_its_inode_number() {
+    let mut t = started();
+    t.on_event(Event::Created { inode: COPY, path: path("/log/app.log.1"), pid: LOGROTATE }, 1, &flow_of);
+    t.on_event(Event::Read { inode: APP, pid: LOGROTATE }, 2, &flow_of);
+    t.on_event(Event::Write { inode: COPY, pid: LOGROTATE, end: 100 }, 3, &flow_of);
+    t.on_event(Event::Created { inode: GZ, path: path("/log/app.log.1.gz"), pid: GZIP }, 4, &flow_of);
+    t.on_event(Event::Read { inode: COPY, pid: GZIP }, 5, &flow_of);
+    t.on_event(Event::Write { inode: GZ, pid: GZIP, end: 20 }, 6, &flow_of);
+    t.on_event(Event::Unlinked { inode: COPY }, 7, &flow_of);
+    // The copy's number goes to a new log, later truncated in place.
+    t.on_event(Event::Created { inode: COPY, path: path("/log/app.log"), pid: APP_PID }, 8, &flow_of);
+    t.on_event(Event::Write { inode: COPY, pid: APP_PID, end: 50 }, 9, &flow_of);
+    assert_eq!(
+        t.on_event(Event::Truncate { inode: COPY, size_before: 50, size_after: 0 }, 10, &flow_of),
+        [Action::Truncated { inode: COPY, size_before: 50, size_after: 0, recover_from: None }],
+        "the archive of the copy that had the number is no copy of the new file"
+    );
+}

@@ -18,8 +18,8 @@ pub(super) struct Durable {
     /// Per inode: the records the sink took (file range and bytes).
     pub(super) shipped: HashMap<InodeKey, Vec<(u64, u64, Vec<u8>)>>,
     /// Per inode: its checkpoint (acknowledged offset, and the bytes just before it then),
-    /// or that it is derived.
-    pub(super) store: HashMap<usize, (u64, bool, Vec<u8>)>,
+    /// or that it is derived, and which file it was (`Inode::born`, as an identity).
+    pub(super) store: HashMap<usize, (u64, bool, Vec<u8>, u64)>,
     /// Per inode: records taken past its checkpoint (end, bytes): sent again after a
     /// crash.
     pub(super) unsaved: HashMap<usize, Vec<(u64, Vec<u8>)>>,
@@ -35,6 +35,8 @@ pub(super) struct Durable {
     pub(super) stops: u32,
     /// Bytes counted lost by collectors since killed (their counters died with them).
     pub(super) lost_before: u64,
+    /// Of each file in `Model::retired`, in the same order: what `retire` kept.
+    pub(super) retired: Vec<RetiredFile>,
 }
 
 pub(super) struct Collector {
@@ -51,7 +53,55 @@ pub(super) struct Collector {
     pub(super) lost: bool,
 }
 
+impl Durable {
+    /// What outlives collectors of the file that had inode number `i`, which a new file
+    /// gets: its shipped records, those it may ship twice, whether a crash abandoned it.
+    /// Its checkpoint stays, as the state directory's would.
+    pub(super) fn retire(&mut self, i: usize) {
+        let mut may_repeat = self.may_repeat.remove(&i).unwrap_or_default();
+        may_repeat.extend(self.unsaved.remove(&i).unwrap_or_default().into_iter().map(|(_, data)| data));
+        let abandoned = self.abandoned.iter().position(|a| *a == i).map(|at| self.abandoned.swap_remove(at)).is_some();
+        let shipped = self.shipped.remove(&key(i)).unwrap_or_default();
+        self.retired.push(RetiredFile { shipped, may_repeat, abandoned });
+    }
+}
+
+/// What `Durable::retire` kept of a file whose inode number a later file got.
+pub(super) struct RetiredFile {
+    pub(super) shipped: Vec<(u64, u64, Vec<u8>)>,
+    pub(super) may_repeat: Vec<Vec<u8>>,
+    pub(super) abandoned: bool,
+}
+
 impl Collector {
+    /// A freed inode number a new file may get: no name, and nothing holds it open (the
+    /// collector, a pin, a writer, logrotate), so the kernel may give it again. Only once
+    /// the collector has taken every event of the file that had it (see ARCHITECTURE.md:
+    /// not modeled otherwise).
+    pub(super) fn reusable(&self, m: &Model) -> Option<usize> {
+        let named = |e: &Event, k: InodeKey| match e {
+            Event::Write { inode, .. }
+            | Event::Read { inode, .. }
+            | Event::CutWrite { inode, .. }
+            | Event::Truncate { inode, .. }
+            | Event::Created { inode, .. }
+            | Event::Renamed { inode, .. }
+            | Event::Unlinked { inode } => *inode == k,
+            Event::Copy { source, destination, .. } => *source == k || *destination == k,
+        };
+        (0..m.inodes.len()).find(|&i| {
+            m.inodes[i].links == 0
+                && m.inodes[i].born > 0
+                && !self.engine.knows(&key(i))
+                && !m.queue.iter().any(|(_, e)| named(e, key(i)))
+                && !self.held.contains(&i)
+                && !self.pins.iter().any(|(o, c)| *o == i || *c == i)
+                && !m.writers.iter().any(|w| w.inode == i)
+                && !m.slow.iter().any(|s| s.inode == i)
+                && m.rotating.is_none_or(|(o, c, _)| o != i && c != i)
+        })
+    }
+
     pub(super) fn new(base: Instant, exact: bool) -> Collector {
         let rules = FlowRules::for_tests(Duration::ZERO);
         Collector {
@@ -95,7 +145,7 @@ impl Collector {
                         self.engine.derived_opened(inode, now);
                     }
                     if self.held.contains(&i) || self.pins.iter().any(|(_, c)| *c == i) {
-                        self.durable.store.insert(i, (0, true, Vec::new()));
+                        self.durable.store.insert(i, (0, true, Vec::new(), m.inodes[i].born));
                     }
                 }
                 Effect::Release { inode } => {
@@ -150,7 +200,7 @@ impl Collector {
                 return;
             }
             let last = last.unwrap_or_default();
-            self.durable.store.insert(i, (due.acknowledged, false, last));
+            self.durable.store.insert(i, (due.acknowledged, false, last, m.inodes[i].born));
             self.durable.unsaved.entry(i).or_default().retain(|(end, _)| *end > due.acknowledged);
         }
     }
@@ -374,7 +424,7 @@ impl Collector {
         for (name, &i) in &m.names {
             if !m.inodes[i].original
                 && m.matches(name)
-                && !durable.store.get(&i).is_some_and(|(_, derived, _)| *derived)
+                && !durable.store.get(&i).is_some_and(|(_, derived, _, born)| *derived && *born == m.inodes[i].born)
             {
                 m.inodes[i].unclassified = true;
             }
@@ -420,6 +470,10 @@ impl Collector {
                 continue;
             }
             match m.names.iter().find(|(_, n)| **n == i).map(|(name, _)| name.clone()) {
+                // As the daemon: a checkpoint of a file whose number another file has now.
+                Some(_) if self.durable.store.get(&i).is_some_and(|(.., born)| *born != m.inodes[i].born) => {
+                    self.durable.store.remove(&i);
+                }
                 Some(name) => self.pick_up(m, i, name, true),
                 None => {
                     self.durable.store.remove(&i);
@@ -438,19 +492,27 @@ impl Collector {
         let now = self.now(m);
         let size = m.inodes[i].data.len() as u64;
         let data = &m.inodes[i].data;
+        let born = m.inodes[i].born;
         let from = match self.durable.store.get(&i) {
-            Some((_, true, _)) => {
+            // As `Identity::matches`: a checkpoint of another file with this number.
+            Some((.., was)) if *was != born => {
+                m.note(format!("inode number {} reused by a new file: its old checkpoint does not apply", i + 1));
+                0
+            }
+            Some((_, true, _, _)) => {
                 self.engine.remembered_derived(key(i), PathBuf::from(path), now);
                 return;
             }
-            Some((ack, false, last)) if *ack <= size && data[*ack as usize - last.len()..*ack as usize] == last[..] => {
+            Some((ack, false, last, _))
+                if *ack <= size && data[*ack as usize - last.len()..*ack as usize] == last[..] =>
+            {
                 if !m.inodes[i].original {
                     m.note(format!("inode {} holds an unread tail: read from {ack}", i + 1));
                     m.inodes[i].ships_tail = true;
                 }
                 *ack
             }
-            Some((ack, false, _)) if *ack <= size => {
+            Some((ack, false, _, _)) if *ack <= size => {
                 m.note(format!("inode {} was truncated and written past its checkpoint: from 0", i + 1));
                 0
             }

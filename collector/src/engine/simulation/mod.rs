@@ -56,6 +56,14 @@ fn history(seed: u64, verbose: bool) -> Outcome {
     let steps = 20 + m.rng.below(200);
     let mut events = 0;
     for _ in 0..steps {
+        // Now and then a freed inode number goes to the next file made.
+        if m.reuse_next.is_none()
+            && m.rng.chance(3)
+            && let Some(i) = c.reusable(&m)
+        {
+            m.retire(i);
+            c.durable.retire(i);
+        }
         m.act();
         // Killed at any moment, also while a rotation is under way (what the collector
         // held in memory of one then dies with it, uncounted: `restart`).
@@ -99,12 +107,12 @@ fn history(seed: u64, verbose: bool) -> Outcome {
 fn check_tail(
     m: &Model,
     copy: usize,
-    original: usize,
+    (original, born): (usize, u64),
     shipped: &[(u64, u64, Vec<u8>)],
     may_repeat: &[Vec<u8>],
     violations: &mut Vec<String>,
 ) {
-    let lines = &m.inodes[original].lines;
+    let lines = &m.file(original, born).lines;
     let mut next = 0;
     for (at, _, data) in shipped {
         // Where bytes may be lost, the copy's last line may lack the rest it had past the
@@ -135,12 +143,21 @@ fn check(m: &Model, c: &Collector) -> Vec<String> {
     let mut shipped_bytes = 0u64;
     // Bytes shipped again after a crash, as it may.
     let mut repeated = 0u64;
-    for (i, f) in m.inodes.iter().enumerate() {
-        if c.durable.abandoned.contains(&i) {
+    // Each file: those at their inode numbers now, and those whose number a later file got.
+    let live = m.inodes.iter().enumerate().map(|(i, f)| {
+        let shipped = c.durable.shipped.get(&key(i)).map(Vec::as_slice).unwrap_or_default();
+        let may_repeat = c.durable.may_repeat.get(&i).cloned().unwrap_or_default();
+        (i, f, shipped, may_repeat, c.durable.abandoned.contains(&i))
+    });
+    let retired = m
+        .retired
+        .iter()
+        .zip(&c.durable.retired)
+        .map(|((i, f), r)| (*i, f, r.shipped.as_slice(), r.may_repeat.clone(), r.abandoned));
+    for (i, f, shipped, mut may_repeat, abandoned) in live.chain(retired) {
+        if abandoned {
             continue;
         }
-        let shipped = c.durable.shipped.get(&key(i)).map(Vec::as_slice).unwrap_or_default();
-        let mut may_repeat = c.durable.may_repeat.get(&i).cloned().unwrap_or_default();
         if !f.original {
             if f.unclassified {
                 // Shipped as a log of its own, or not.
@@ -255,11 +272,19 @@ fn check(m: &Model, c: &Collector) -> Vec<String> {
     // held against the rest.
     // After a crash, bytes the dead collector shipped past its checkpoint may be counted
     // lost by the new one (a truncation took them before it read them again).
-    let slack: u64 = c.durable.may_repeat.values().flatten().map(|l| l.len() as u64 + 1).sum();
+    let slack: u64 = c
+        .durable
+        .may_repeat
+        .values()
+        .chain(c.durable.retired.iter().map(|r| &r.may_repeat))
+        .flatten()
+        .map(|l| l.len() as u64 + 1)
+        .sum();
     let accounted = shipped_bytes + lost;
     if (accounted < written || accounted > written + slack + unclassified)
         && !m.uncounted
         && c.durable.abandoned.is_empty()
+        && c.durable.retired.iter().all(|r| !r.abandoned)
     {
         violations.push(format!("{written} bytes written, {shipped_bytes} shipped and {lost} counted lost"));
     }

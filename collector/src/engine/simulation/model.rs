@@ -60,8 +60,10 @@ pub(super) struct Inode {
     pub(super) unclassified: bool,
     /// When logrotate created it, if it is a copy.
     pub(super) copied_at: Option<u64>,
-    /// The original it is a copy of.
-    pub(super) copy_of: Option<usize>,
+    /// The original it is a copy of: its inode number, and which file had it (`born`).
+    pub(super) copy_of: Option<(usize, u64)>,
+    /// Which file it is, of those that had its inode number (as a birth time tells).
+    pub(super) born: u64,
     /// A copy a restart found saved as where reading of its original's unread tail stood
     /// (`Engine::checkpoint_record`): it ships that tail as a file of its own.
     pub(super) ships_tail: bool,
@@ -136,6 +138,12 @@ pub(super) struct Model {
     pub(super) uncounted: bool,
     pub(super) log: Vec<String>,
     pub(super) verbose: bool,
+    /// Files made so far (each one's `born`).
+    pub(super) files_made: u64,
+    /// The inode number the next file gets: a freed one (`Inode::reusable`), or a new one.
+    pub(super) reuse_next: Option<usize>,
+    /// Files whose inode number a later file got: what they were, at their number.
+    pub(super) retired: Vec<(usize, Inode)>,
 }
 
 /// Whether the flow's pattern (`/logs/app.log`, or `/logs/app.log*` with `glob`) matches.
@@ -171,6 +179,9 @@ impl Model {
             uncounted: false,
             log: Vec::new(),
             verbose,
+            files_made: 0,
+            reuse_next: None,
+            retired: Vec::new(),
         };
         m.rotated =
             ["/logs/app.log.1", "/logs/app.log-20261203", "/logs/old/app.log.1"][m.rng.below(3) as usize].into();
@@ -183,13 +194,35 @@ impl Model {
         m
     }
 
+    /// Frees inode number `i` for the next file: what the file that had it was is kept
+    /// for the check (`retired`).
+    pub(super) fn retire(&mut self, i: usize) {
+        let old = std::mem::take(&mut self.inodes[i]);
+        self.retired.push((i, old));
+        self.reuse_next = Some(i);
+    }
+
     /// A read by logrotate at `at_ns` never reaches the collector: the copy it fed (the
     /// last one made by then) cannot be told from a new log.
     pub(super) fn copier_read_lost(&mut self, at_ns: u64) {
-        let fed = self.inodes.iter().enumerate().rfind(|(_, f)| f.copied_at.is_some_and(|t| t <= at_ns));
+        let fed = self
+            .inodes
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.copied_at.is_some_and(|t| t <= at_ns))
+            .max_by_key(|(_, f)| f.copied_at);
         if let Some((copy, _)) = fed {
             self.inodes[copy].unclassified = true;
         }
+    }
+
+    /// The file that had inode number `i` and was `born` so: there now, or retired.
+    pub(super) fn file(&self, i: usize, born: u64) -> &Inode {
+        let now = &self.inodes[i];
+        if now.born == born {
+            return now;
+        }
+        self.retired.iter().find(|(j, f)| *j == i && f.born == born).map(|(_, f)| f).expect("a file that was")
     }
 
     /// Whether the flow's pattern matches `path`.
@@ -215,8 +248,19 @@ impl Model {
         // The kernel watches a file created in a watched directory from its first byte,
         // and carries other tasks' reads of it from 0 until the collector says otherwise.
         let read_position = report.then_some(0);
-        self.inodes.push(Inode { links: 1, original: name == LOG, read_position, ..Inode::default() });
-        let inode = self.inodes.len() - 1;
+        self.files_made += 1;
+        let file = Inode { links: 1, original: name == LOG, read_position, born: self.files_made, ..Inode::default() };
+        let inode = match self.reuse_next.take() {
+            Some(i) => {
+                self.note(format!("a new file gets the freed inode number {}", i + 1));
+                self.inodes[i] = file;
+                i
+            }
+            None => {
+                self.inodes.push(file);
+                self.inodes.len() - 1
+            }
+        };
         self.names.insert(name.to_owned(), inode);
         if report {
             self.emit(Event::Created { inode: key(inode), path: PathBuf::from(name), pid });
@@ -435,7 +479,7 @@ impl Model {
                 let original = self.names[LOG];
                 let copy = self.create(&self.rotated.clone(), LOGROTATE, true);
                 self.inodes[copy].copied_at = Some(self.now_ns);
-                self.inodes[copy].copy_of = Some(original);
+                self.inodes[copy].copy_of = Some((original, self.inodes[original].born));
                 self.note(format!("logrotate creates copy inode {}", copy + 1));
                 self.rotating = Some((original, copy, 0));
             }
