@@ -230,24 +230,33 @@ fn imds_shim(upstream: u16) -> String {
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match client.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
                 }
-            }
-            let token = request.starts_with(b"PUT /latest/api/token");
-            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-            let text = String::from_utf8_lossy(&request).replace("\r\nConnection: keep-alive", "");
-            let _ = server.write_all(text.as_bytes());
-            let mut response = Vec::new();
-            let _ = server.read_to_end(&mut response);
-            if token && let Some(end) = response.windows(2).position(|w| w == b"\r\n") {
-                response.splice(end + 2..end + 2, b"X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".iter().copied());
-            }
-            let _ = client.write_all(&response);
+                let token = request.starts_with(b"PUT /latest/api/token");
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                // One request per connection, which moto then closes: its answer is read to the end.
+                let text = String::from_utf8_lossy(&request);
+                let (line, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
+                let headers: String = rest
+                    .split("\r\n")
+                    .filter(|h| !h.is_empty() && !h.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|h| format!("{h}\r\n"))
+                    .collect();
+                let _ = server.write_all(format!("{line}\r\nConnection: close\r\n{headers}\r\n").as_bytes());
+                let mut response = Vec::new();
+                let _ = server.read_to_end(&mut response);
+                if token && let Some(end) = response.windows(2).position(|w| w == b"\r\n") {
+                    response.splice(end + 2..end + 2, b"X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".iter().copied());
+                }
+                let _ = client.write_all(&response);
+            });
         }
     });
     format!("http://127.0.0.1:{port}")
