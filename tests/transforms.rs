@@ -223,13 +223,14 @@ fn cgroup_v2_root() -> std::path::PathBuf {
 /// `X-aws-ec2-metadata-token-ttl-seconds` header that the real service sends and the SDK's
 /// client requires: this one-line shim in front of it adds the header (what no real IMDS
 /// can be here). Every other byte is moto's.
-fn imds_shim(upstream: u16) -> String {
+fn imds_shim(upstream: String) -> String {
     use std::io::{Read as _, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
+            let upstream = upstream.clone();
             std::thread::spawn(move || {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -240,7 +241,8 @@ fn imds_shim(upstream: u16) -> String {
                     }
                 }
                 let token = request.starts_with(b"PUT /latest/api/token");
-                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                // Where moto runs: this host, or the guest's host.
+                let Ok(mut server) = std::net::TcpStream::connect(upstream.as_str()) else { return };
                 // One request per connection, which moto then closes: its answer is read to the end.
                 let text = String::from_utf8_lossy(&request);
                 let (line, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
@@ -278,7 +280,7 @@ fn ec2_identity_comes_from_the_metadata_service_or_start_up_fails() {
     let path = scratch.path("collector.toml");
     std::fs::write(&path, &config).unwrap();
     {
-        let imds = imds_shim(moto.port);
+        let imds = imds_shim(moto.endpoint().trim_start_matches("http://").to_owned());
         let _collector = Running::start_with_env(&path, &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)]);
         std::fs::write(&log, b"GET /healthz 200\n").unwrap();
         let records = wait_for_records(&out, 1);
