@@ -129,8 +129,9 @@ impl Engine {
     /// or unlinked, idle and read to their end, idle derived files.
     ///
     /// Not while the kernel counts a truncation of it whose event has not been taken: its
-    /// checkpoint is held back then (`made_durable`), and released with the one before,
-    /// a restart would read it again from there. `look`: its size and that count now.
+    /// checkpoint is held back then (`made_durable`), and let go with an older one on
+    /// disk, it would be read again from there after a restart. `look`: its size and that
+    /// count now.
     pub fn expire(&mut self, now: Instant, look: FileLookup<'_>) {
         let idle: Vec<u64> = self.flows.iter().map(|f| f.rotated_idle.as_nanos() as u64).collect();
         let (files, drained_ns, stopping) = (&self.files, self.drained_ns, self.stopping);
