@@ -348,12 +348,7 @@ mod tests {
         let inode = InodeKey::new(1, 1);
         let now = t0 + Duration::from_secs(1);
         e.ring_drained(10_000_000_000, now);
-        write(&mut e, 1, Duration::from_secs(1), now);
-        let reads = e.plan_reads(now, &|_| Some(10));
-        let chunk = e.read_done(reads[0], Ok(b"123456789\n".to_vec()), 10_000_000_000, now).expect("read");
-        let mut framed = Framed::default();
-        assert!(e.frame(chunk, None, &mut framed));
-        e.delivered(inode, Delivery::Accepted, now);
+        ship_ten(&mut e, 0, now);
 
         let due = e.checkpoint_due(&inode, false, now).expect("due");
         assert_eq!(due.acknowledged, 10);
