@@ -7,7 +7,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::pt_regs,
     helpers::bpf_probe_read_kernel,
     programs::{FEntryContext, FExitContext, ProbeContext},
 };
@@ -40,18 +39,37 @@ pub fn fexit_slot(ctx: &FExitContext, n: u32) -> u64 {
     read_slot(ctx.as_ptr(), n as usize * 8)
 }
 
-/// Argument `n` (from 0) of a kprobe's function, from the registers of the x86-64 calling
-/// convention; 0 past the sixth.
+/// Argument `n` (from 0) of a kprobe's function, from the registers its calling convention
+/// passes it in; 0 past the sixth.
 #[inline(always)]
 pub fn kprobe_arg(ctx: &ProbeContext, n: u32) -> u64 {
-    let offset = match n {
+    match register_of_arg(n) {
+        Some(offset) => read_slot(ctx.as_ptr(), offset),
+        None => 0,
+    }
+}
+
+/// x86-64: rdi, rsi, rdx, rcx, r8, r9.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn register_of_arg(n: u32) -> Option<usize> {
+    use aya_ebpf::bindings::pt_regs;
+    Some(match n {
         0 => core::mem::offset_of!(pt_regs, rdi),
         1 => core::mem::offset_of!(pt_regs, rsi),
         2 => core::mem::offset_of!(pt_regs, rdx),
         3 => core::mem::offset_of!(pt_regs, rcx),
         4 => core::mem::offset_of!(pt_regs, r8),
         5 => core::mem::offset_of!(pt_regs, r9),
-        _ => return 0,
-    };
-    read_slot(ctx.as_ptr(), offset)
+        _ => return None,
+    })
+}
+
+/// arm64: x0 to x5, the first registers of the context (struct pt_regs begins with
+/// user_pt_regs).
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn register_of_arg(n: u32) -> Option<usize> {
+    use aya_ebpf::bindings::user_pt_regs;
+    (n < SLOTS).then(|| core::mem::offset_of!(user_pt_regs, regs) + n as usize * 8)
 }

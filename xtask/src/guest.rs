@@ -1,10 +1,14 @@
-//! Guest kernels for the attach modes this host refuses (fentry, kprobe): Debian's cloud
-//! kernels, downloaded and unpacked (never installed), booted by QEMU under TCG with a
-//! busybox initramfs. KVM here is PVM and cannot run a stock kernel, so TCG it is.
+//! Guest kernels for the attach modes this host refuses (fentry, kprobe), and for arm64:
+//! Debian's cloud kernels, downloaded and unpacked (never installed), booted by QEMU under
+//! TCG with a busybox initramfs. KVM here is PVM and cannot run a stock kernel, so TCG it is.
+//!
+//! A guest is named by its kernel series, `<arch>-<series>` for another architecture than
+//! x86-64 ("6.12", "arm64-6.12").
 //!
 //! A run appends a per-run cpio (a root tree: the payload, plus the command as /t/cmd) to
-//! a prebuilt base cpio; the kernel unpacks both. The command's output comes back on the
-//! second serial port, its status through isa-debug-exit.
+//! a prebuilt base cpio of the guest's architecture; the kernel unpacks both. The command's
+//! output comes back on a second console (x86-64: the second serial port; arm64: a
+//! virtio console), its status on that console and, on x86-64, through isa-debug-exit.
 
 use std::{
     fs,
@@ -21,28 +25,90 @@ use crate::shell;
 /// the guest test matrix.
 pub const KERNELS: &[(&str, &str)] = &[("6.1", "linux-image-cloud-amd64"), ("6.12", "linux-image-6.12-cloud-amd64")];
 
-/// Kernels outside the matrix, fetched only when XTASK_GUEST_ONLY names them: 5.10 from
-/// bullseye(-security), with apt lists of its own (see README, "Kernels", for what fails there).
-pub const ON_DEMAND: &[(&str, &str)] = &[("5.10", "linux-image-cloud-amd64")];
+/// Kernels of other guests, fetched when a run needs them: arm64's 6.12 and 6.1 (bookworm's
+/// arm64 archive), and x86-64's 5.10 from bullseye(-security), each with apt lists of its own
+/// (see README, "Kernels", for what fails on 5.10).
+pub const ON_DEMAND: &[(&str, &str)] = &[
+    ("5.10", "linux-image-cloud-amd64"),
+    ("arm64-6.12", "linux-image-6.12-cloud-arm64"),
+    ("arm64-6.1", "linux-image-cloud-arm64"),
+];
 
-/// deb822 sources of a series whose kernel is not in the host's suites; None: the host's.
-fn sources(series: &str) -> Option<&'static str> {
-    match series {
-        "5.10" => Some(
-            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bullseye\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
-             Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bullseye-security\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-        ),
+/// The meta package of any known series.
+pub fn meta_package(series: &str) -> Option<&'static str> {
+    KERNELS.iter().chain(ON_DEMAND).find(|(s, _)| *s == series).map(|(_, m)| *m)
+}
+
+/// A guest's architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn of(series: &str) -> Arch {
+        if series.starts_with("arm64-") { Arch::Arm64 } else { Arch::X86_64 }
+    }
+
+    /// Debian's name for it.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Rust's target triple.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The binutils tool `tool` (strip, ...) for this architecture's binaries.
+    pub fn binutil(self, tool: &str) -> String {
+        match self {
+            Arch::X86_64 => tool.to_owned(),
+            Arch::Arm64 => format!("aarch64-linux-gnu-{tool}"),
+        }
+    }
+}
+
+/// The kernel series of a guest name ("arm64-6.12" -> "6.12").
+pub fn kernel_series(series: &str) -> &str {
+    series.strip_prefix("arm64-").unwrap_or(series)
+}
+
+const DEBIAN_KEYRING: &str = "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Private apt sources (deb822) for the packages of a guest that the host's sources lack, and
+/// the directory of their lists; None: the host's.
+fn sources(series: &str) -> Option<(String, &'static str)> {
+    let deb = |suites: &str, security: &str, arch: &str| {
+        format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suites}\nComponents: main\n{arch}{DEBIAN_KEYRING}\n\n\
+             Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: {security}\nComponents: main\n{arch}\
+             {DEBIAN_KEYRING}\n"
+        )
+    };
+    match (series, Arch::of(series)) {
+        ("5.10", _) => Some((deb("bullseye", "bullseye-security", ""), "5.10")),
+        (_, Arch::Arm64) => {
+            Some((deb("bookworm bookworm-updates", "bookworm-security", "Architectures: arm64\n"), "arm64"))
+        }
         _ => None,
     }
 }
 
 /// apt options that point apt at a series' own sources and lists (under the guest dir,
-/// never the host's /etc/apt), after fetching those lists once.
-fn apt_options(series: &str) -> anyhow::Result<Vec<String>> {
-    let Some(sources) = sources(series) else { return Ok(Vec::new()) };
-    let apt = dir().join("apt").join(series);
+/// never the host's /etc/apt), after fetching those lists once. For another architecture
+/// apt resolves that architecture's packages (which are downloaded and unpacked, never
+/// installed).
+pub fn apt_options(series: &str) -> anyhow::Result<Vec<String>> {
+    let Some((sources, name)) = sources(series) else { return Ok(Vec::new()) };
+    let apt = dir().join("apt").join(name);
     let parts = apt.join("sources.list.d");
     let lists = apt.join("lists");
     let options = vec![
@@ -55,12 +121,21 @@ fn apt_options(series: &str) -> anyhow::Result<Vec<String>> {
         "-o".to_owned(),
         format!("Dir::Cache={}", apt.join("cache").display()),
     ];
+    let mut options = options;
+    if Arch::of(series) != Arch::X86_64 {
+        let arch = Arch::of(series).debian();
+        for option in [format!("APT::Architecture={arch}"), format!("APT::Architectures::={arch}")] {
+            options.extend(["-o".to_owned(), option]);
+        }
+        // The host's dpkg database knows nothing of this architecture.
+        options.extend(["-o".to_owned(), "Dir::State::status=/dev/null".to_owned()]);
+    }
     let updated = apt.join("updated");
     if !updated.exists() {
         fs::create_dir_all(lists.join("partial"))?;
         fs::create_dir_all(apt.join("cache"))?;
         fs::create_dir_all(&parts)?;
-        fs::write(parts.join(format!("{series}.sources")), sources)?;
+        fs::write(parts.join(format!("{name}.sources")), sources)?;
         shell::run(Command::new("apt-get").args(&options).args(["update", "-qq"]))?;
         fs::write(&updated, "")?;
     }
@@ -85,8 +160,16 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
     for (series, meta) in KERNELS {
         prepare_kernel(series, meta)?;
     }
-    base_initramfs()
+    for (series, meta) in ON_DEMAND.iter().filter(|(s, _)| IN_TEST_MATRIX.contains(s)) {
+        prepare_kernel(series, meta)?;
+    }
+    base_initramfs(Arch::X86_64)?;
+    base_initramfs(Arch::Arm64)
 }
+
+/// Guests beyond KERNELS that `cargo xtask test` runs (with fewer suites; test.rs), whose
+/// kernels setup fetches.
+pub const IN_TEST_MATRIX: &[&str] = &["arm64-6.12"];
 
 /// Modules the guests load: the filesystem matrix's (tests/filesystems.rs), and the network
 /// card that reaches the test servers on this host. What they depend on comes along.
@@ -129,7 +212,10 @@ pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
     fs::write(target.join("release"), release)?;
     extract_modules(&unpacked.join("lib/modules").join(release).join("kernel"), &kernel_modules(series))?;
-    extract_elf(&image, &kernel_elf(series));
+    // (arm64's image is an uncompressed Image, without the ELF headers.)
+    if Arch::of(series) == Arch::X86_64 {
+        extract_elf(&image, &kernel_elf(series));
+    }
     fs::remove_dir_all(&scratch)?;
     Ok(())
 }
@@ -237,9 +323,17 @@ fn extract_elf(image: &Path, elf: &Path) {
     }
 }
 
-fn base_initramfs() -> anyhow::Result<()> {
-    let base = dir().join("base");
-    let cpio = dir().join("base.cpio");
+/// The base cpio of an architecture's guests.
+fn base_cpio(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => dir().join("base.cpio"),
+        Arch::Arm64 => dir().join("base-arm64.cpio"),
+    }
+}
+
+fn base_initramfs(arch: Arch) -> anyhow::Result<()> {
+    let cpio = base_cpio(arch);
+    let base = cpio.with_extension("");
     let init = shell::root().join("xtask/guest/init");
     // Built once; again when init changed since.
     let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -250,16 +344,59 @@ fn base_initramfs() -> anyhow::Result<()> {
     for d in ["bin", "proc", "sys", "dev", "tmp", "t", "etc", "run", "var/lib", "sys/fs/bpf"] {
         fs::create_dir_all(base.join(d))?;
     }
-    fs::copy("/bin/busybox", base.join("bin/busybox")).context("busybox-static is needed (cargo xtask setup)")?;
+    // The applets are the same on every architecture: the host's busybox lists them.
+    match arch {
+        Arch::X86_64 => {
+            fs::copy("/bin/busybox", base.join("bin/busybox"))
+                .context("busybox-static is needed (cargo xtask setup)")?;
+            // Only x86-64's machine has isa-debug-exit.
+            build_c_program("qexit", &base.join("bin/qexit"))?;
+        }
+        Arch::Arm64 => {
+            let unpacked = dir().join("busybox-arm64");
+            let _ = fs::remove_dir_all(&unpacked);
+            unpack_packages("arm64-6.12", &["busybox-static"], &unpacked)?;
+            fs::copy(unpacked.join("bin/busybox"), base.join("bin/busybox"))?;
+        }
+    }
     let applets = shell::output(Command::new("/bin/busybox").arg("--list"))?;
     for applet in applets.lines().filter(|a| *a != "busybox") {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(applet))?;
     }
     std::os::unix::fs::symlink("bin", base.join("sbin"))?;
-    build_c_program("qexit", &base.join("bin/qexit"))?;
     fs::copy(&init, base.join("init"))?;
     shell::run(Command::new("chmod").arg("+x").arg(base.join("init")))?;
     make_cpio(&base, &cpio)
+}
+
+/// Downloads Debian packages of a guest's architecture (as `series`' apt sees them, once)
+/// and unpacks them into `tree`. Never installed: no maintainer scripts run.
+pub fn unpack_packages(series: &str, packages: &[&str], tree: &Path) -> anyhow::Result<()> {
+    let apt = apt_options(series)?;
+    let arch = Arch::of(series).debian();
+    let debs = dir().join("debs").join(arch);
+    fs::create_dir_all(&debs)?;
+    for package in packages {
+        let stem = format!("{package}_");
+        let have = |d: &Path| {
+            fs::read_dir(d).ok().and_then(|entries| {
+                entries.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&stem))
+                        && p.extension().is_some_and(|e| e == "deb")
+                })
+            })
+        };
+        let deb = match have(&debs) {
+            Some(deb) => deb,
+            None => {
+                shell::run(Command::new("apt-get").args(&apt).args(["download", "-qq", package]).current_dir(&debs))
+                    .with_context(|| format!("downloading {package}:{arch}"))?;
+                have(&debs).with_context(|| format!("apt-get download {package} produced no .deb"))?
+            }
+        };
+        shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tree))?;
+    }
+    Ok(())
 }
 
 pub fn make_cpio(tree: &Path, out: &Path) -> anyhow::Result<()> {
@@ -274,6 +411,30 @@ pub fn make_cpio(tree: &Path, out: &Path) -> anyhow::Result<()> {
 pub struct GuestRun {
     pub status: i32,
     pub output: String,
+}
+
+/// The build of the guest payload for another architecture than this host's: `cargo build
+/// <args>` in release for it, static (crt-static: the guest has no C library of that
+/// architecture for them), linked and its C compiled by Debian's cross gcc. Shares target/
+/// with the native build (its host tools are reused). Returns cargo's JSON messages.
+pub fn cross_build(arch: Arch, args: &[&str]) -> anyhow::Result<String> {
+    let target = arch.rust_target();
+    let env_target = target.replace('-', "_");
+    let upper = env_target.to_uppercase();
+    let gcc = arch.binutil("gcc");
+    eprintln!("+ cargo build --release --target {target} {}", args.join(" "));
+    shell::output(
+        Command::new("cargo")
+            .arg("build")
+            .args(args)
+            .args(["--release", "--target", target, "--message-format=json-render-diagnostics"])
+            .env(format!("CARGO_TARGET_{upper}_LINKER"), &gcc)
+            .env(format!("CARGO_TARGET_{upper}_RUSTFLAGS"), "-C target-feature=+crt-static")
+            .env(format!("CC_{env_target}"), &gcc)
+            .env(format!("AR_{env_target}"), arch.binutil("ar"))
+            .stderr(std::process::Stdio::inherit())
+            .current_dir(shell::root()),
+    )
 }
 
 /// A static build for the guests (`cargo <args>`, release, crt-static, a target dir of its
@@ -348,22 +509,41 @@ pub fn run_with(
     fs::write(stage.join("t/cmd"), command)?;
     make_cpio(&stage, &run_dir.join("overlay.cpio"))?;
     let initrd = run_dir.join("initrd.cpio");
-    let mut joined = fs::read(dir().join("base.cpio"))?;
+    let arch = Arch::of(series);
+    let mut joined = fs::read(base_cpio(arch))?;
     joined.extend(fs::read(run_dir.join("overlay.cpio"))?);
     fs::write(&initrd, joined)?;
     let results = run_dir.join("results.log");
     let console = run_dir.join("console.log");
+    let (qemu, machine): (&str, &[&str]) = match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", &["-cpu", "max", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]),
+        // pauth-impdef: the architected pointer-authentication cipher is slow under TCG.
+        Arch::Arm64 => ("qemu-system-aarch64", &["-M", "virt", "-cpu", "max,pauth-impdef=on"]),
+    };
+    let (console_tty, results_port): (&str, Vec<String>) = match arch {
+        Arch::X86_64 => ("ttyS0", vec!["-serial".into(), format!("file:{}", results.display())]),
+        // virt has one serial port: the results go to a virtio console (/dev/hvc0).
+        Arch::Arm64 => (
+            "ttyAMA0",
+            vec![
+                "-device".into(),
+                "virtio-serial-pci".into(),
+                "-chardev".into(),
+                format!("file,id=results,path={}", results.display()),
+                "-device".into(),
+                "virtconsole,chardev=results".into(),
+            ],
+        ),
+    };
     let status = Command::new("timeout")
         // For the agent QEMU runs (Network::TestServers): where the servers are installed.
         .env("KINESIS_LOCAL_MAIN", crate::setup::kinesis_local_main())
         .env("MOTO_VENV", crate::setup::moto_venv())
         .arg(timeout.as_secs().to_string())
-        .arg("qemu-system-x86_64")
+        .arg(qemu)
+        .args(["-accel", "tcg"])
+        .args(machine)
         .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
             "-m",
             // TCG allocates guest RAM as it is touched: the host pays only what is used.
             "1536M",
@@ -377,16 +557,15 @@ pub fn run_with(
         ])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nic", &nic, "-kernel"])
+        .args(&results_port)
+        .args(["-nic", &nic, "-kernel"])
         .arg(kernel_image(series))
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", &format!("console={console_tty} panic=-1 quiet")])
         .args(qemu_args)
         .status()
-        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+        .with_context(|| format!("starting {qemu} (cargo xtask setup installs it)"))?;
     let output = fs::read_to_string(&results).unwrap_or_default();
     let reported = output
         .lines()
@@ -395,7 +574,10 @@ pub fn run_with(
         .and_then(|s| s.trim().parse::<i32>().ok());
     match (status.code(), reported) {
         (Some(124), _) => bail!("guest {series} timed out after {timeout:?}; console: {}", console.display()),
-        (Some(q), Some(g)) if q & 1 == 1 && (q >> 1) == (g & 127) => {
+        // x86-64: isa-debug-exit's status, (g << 1) | 1; arm64: a clean power-off.
+        (Some(q), Some(g))
+            if (arch == Arch::X86_64 && q & 1 == 1 && (q >> 1) == (g & 127)) || (arch == Arch::Arm64 && q == 0) =>
+        {
             let _ = fs::remove_dir_all(&run_dir);
             Ok(GuestRun { status: g, output })
         }

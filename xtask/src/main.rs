@@ -41,7 +41,7 @@ enum Command {
         seconds: Option<u64>,
     },
     /// Set up and run every test: unit, native integration (tracepoint mode on this kernel),
-    /// and the guest kernels (fentry and kprobe modes under QEMU).
+    /// and the guest kernels (fentry and kprobe modes under QEMU; arm64 too).
     Test {
         /// Only the tests that run on this kernel.
         #[arg(long, conflicts_with = "guest_only")]
@@ -49,6 +49,9 @@ enum Command {
         /// Only the guest-kernel runs.
         #[arg(long)]
         guest_only: bool,
+        /// Also the guest runs too long for CI (every arm64 guest and mode).
+        #[arg(long, conflicts_with = "native_only")]
+        extended: bool,
     },
     /// Run benchmarks and print figures with ratios against a baseline from the same run.
     Bench {
@@ -70,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup { no_guest } => setup::run(!no_guest),
         Command::BuildEbpf => build::ebpf(),
         Command::Run { seconds } => run::run(seconds),
-        Command::Test { native_only, guest_only } => test::run(!guest_only, !native_only),
+        Command::Test { native_only, guest_only, extended } => test::run(!guest_only, !native_only, extended),
         Command::Bench { name } => bench::run(name.as_deref()),
         Command::Package => package::run().map(|_| ()),
         Command::Image => image::run().map(|_| ()),

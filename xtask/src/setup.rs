@@ -11,14 +11,24 @@ use crate::{guest, shell};
 /// client), systemd (`systemd-analyze verify` of the unit; nothing is started), rsyslog (a real
 /// syslog writer for the log_to_json tests, and the ingest benchmark's peer), xfsprogs and
 /// btrfs-progs (the filesystem matrix of tests/filesystems.rs makes loop-mounted ones), and for the
-/// guest tests qemu, a static busybox for the guest userland, zstd to unpack the kernel image,
-/// cpio to pack the guest root and binutils to strip its binaries.
+/// guest tests qemu (x86-64 and arm64), a static busybox for the guest userland, zstd to unpack
+/// the kernel image, cpio to pack the guest root and binutils to strip its binaries, and the
+/// cross gcc that links the arm64 guests' programs (and compiles their C).
 const HOST_PACKAGES: &[&str] =
     &["logrotate", "gzip", "util-linux", "curl", "systemd", "rsyslog", "xfsprogs", "btrfs-progs"];
-const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "zstd", "cpio", "binutils"];
+const GUEST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "busybox-static",
+    "zstd",
+    "cpio",
+    "binutils",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+];
 
 pub fn run(with_guest: bool) -> anyhow::Result<()> {
-    rust_toolchain()?;
+    rust_toolchain(with_guest)?;
     mount_kernel_filesystems()?;
     let mut packages = HOST_PACKAGES.to_vec();
     if with_guest {
@@ -35,7 +45,14 @@ pub fn run(with_guest: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rust_toolchain() -> anyhow::Result<()> {
+fn rust_toolchain(with_guest: bool) -> anyhow::Result<()> {
+    if with_guest {
+        // The arm64 guests' programs (std for that target).
+        let targets = shell::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+        if !targets.lines().any(|t| t == "aarch64-unknown-linux-gnu") {
+            shell::run(Command::new("rustup").args(["target", "add", "aarch64-unknown-linux-gnu"]))?;
+        }
+    }
     // The kernel programs build with the installed nightly's rust-src (build-std=core).
     // Never update the nightly: bpf-linker 0.10 loads the same LLVM (22) that it ships.
     let installed =

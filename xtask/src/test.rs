@@ -18,9 +18,9 @@ use crate::{build, guest, package, setup, shell};
 /// others in fentry mode, the one production kernels pick. Each with a libtest filter
 /// ("" = all). Not there: helm and packaging, which load no kernel program.
 const GUEST_TESTS: &[GuestSuite] = &[
-    GuestSuite { name: "kernel_events", modes: GUEST_MODES, filter: "", before_6_9: "" },
-    GuestSuite { name: "ring_buffer_loss", modes: GUEST_MODES, filter: "", before_6_9: "" },
-    GuestSuite { name: "rotation", modes: GUEST_MODES, filter: "", before_6_9: "" },
+    GuestSuite { name: "kernel_events", modes: EVERY_MODE, filter: "", before_6_9: "" },
+    GuestSuite { name: "ring_buffer_loss", modes: EVERY_MODE, filter: "", before_6_9: "" },
+    GuestSuite { name: "rotation", modes: EVERY_MODE, filter: "", before_6_9: "" },
     // The guest's root is in RAM (tmpfs), which never hands a freed inode number out again:
     // the inode-reuse rows run on this host's ext4 only.
     GuestSuite {
@@ -59,7 +59,88 @@ const GUEST_TESTS: &[GuestSuite] = &[
     GuestSuite { name: "config_sources", modes: &["fentry"], filter: "", before_6_9: "" },
     GuestSuite { name: "cloudwatch", modes: &["fentry"], filter: "", before_6_9: "" },
 ];
+/// The modes of the x86-64 matrix (this host runs tracepoint mode).
 const GUEST_MODES: &[&str] = &["fentry", "kprobe"];
+/// The core suites run in whichever mode a guest runs.
+const EVERY_MODE: &[&str] = &["fentry", "kprobe", "tracepoint"];
+
+/// The suites the arm64 payload carries: those that need no program beyond logrotate (the
+/// others' tools would be arm64 packages too).
+const ARM64_SUITES: &[&str] = &["kernel_events", "ring_buffer_loss", "rotation"];
+
+/// A guest run: a guest (guest.rs names them) in one attach mode, with the suites it runs
+/// (None: every suite of that mode the guest's payload carries).
+#[derive(Clone, Debug, PartialEq)]
+struct Run {
+    series: String,
+    mode: String,
+    suites: Option<Vec<&'static str>>,
+}
+
+impl Run {
+    fn new(series: &str, mode: &str, suites: Option<&[&'static str]>) -> Run {
+        Run { series: series.to_owned(), mode: mode.to_owned(), suites: suites.map(<[_]>::to_vec) }
+    }
+
+    /// Whether this run runs `suite` (before XTASK_GUEST_TESTS narrows it).
+    fn runs(&self, suite: &GuestSuite) -> bool {
+        let carried = guest::Arch::of(&self.series) == guest::Arch::X86_64 || ARM64_SUITES.contains(&suite.name);
+        match &self.suites {
+            Some(names) => names.contains(&suite.name),
+            None => carried && suite.modes.contains(&self.mode.as_str()),
+        }
+    }
+}
+
+/// Beyond x86-64's matrix, `cargo xtask test` runs Graviton's kernel in the mode EC2 picks,
+/// with the rotation suite (CI's time allows that much).
+const MATRIX_BEYOND_X86: &[(&str, &str, Option<&[&str]>)] = &[("arm64-6.12", "fentry", Some(&["rotation"]))];
+
+/// `--extended`: guest runs too long for CI, run and reported by hand.
+const EXTENDED: &[(&str, &str, Option<&[&str]>)] = &[
+    ("arm64-6.12", "fentry", None),
+    ("arm64-6.12", "kprobe", None),
+    ("arm64-6.12", "tracepoint", None),
+    ("arm64-6.1", "fentry", None),
+];
+
+/// The guest runs of a `cargo xtask test`: x86-64's matrix and the runs beyond it, the
+/// extended ones too if asked; or the one `only` names ("6.1/fentry", "arm64-6.12/kprobe").
+fn planned_runs(only: Option<&str>, extended: bool) -> anyhow::Result<Vec<Run>> {
+    if let Some(only) = only {
+        let (series, mode) =
+            only.split_once('/').with_context(|| format!("XTASK_GUEST_ONLY={only}: not <guest>/<mode>"))?;
+        if !EVERY_MODE.contains(&mode) {
+            bail!("XTASK_GUEST_ONLY={only}: no attach mode {mode} ({})", EVERY_MODE.join(", "));
+        }
+        if guest::meta_package(series).is_none() && !guest::kernel_image(series).exists() {
+            bail!(
+                "XTASK_GUEST_ONLY={only}: no guest {series}, and no kernel image at {}",
+                guest::kernel_image(series).display()
+            );
+        }
+        return Ok(vec![Run::new(series, mode, None)]);
+    }
+    let mut runs = Vec::new();
+    for (series, _) in guest::KERNELS {
+        for mode in GUEST_MODES {
+            runs.push(Run::new(series, mode, None));
+        }
+    }
+    let beyond = MATRIX_BEYOND_X86.iter().chain(if extended { EXTENDED } else { &[] });
+    for (series, mode, suites) in beyond {
+        // An extended run of the same guest and mode takes the place of the matrix's.
+        runs.retain(|r| !(r.series == *series && r.mode == *mode));
+        runs.push(Run::new(series, mode, *suites));
+    }
+    // Longest first, two at a time: x86-64's fentry runs (every suite), then the others.
+    runs.sort_by_key(|r| match (guest::Arch::of(&r.series), r.mode.as_str()) {
+        (guest::Arch::X86_64, "fentry") => 0,
+        (guest::Arch::X86_64, _) => 2,
+        _ => 1,
+    });
+    Ok(runs)
+}
 /// Guests run at once (each has one virtual CPU).
 const GUESTS_AT_ONCE: usize = 2;
 /// A whole guest run: every suite of its mode, under TCG.
@@ -79,7 +160,7 @@ fn before_6_9(series: &str) -> bool {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (6, 9)
 }
 
-pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
+pub fn run(native: bool, with_guest: bool, extended: bool) -> anyhow::Result<()> {
     setup::run(with_guest)?;
     if native {
         let collector = build::collector()?;
@@ -110,35 +191,47 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     if !with_guest {
         return Ok(());
     }
-    let root = guest_payload()?;
-    let mut failed = Vec::new();
-    // XTASK_GUEST_ONLY=6.1/fentry runs one combination (debugging a guest failure).
-    let only = std::env::var("XTASK_GUEST_ONLY").ok();
-    let only_pair = only.as_deref().and_then(|o| o.split_once('/'));
-    // It may also name a mode outside the matrix (5.10/tracepoint).
-    let extra = only_pair.map(|(_, m)| m).filter(|m| !GUEST_MODES.contains(m));
-    // XTASK_GUEST_ONLY=5.10/kprobe fetches and runs a kernel outside the matrix; any other
-    // series runs if its image was put in target/xtask/guest/kernels/<series>/vmlinuz by hand.
-    let mut series_list: Vec<&str> = guest::KERNELS.iter().map(|(s, _)| *s).collect();
-    if let Some((series, _)) = only_pair
-        && !series_list.contains(&series)
-    {
-        if let Some((_, meta)) = guest::ON_DEMAND.iter().find(|(s, _)| *s == series) {
-            guest::prepare_kernel(series, meta)?;
+    // XTASK_GUEST_ONLY=6.1/fentry runs one guest in one mode (debugging a guest failure);
+    // a guest outside the matrix (5.10, arm64-6.1) is fetched for it.
+    let runs = planned_runs(std::env::var("XTASK_GUEST_ONLY").ok().as_deref(), extended)?;
+    for run in &runs {
+        if !guest::kernel_image(&run.series).exists()
+            && let Some(meta) = guest::meta_package(&run.series)
+        {
+            guest::prepare_kernel(&run.series, meta)?;
         }
-        if !guest::kernel_image(series).exists() {
-            bail!("no kernel image for {series}: {}", guest::kernel_image(series).display());
-        }
-        series_list.push(series);
     }
-    let mut runs = Vec::new();
-    for series in series_list {
-        for mode in GUEST_MODES.iter().copied().chain(extra) {
-            if only.as_deref().is_none_or(|o| o == format!("{series}/{mode}")) {
-                runs.push((series, mode));
+    // XTASK_GUEST_TESTS=rotation:copytruncate runs one suite, filtered (debugging).
+    let only_tests = std::env::var("XTASK_GUEST_TESTS").ok();
+    let suites_of = |run: &Run| -> Vec<(&'static GuestSuite, &str)> {
+        GUEST_TESTS
+            .iter()
+            .filter_map(|suite| match only_tests.as_deref().map(|o| o.split_once(':').unwrap_or((o, ""))) {
+                Some((name, filter)) => (name == suite.name).then_some((suite, filter)),
+                None => run.runs(suite).then_some((suite, suite.filter)),
+            })
+            .collect()
+    };
+    // One payload per architecture, with the suites its runs need.
+    let mut payloads = std::collections::HashMap::new();
+    for arch in [guest::Arch::X86_64, guest::Arch::Arm64] {
+        let mut needed: Vec<&str> = Vec::new();
+        for run in runs.iter().filter(|r| guest::Arch::of(&r.series) == arch) {
+            for (suite, _) in suites_of(run) {
+                if !needed.contains(&suite.name) {
+                    needed.push(suite.name);
+                }
             }
         }
+        if runs.iter().any(|r| guest::Arch::of(&r.series) == arch) {
+            let root = match arch {
+                guest::Arch::X86_64 => guest_payload()?,
+                guest::Arch::Arm64 => arm64_payload(&needed)?,
+            };
+            payloads.insert(arch, root);
+        }
     }
+    let mut failed = Vec::new();
     // Each guest has one virtual CPU: two at once keep this machine's two cores busy.
     let queue = std::sync::Mutex::new(runs.into_iter());
     let results = std::sync::Mutex::new(Vec::new());
@@ -146,10 +239,12 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
         for _ in 0..GUESTS_AT_ONCE {
             scope.spawn(|| {
                 loop {
-                    let Some((series, mode)) = queue.lock().expect("queue").next() else { break };
+                    let Some(planned) = queue.lock().expect("queue").next() else { break };
+                    let (series, mode) = (planned.series.as_str(), planned.mode.as_str());
                     let started = Instant::now();
-                    let script = guest_script(series, mode);
-                    let run = guest::run(series, &root, &script, GUEST_TIMEOUT, guest::Network::TestServers);
+                    let script = guest_script(series, mode, &suites_of(&planned));
+                    let root = &payloads[&guest::Arch::of(series)];
+                    let run = guest::run(series, root, &script, GUEST_TIMEOUT, guest::Network::TestServers);
                     // Printed whole, one guest at a time.
                     let mut out = std::io::stdout().lock();
                     let status = match run {
@@ -177,7 +272,7 @@ pub fn run(native: bool, with_guest: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn guest_script(series: &str, mode: &str) -> String {
+fn guest_script(series: &str, mode: &str, suites: &[(&GuestSuite, &str)]) -> String {
     let mut s = format!(
         "export PATH=/t:/usr/sbin:/usr/bin:/sbin:/bin COLLECTOR_BIN=/t/collector COLLECTOR_TEST_ATTACH_MODE={mode} \
          COLLECTOR_TEST_LOG_WRITER=/t/log_writer COLLECTOR_TEST_URING_WRITER=/t/uring_writer \
@@ -191,19 +286,9 @@ fn guest_script(series: &str, mode: &str) -> String {
         agent = guest::AGENT_ADDRESS
     );
     // (A kernel fetched on demand before its modules were kept has no list: a failed run.)
-    // XTASK_GUEST_TESTS=rotation:copytruncate runs one test binary, filtered (debugging).
-    let only = std::env::var("XTASK_GUEST_TESTS").ok();
-    for suite in GUEST_TESTS {
+    for (suite, filter) in suites {
         let test = suite.name;
-        if !suite.modes.contains(&mode) && !only.as_deref().is_some_and(|o| o.starts_with(test)) {
-            continue;
-        }
-        let filter = match only.as_deref().map(|o| o.split_once(':').unwrap_or((o, ""))) {
-            Some((name, _)) if name != test => continue,
-            Some((_, filter)) => filter,
-            None => suite.filter,
-        };
-        let old = if before_6_9(series) { suite.before_6_9 } else { "" };
+        let old = if before_6_9(guest::kernel_series(series)) { suite.before_6_9 } else { "" };
         s.push_str(&format!("echo '== {test} ({mode})'\n/t/{test} --test-threads=1 {filter} {old}\n"));
         // The guest's root and /tmp are in its RAM: what is left shows how close it ran.
         s.push_str("grep -E '^(MemAvailable|Shmem):' /proc/meminfo | tr -s ' ' | tr '\\n' ' '; echo\n");
@@ -257,6 +342,51 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
     guest::add_program(&root, Path::new("/usr/bin/logger"))?;
     for plugin in fs::read_dir(RSYSLOG_PLUGINS).with_context(|| format!("reading {RSYSLOG_PLUGINS} (rsyslog)"))? {
         guest::add_program(&root, &plugin?.path())?;
+    }
+    Ok(root)
+}
+
+/// Debian's arm64 packages the arm64 payload carries: logrotate and what it loads.
+const ARM64_USERLAND: &[&str] = &["logrotate", "libacl1", "libc6", "libpopt0", "libselinux1", "libpcre2-8-0"];
+
+/// The root tree of the arm64 guests: the collector, the test programs and `suites`, built
+/// for arm64 (static), in /t; Debian's arm64 logrotate with its libraries; the arm64
+/// guests' modules.
+fn arm64_payload(suites: &[&str]) -> anyhow::Result<PathBuf> {
+    let arch = guest::Arch::Arm64;
+    let mut args = vec!["-p", "collector", "-p", "collector-tests", "--bins"];
+    for suite in suites {
+        args.extend(["--test", suite]);
+    }
+    let messages = guest::cross_build(arch, &args)?;
+    let root = guest::dir().join("payload-arm64");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("t"))?;
+    let release = shell::root().join("target").join(arch.rust_target()).join("release");
+    let mut programs: Vec<(String, PathBuf)> = ["collector", "log_writer", "uring_writer", "fast_copytruncate"]
+        .map(|p| (p.to_owned(), release.join(p)))
+        .into();
+    for suite in suites {
+        let exe = test_executable(&messages, suite).with_context(|| format!("no arm64 test executable for {suite}"))?;
+        programs.push(((*suite).to_owned(), exe));
+    }
+    let strip = arch.binutil("strip");
+    for (name, program) in &programs {
+        let target = root.join("t").join(name);
+        fs::copy(program, &target).with_context(|| format!("copying {}", program.display()))?;
+        shell::run(Command::new(&strip).arg("--strip-debug").arg(&target))?;
+    }
+    guest::unpack_packages("arm64-6.12", ARM64_USERLAND, &root)?;
+    // Not needed in a guest that runs tests, and tens of megabytes of its RAM.
+    for unused in ["usr/share", "usr/lib/aarch64-linux-gnu/gconv"] {
+        let _ = fs::remove_dir_all(root.join(unused));
+    }
+    fs::create_dir_all(root.join("lib/guest-modules"))?;
+    for (series, _) in guest::ON_DEMAND.iter().filter(|(s, _)| guest::Arch::of(s) == arch) {
+        let modules = guest::kernel_modules(series);
+        if modules.exists() {
+            shell::run(Command::new("cp").arg("-a").arg(modules).arg(root.join("lib/guest-modules").join(series)))?;
+        }
     }
     Ok(root)
 }

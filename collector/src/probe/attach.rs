@@ -101,7 +101,11 @@ fn plan_named<'a>(
         .into_iter()
         .filter_map(|name| {
             let (program_mode, target, optional) = target_of(attach_name(name)?)?;
-            (program_mode == mode).then(|| Planned { program: name.to_owned(), target, optional })
+            (program_mode == mode && !absent_here(&target, ABSENT_SYSCALLS)).then(|| Planned {
+                program: name.to_owned(),
+                target,
+                optional,
+            })
         })
         .collect();
     planned.sort_by(|a, b| a.program.cmp(&b.program));
@@ -109,6 +113,18 @@ fn plan_named<'a>(
 }
 
 const FLOOR_PREFIX: &str = "floor_";
+
+/// Syscalls this architecture does not have, so neither their tracepoints: arm64 has only
+/// the *at forms (asm-generic's table), and its C libraries call those.
+pub const ABSENT_SYSCALLS: &[&str] =
+    if cfg!(target_arch = "aarch64") { &["open", "creat", "rename", "unlink"] } else { &[] };
+
+/// Whether `target` is the tracepoint of a syscall in `absent`.
+fn absent_here(target: &Target, absent: &[&str]) -> bool {
+    let Target::SyscallTracepoint(tp) = target else { return false };
+    let syscall = tp.strip_prefix("sys_enter_").or_else(|| tp.strip_prefix("sys_exit_"));
+    syscall.is_some_and(|s| absent.contains(&s))
+}
 
 /// Syscall tracepoints are tracepoint mode's alone: one attached puts every syscall of
 /// every task on the tracing path, so fentry/kprobe modes bracket renames with
@@ -161,7 +177,7 @@ mod tests {
     const NAMES: [&str; 11] = [
         "floor_fexit_vfs_write",
         "floor_tp_sys_exit_write",
-        "tp_sys_enter_rename",
+        "tp_sys_enter_renameat2",
         "tp_sys_exit_write",
         "tp_sys_enter_write",
         "raw_tp_inode_set_ctime_to_ts",
@@ -177,7 +193,7 @@ mod tests {
         let tp = plan(AttachMode::Tracepoint, NAMES);
         assert_eq!(
             tp.iter().map(|p| p.program.as_str()).collect::<Vec<_>>(),
-            ["raw_tp_inode_set_ctime_to_ts", "tp_sys_enter_rename", "tp_sys_enter_write", "tp_sys_exit_write"]
+            ["raw_tp_inode_set_ctime_to_ts", "tp_sys_enter_renameat2", "tp_sys_enter_write", "tp_sys_exit_write"]
         );
         assert_eq!(tp[2].target, Target::SyscallTracepoint("sys_enter_write".into()));
         assert!(tp[0].optional && !tp[1].optional);
@@ -195,6 +211,24 @@ mod tests {
             fentry.iter().map(|p| &p.target).collect::<Vec<_>>(),
             [&Target::Fentry("do_renameat2".into()), &Target::Fexit("vfs_write".into())]
         );
+    }
+
+    #[test]
+    fn tracepoints_of_syscalls_an_architecture_lacks_are_not_planned() {
+        let tp = |name: &str| Target::SyscallTracepoint(name.into());
+        let arm64 = ["open", "creat", "rename", "unlink"];
+        assert!(absent_here(&tp("sys_enter_rename"), &arm64) && absent_here(&tp("sys_exit_open"), &arm64));
+        assert!(!absent_here(&tp("sys_enter_renameat2"), &arm64) && !absent_here(&tp("sys_exit_openat"), &arm64));
+        assert!(!absent_here(&tp("sys_enter_rename"), &[]));
+        assert!(!absent_here(&Target::Kprobe("rename".into()), &arm64));
+        // This build's own list: x86-64 has every legacy syscall, arm64 none of these.
+        let planned = plan(AttachMode::Tracepoint, ["tp_sys_enter_rename", "tp_sys_enter_renameat"]);
+        let names: Vec<&str> = planned.iter().map(|p| p.program.as_str()).collect();
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(names, ["tp_sys_enter_renameat"]);
+        } else {
+            assert_eq!(names, ["tp_sys_enter_rename", "tp_sys_enter_renameat"]);
+        }
     }
 
     #[test]
