@@ -255,6 +255,14 @@ fn copytruncate_now(log: &Path) {
 
 /// Stops the collector with SIGSTOP for as long as `f` runs: the kernel programs go on
 /// reporting, and nothing is taken from the ring until SIGCONT.
+/// `append_lines`, all in one write(2).
+fn append_lines_in_one_write(log: &Path, tag: &str, lines: std::ops::RangeInclusive<u64>) {
+    use std::io::Write as _;
+    let text: String = lines.map(|n| format!("{tag} {n}\n")).collect();
+    let mut f = std::fs::OpenOptions::new().append(true).open(log).expect("open the log to append");
+    f.write_all(text.as_bytes()).expect("append the lines");
+}
+
 fn while_stopped(collector: &Running, f: impl FnOnce()) {
     let pid = collector.pid() as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
@@ -276,10 +284,13 @@ fn a_clean_stop_during_a_copytruncate_ships_the_unread_tail_first() {
     let collector = Running::start(&scratch.dir, &text);
     append_lines(&log, "w", 1..=10);
     wait_for_records(&out, 10);
-    // 2.3 MB: more than two passes read (1 MiB per file per turn).
+    // 2.3 MB: more than two passes read (1 MiB per file per turn). In writes of 1,000
+    // lines: the ring holds their events where appends do not fold (arm64).
     const LINES: u64 = 250_000;
     while_stopped(&collector, || {
-        append_lines(&log, "w", 11..=LINES);
+        for first in (11..=LINES).step_by(1_000) {
+            append_lines_in_one_write(&log, "w", first..=(first + 999).min(LINES));
+        }
         collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 5");
         append_lines(&log, "w", LINES + 1..=LINES + 10);
     });
@@ -287,6 +298,57 @@ fn a_clean_stop_during_a_copytruncate_ships_the_unread_tail_first() {
     let _collector = Running::start(&scratch.dir, &text);
     let records = wait_for_records(&out, (LINES + 10) as usize);
     assert_every_line_once_in_order(&records, "w", LINES + 10);
+}
+
+/// A copytruncate while the kernel's ring buffer is full: its events (the copier's reads,
+/// the copy's writes, the truncation) are dropped, and the log grows past where reading
+/// was before the collector looks again. Its size then says nothing; the kernel's record
+/// of the truncation stands in for the lost event: the new contents are shipped from their
+/// first byte, and the old contents' unread lines (whose copy was not seen either) are
+/// counted lost, to the byte. Without it, the new contents were read from the old offset:
+/// their first lines vanished, uncounted.
+#[test]
+fn a_copytruncate_whose_events_the_full_ring_dropped_ships_the_new_contents_whole() {
+    let _serial = copytruncate_one_at_a_time();
+    let scratch = Scratch::new("truncation-event-lost");
+    let log = scratch.path("app.log");
+    std::fs::write(&log, b"").unwrap();
+    let noise = scratch.path("noise.log");
+    std::fs::write(&noise, b"n\n").unwrap();
+    let out = scratch.path("out.jsonl");
+    // Not the copy's name: what was not read of it is lost here, not shipped twice.
+    let patterns = [scratch.pattern("app.log"), scratch.pattern("noise.log")];
+    let (text, port) = collector_tests::with_metrics(&config(&scratch.path("state"), &patterns, &out, ""));
+    let collector = Running::start(&scratch.dir, &text);
+    append_lines(&log, "w", 1..=10);
+    wait_for_records(&out, 11);
+    while_stopped(&collector, || {
+        // Rewrites of one byte in place fold into nothing: an event each, far more than
+        // the 8 MiB ring holds while the collector is stopped.
+        let f = std::fs::OpenOptions::new().write(true).open(&noise).unwrap();
+        for _ in 0..400_000 {
+            std::os::unix::fs::FileExt::write_at(&f, b"n", 0).unwrap();
+        }
+        append_lines(&log, "w", 11..=1_000);
+        collector_tests::logrotate_once(&scratch, "copytruncate\nrotate 1");
+        // Longer than what was read before: past the old offset.
+        append_lines(&log, "w", 1_001..=1_010);
+    });
+    wait_for_records(&out, 21);
+    // Anything sent twice would come after.
+    std::thread::sleep(Duration::from_secs(2));
+    let records = shipped(&out);
+    let lines: Vec<serde_json::Value> =
+        records.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("app.log"))).cloned().collect();
+    let numbers: Vec<String> = lines.iter().map(|r| r["data"].as_str().unwrap_or("").to_owned()).collect();
+    let expected: Vec<String> = (1..=10).chain(1_001..=1_010).map(|n| format!("w {n}")).collect();
+    assert_eq!(numbers, expected);
+    let metrics = collector_tests::http_get(port, "/metrics");
+    let dropped = collector_tests::sample(&metrics, "collector_ring_buffer_lost_events_total");
+    assert!(dropped.is_some_and(|d| d > 0), "the ring did not overflow: {metrics}");
+    let unread: u64 = (11..=1_000u64).map(|n| format!("w {n}\n").len() as u64).sum();
+    let lost = collector_tests::sample(&metrics, "collector_lost_bytes_total{flow=\"app\",sink=\"file\"}");
+    assert_eq!(lost, Some(unread), "{metrics}");
 }
 
 /// Two copytruncates before the collector took the first one's event (it is stopped), each

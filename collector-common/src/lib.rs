@@ -97,6 +97,11 @@ pub struct WatchedInode {
     /// one that landed just before it may reach its exit hook only after the truncation's,
     /// and its bytes exist nowhere else (see `CUT_WATCH_NS`).
     pub cut_watch_until_ns: u64,
+    /// The number (as `truncations`) of the last truncation done, and the size before and
+    /// after it: what the daemon takes for it when the ring buffer dropped its event.
+    pub truncated_number: u64,
+    pub truncated_from: u64,
+    pub truncated_to: u64,
 }
 
 impl WatchedInode {
@@ -117,6 +122,9 @@ impl WatchedInode {
             coalesced: 0,
             truncations: 0,
             cut_watch_until_ns: 0,
+            truncated_number: 0,
+            truncated_from: 0,
+            truncated_to: 0,
         }
     }
 }

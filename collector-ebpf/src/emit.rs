@@ -124,6 +124,9 @@ pub fn end_truncation(key: &InodeKey, size_after: u64) -> u64 {
     // SAFETY: `w` is a WATCHED_INODES value pointer from a map lookup, valid for this program's
     // run; the verifier checks each access.
     unsafe {
+        (*w).truncated_number = (*w).truncations;
+        (*w).truncated_from = (*w).known_end;
+        (*w).truncated_to = size_after;
         (*w).known_end = size_after;
         (*w).capture_until_ns = 0;
         (*w).cut_watch_until_ns = bpf_ktime_get_boot_ns() + WatchedInode::CUT_WATCH_NS;

@@ -274,13 +274,9 @@ impl Daemon {
                 "kernel ring buffer overflowed; re-reading every tracked file"
             );
             self.lost_seen = lost;
-            self.engine.events_lost(reader::boot_ns(), &Self::sizes(&self.handles));
-            let held: Vec<InodeKey> = self.engine.held().collect();
-            for inode in held {
-                if let Some(counted) = self.probe.truncations(inode) {
-                    self.engine.truncations_counted(&inode, counted);
-                }
-            }
+            let probe = &self.probe;
+            self.engine
+                .events_lost(reader::boot_ns(), &Self::sizes(&self.handles), &|inode| probe.kernel_truncations(*inode));
             self.run_effects(None);
         }
         Ok(())

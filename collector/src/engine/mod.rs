@@ -271,6 +271,16 @@ pub struct FileLookup<'a> {
     pub boot_ns: u64,
 }
 
+/// What the kernel counted of a held file's truncations (`WatchedInode`): how many calls
+/// began (failed ones too), and the number and sizes before and after of the last one done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelTruncations {
+    pub counted: u64,
+    pub last_done: u64,
+    pub size_before: u64,
+    pub size_after: u64,
+}
+
 /// A checkpoint being saved replaces this offset (none before it): what it goes back to if
 /// the save fails (`Engine::checkpoint_failed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +302,15 @@ struct Shrunk {
     /// The file's truncations so far then.
     truncations: u64,
     /// When its size was taken (CLOCK_BOOTTIME).
+    seen_ns: u64,
+}
+
+/// After lost events, a file the kernel truncated more often than its events said, at
+/// `seen_ns` (CLOCK_BOOTTIME): not read until every event made before then is taken; if its
+/// truncation's event was not among them, it was lost (see `Engine::events_lost`).
+#[derive(Clone, Copy, Debug)]
+struct UnseenTruncation {
+    kernel: KernelTruncations,
     seen_ns: u64,
 }
 
@@ -342,6 +361,8 @@ struct FileState {
     truncations_unseen: Option<(u64, u64)>,
     /// The read position last given to the kernel.
     read_position: Option<u64>,
+    /// A truncation whose event may have been lost with others: reading waits.
+    unseen_truncation: Option<UnseenTruncation>,
     /// Truncations of it so far (reported or inferred).
     truncations: u64,
     /// The furthest end of a write reported since its last truncation: in tracepoint mode
@@ -379,6 +400,7 @@ impl FileState {
             truncations_taken: 0,
             truncations_unseen: None,
             read_position: None,
+            unseen_truncation: None,
             truncations: 0,
             written_to: 0,
             last_settled: None,

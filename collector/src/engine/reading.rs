@@ -27,6 +27,7 @@ impl Engine {
     /// The reads to make now, among the dirty files; `size_of` gives a held file's size.
     /// Held truncations whose time came are settled first.
     pub fn plan_reads(&mut self, now: Instant, size_of: &dyn Fn(&InodeKey) -> Option<u64>) -> Vec<ReadRequest> {
+        self.resolve_unseen_truncations(now);
         self.resolve_shrunk(now, size_of);
         let dirty = std::mem::take(&mut self.dirty);
         self.settle_due(&dirty, now);
@@ -95,6 +96,11 @@ impl Engine {
         }
         if self.paused_until[f.flow].is_some() || f.paused_until.is_some() {
             self.waiting.insert(inode);
+            return;
+        }
+        if f.unseen_truncation.is_some() {
+            // Read once it is known whether its truncation's event was lost (marked dirty
+            // then).
             return;
         }
         if let Some(unshipped) = f.unshipped.take() {

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use collector_common::InodeKey;
 
-use super::{CHECKPOINT_EVERY, CheckpointDue, Engine, FileLookup, Found, Replaces, Shrunk};
+use super::{
+    CHECKPOINT_EVERY, CheckpointDue, Engine, FileLookup, Found, KernelTruncations, Replaces, Shrunk, UnseenTruncation,
+};
 use crate::sweep::Look;
 
 impl Engine {
@@ -77,15 +79,6 @@ impl Engine {
         }
         f.checkpointed = Some((now, acknowledged));
         Some(Replaces(before))
-    }
-
-    /// After lost events: the kernel has counted `counted` truncations of `inode`. Those
-    /// whose events were lost never come, so they count as taken (`made_durable` would
-    /// otherwise wait for them forever).
-    pub fn truncations_counted(&mut self, inode: &InodeKey, counted: u64) {
-        if let Some(f) = self.files.get_mut(inode) {
-            f.truncations_taken = f.truncations_taken.max(counted);
-        }
     }
 
     /// The checkpoint could not be saved: tried again after CHECKPOINT_EVERY, also when no
@@ -170,14 +163,34 @@ impl Engine {
     /// taken at `boot_ns`: a truncation whose event is still in the ring is not one that
     /// was lost, so such a file is taken as truncated only once every event made before
     /// then has been taken, and none was its truncation (`resolve_shrunk`).
-    pub fn events_lost(&mut self, boot_ns: u64, size_of: &dyn Fn(&InodeKey) -> Option<u64>) {
+    ///
+    /// A file the kernel finished a truncation of (`truncations_of`) that no event said
+    /// may have been written past where reading is since: its size says nothing then, and
+    /// reading it would take new contents for old ones. It is not read until every event
+    /// made before `boot_ns` is taken; if that truncation's event was not among them, the
+    /// truncation is taken as the kernel recorded it (`resolve_unseen_truncations`).
+    pub fn events_lost(
+        &mut self,
+        boot_ns: u64,
+        size_of: &dyn Fn(&InodeKey) -> Option<u64>,
+        truncations_of: &dyn Fn(&InodeKey) -> Option<KernelTruncations>,
+    ) {
         // Not a file still waiting for its first write event: that event may show it is a
         // copy (a lost one leaves it to the sweep).
         let tracker = &self.tracker;
         self.dirty.extend(
             self.files.iter().filter(|(k, f)| !f.derived && !tracker.get(k).is_some_and(|t| t.fresh)).map(|(k, _)| *k),
         );
-        for (inode, f) in &self.files {
+        for (inode, f) in &mut self.files {
+            if let Some(kernel) = truncations_of(inode).filter(|k| k.counted > f.truncations_taken) {
+                if kernel.last_done > f.truncations_taken && !f.derived && !f.in_old_contents() {
+                    f.unseen_truncation = Some(UnseenTruncation { kernel, seen_ns: boot_ns });
+                    continue;
+                }
+                // Failed calls, or events lost that change nothing here: they never come,
+                // so they count as taken (`made_durable` would otherwise wait forever).
+                f.truncations_taken = kernel.counted;
+            }
             if !f.derived && !f.in_old_contents() && size_of(inode).is_some_and(|size| size < f.framer.next_offset()) {
                 self.shrunk.push(Shrunk {
                     inode: *inode,
@@ -186,6 +199,46 @@ impl Engine {
                     seen_ns: boot_ns,
                 });
             }
+        }
+    }
+
+    /// Files with a truncation the kernel counted after lost events (`events_lost`), once
+    /// every event made before is taken: if the last truncation's event came, it was dealt
+    /// with as any; if not, it was lost, and the truncation is taken from the kernel's
+    /// record (sizes before and after). What was written between it and an earlier lost
+    /// truncation was cut unseen; the old contents' unread bytes are counted lost (their
+    /// copy, if any, was not seen either).
+    pub(super) fn resolve_unseen_truncations(&mut self, now: Instant) {
+        let drained = self.drained_ns;
+        let due: Vec<(InodeKey, KernelTruncations)> = self
+            .files
+            .iter_mut()
+            .filter_map(|(inode, f)| {
+                let unseen = f.unseen_truncation.filter(|u| u.seen_ns < drained)?;
+                f.unseen_truncation = None;
+                Some((*inode, unseen.kernel))
+            })
+            .collect();
+        for (inode, kernel) in due {
+            self.dirty.insert(inode);
+            let Some(f) = self.files.get_mut(&inode) else { continue };
+            if f.truncations_taken >= kernel.last_done {
+                f.truncations_taken = f.truncations_taken.max(kernel.counted);
+                continue;
+            }
+            f.truncations_taken = kernel.counted;
+            if f.derived || f.in_old_contents() {
+                continue;
+            }
+            let read_to = f.framer.next_offset();
+            tracing::warn!(
+                ino = inode.ino,
+                read_to,
+                size_before = kernel.size_before,
+                size_after = kernel.size_after,
+                "a truncation's event was lost with others; taking it as the kernel recorded it"
+            );
+            self.truncated(inode, kernel.size_before.max(read_to), kernel.size_after, None, None, now);
         }
     }
 
@@ -402,6 +455,35 @@ mod tests {
         let due = e.checkpoint_due(&inode, true, now).expect("the new contents' 10 is not saved");
         assert_eq!(due.acknowledged, 10);
         assert_eq!(e.unsaved(), vec![inode]);
+    }
+
+    #[test]
+    fn a_truncation_whose_event_was_lost_is_taken_from_the_kernels_record_before_reading() {
+        let t0 = Instant::now();
+        let mut e = engine(1, t0);
+        let now = t0 + Duration::from_secs(1);
+        e.ring_drained(10_000_000_000, now);
+        ship_ten(&mut e, 0, now);
+        // Events lost: truncated from 30 to 0 meanwhile, and written to 15 since.
+        let kernel = KernelTruncations { counted: 1, last_done: 1, size_before: 30, size_after: 0 };
+        e.events_lost(10_000_000_005, &|_| Some(15), &|_| Some(kernel));
+        write(&mut e, 1, Duration::from_secs(1), now);
+        assert!(e.plan_reads(now, &|_| Some(15)).is_empty(), "not read from 10 before the ring is drained");
+        e.ring_drained(10_000_000_006, now);
+        // Its verdict is held a moment for writes it cut; a later write's event comes.
+        let later = now + Duration::from_secs(1);
+        write(&mut e, 1, Duration::from_secs(1), later);
+        let reads = e.plan_reads(later, &|_| Some(15));
+        assert_eq!(reads[0].at, 0, "the new contents from their start");
+        assert_eq!(e.counters[0].bytes_lost, 20, "the old contents' unread 20 bytes");
+        // Counted but not done (a failed call), or its event came: read as it is.
+        let mut e = engine(1, t0);
+        e.ring_drained(10_000_000_000, now);
+        ship_ten(&mut e, 0, now);
+        let failed = KernelTruncations { counted: 1, last_done: 0, size_before: 0, size_after: 0 };
+        e.events_lost(10_000_000_005, &|_| Some(15), &|_| Some(failed));
+        write(&mut e, 1, Duration::from_secs(1), now);
+        assert_eq!(e.plan_reads(now, &|_| Some(15))[0].at, 10);
     }
 
     #[test]

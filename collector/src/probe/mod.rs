@@ -172,6 +172,18 @@ impl Probe {
         map.get(&inode, 0).ok().map(|w| w.truncations)
     }
 
+    /// The kernel's record of a watched inode's truncations: how many began, and the last
+    /// one done (`WatchedInode::truncated_number` and its sizes).
+    pub fn kernel_truncations(&self, inode: InodeKey) -> Option<crate::engine::KernelTruncations> {
+        let map: HashMap<_, InodeKey, WatchedInode> = HashMap::try_from(self.ebpf.map(names::WATCHED_INODES)?).ok()?;
+        map.get(&inode, 0).ok().map(|w| crate::engine::KernelTruncations {
+            counted: w.truncations,
+            last_done: w.truncated_number,
+            size_before: w.truncated_from,
+            size_after: w.truncated_to,
+        })
+    }
+
     pub fn unwatch_inode(&mut self, inode: InodeKey) -> anyhow::Result<()> {
         self.forget_read_position(inode)?;
         let mut map: HashMap<_, InodeKey, WatchedInode> = self.map(names::WATCHED_INODES)?;

@@ -546,10 +546,11 @@ impl Collector {
         self.effects(m);
         if std::mem::take(&mut self.lost) {
             let inodes = &m.inodes;
-            self.engine.events_lost(m.now_ns, &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64));
-            for &i in &self.held {
-                self.engine.truncations_counted(&key(i), m.inodes[i].counted_truncations());
-            }
+            self.engine.events_lost(
+                m.now_ns,
+                &|k: &InodeKey| Some(inodes[index(k)].data.len() as u64),
+                &|k: &InodeKey| Some(inodes[index(k)].kernel_truncations()),
+            );
             self.effects(m);
         }
         self.engine.read_due(now);

@@ -45,6 +45,8 @@ pub(super) struct Inode {
     pub(super) kernel_numbers: Vec<u64>,
     /// Truncating calls that failed: counted by the kernel as they began, with no event.
     pub(super) failed_truncations: u64,
+    /// The size before the last truncation done (each cuts to 0).
+    pub(super) last_cut_from: u64,
     /// When it was last truncated.
     pub(super) truncated_ns: u64,
     /// Where writes landed that carried no bytes (no capture window), since its last
@@ -78,6 +80,16 @@ impl Inode {
     /// What the kernel counts: every truncating call as it began.
     pub(super) fn counted_truncations(&self) -> u64 {
         self.truncations + self.failed_truncations
+    }
+
+    /// The kernel's record of its truncations (`WatchedInode`).
+    pub(super) fn kernel_truncations(&self) -> crate::engine::KernelTruncations {
+        crate::engine::KernelTruncations {
+            counted: self.counted_truncations(),
+            last_done: self.kernel_numbers.last().copied().unwrap_or(0),
+            size_before: self.last_cut_from,
+            size_after: 0,
+        }
     }
 }
 
@@ -448,6 +460,7 @@ impl Model {
         }
         let f = &mut self.inodes[inode];
         f.truncations += 1;
+        f.last_cut_from = f.data.len() as u64;
         f.data.clear();
         // The truncation closes the capture window, and lowers the read position to the
         // new size (other tasks' reads of the new contents carry their bytes).
