@@ -171,9 +171,10 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
 /// kernels setup fetches.
 pub const IN_TEST_MATRIX: &[&str] = &["arm64-6.12"];
 
-/// Modules the guests load: the filesystem matrix's (tests/filesystems.rs), and the network
-/// card that reaches the test servers on this host. What they depend on comes along.
-const GUEST_MODULES: &[&str] = &["loop", "xfs", "btrfs", "overlay", "virtio_pci", "virtio_net"];
+/// Modules the guests load (their /init, before anything else): the filesystem matrix's
+/// (tests/filesystems.rs), the network card that reaches the test servers on this host, and
+/// the console the results come back on (arm64). What they depend on comes along.
+const GUEST_MODULES: &[&str] = &["loop", "xfs", "btrfs", "overlay", "virtio_pci", "virtio_net", "virtio_console"];
 
 /// A series' modules, uncompressed, and `order`: their names, each after what it needs.
 pub fn kernel_modules(series: &str) -> PathBuf {
@@ -185,7 +186,8 @@ pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     let image = kernel_image(series);
     // Extracted again when GUEST_MODULES changed since.
     let wanted = kernel_modules(series).join("wanted");
-    if image.exists() && fs::read_to_string(&wanted).is_ok_and(|w| w == GUEST_MODULES.join(" ")) {
+    let current = fs::read_to_string(&wanted).is_ok_and(|w| w == GUEST_MODULES.join(" "));
+    if image.exists() && current && kernel_modules(series).join("release").exists() {
         return Ok(());
     }
     let apt = apt_options(series)?;
@@ -212,6 +214,8 @@ pub fn prepare_kernel(series: &str, meta: &str) -> anyhow::Result<()> {
     fs::copy(unpacked.join(format!("boot/config-{release}")), target.join("config"))?;
     fs::write(target.join("release"), release)?;
     extract_modules(&unpacked.join("lib/modules").join(release).join("kernel"), &kernel_modules(series))?;
+    // The guest's /init loads the modules whose release is the running kernel's.
+    fs::write(kernel_modules(series).join("release"), release)?;
     // (arm64's image is an uncompressed Image, without the ELF headers.)
     if Arch::of(series) == Arch::X86_64 {
         extract_elf(&image, &kernel_elf(series));
