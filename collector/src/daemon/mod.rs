@@ -220,7 +220,9 @@ impl Daemon {
                 Some(file) => reader::read_new(file, read.at, read.want),
                 None => Err(std::io::Error::other("not held")),
             };
-            chunks.extend(self.engine.read_done(read, result, reader::boot_ns(), now));
+            // Looked up after the read: a truncation done before it ended is in it.
+            let kernel = self.probe.kernel_truncations(read.inode);
+            chunks.extend(self.engine.read_done(read, result, reader::boot_ns(), kernel, now));
             self.run_effects(None);
         }
         chunks

@@ -6,8 +6,8 @@ use std::{ops::Range, time::Instant};
 use collector_common::InodeKey;
 
 use super::{
-    Chunk, Delivery, Effect, Engine, FILE_RETRY_PAUSE, READ_PER_PASS, READ_PER_TURN, ReadFrom, ReadRequest,
-    SINK_RETRY_PAUSE, is_compressed_or_binary,
+    Chunk, Delivery, Effect, Engine, FILE_RETRY_PAUSE, KernelTruncations, READ_PER_PASS, READ_PER_TURN, ReadFrom,
+    ReadRequest, SINK_RETRY_PAUSE, UnseenTruncation, is_compressed_or_binary,
 };
 use crate::framer::Framed;
 
@@ -155,17 +155,31 @@ impl Engine {
     }
 
     /// What a planned read gave: the chunk to frame once the events that came meanwhile
-    /// are applied (`frame`), if any. `read_end_ns`: when the read ended (CLOCK_BOOTTIME).
+    /// are applied (`frame`), if any. `read_end_ns`: when the read ended (CLOCK_BOOTTIME);
+    /// `kernel`: the kernel's record of the file's truncations, looked up after the read.
     pub fn read_done(
         &mut self,
         read: ReadRequest,
         result: std::io::Result<Vec<u8>>,
         read_end_ns: u64,
+        kernel: Option<KernelTruncations>,
         now: Instant,
     ) -> Option<Chunk> {
         let ReadRequest { inode, from, at, want, size } = read;
         let f = self.files.get_mut(&inode)?;
         let copy = matches!(from, ReadFrom::Copy(_));
+        if !copy
+            && !f.derived
+            && !f.in_old_contents()
+            && let Some(kernel) = kernel.filter(|k| k.last_done > f.truncations_taken)
+        {
+            // A truncation done before the read ended that no event said yet (its event is
+            // on its way, or the full ring dropped it): the read may hold new contents at
+            // old offsets. The file is read again once its event is taken, or taken as
+            // lost (`resolve_unseen_truncations`).
+            f.unseen_truncation.get_or_insert(UnseenTruncation { kernel, seen_ns: read_end_ns });
+            return None;
+        }
         let buf = match result {
             Ok(buf) if buf.is_empty() && copy => {
                 // The copy is shorter than it was: what it lacks is counted as lost.
@@ -378,7 +392,7 @@ pub(super) mod tests {
         e.ring_drained(10_000_000_000, now);
         write(&mut e, 1, Duration::from_secs(1), now);
         let reads = e.plan_reads(now, &|_| Some(4));
-        let chunk = e.read_done(reads[0], Ok(b"abcd".to_vec()), 10_000_000_000, now).expect("read");
+        let chunk = e.read_done(reads[0], Ok(b"abcd".to_vec()), 10_000_000_000, None, now).expect("read");
         let mut framed = Framed::default();
         assert!(e.frame(chunk, None, &mut framed));
         assert!(framed.records().is_empty(), "no newline yet");

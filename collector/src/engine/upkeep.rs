@@ -230,6 +230,11 @@ impl Engine {
             if f.derived || f.in_old_contents() {
                 continue;
             }
+            // The writes reported since may have landed in the new contents, and what the
+            // kernel captured cannot be placed on either side of the cut: the old contents
+            // end where the kernel recorded, and their unread bytes are lost.
+            f.written_to = 0;
+            f.captured = Default::default();
             let read_to = f.framer.next_offset();
             tracing::warn!(
                 ino = inode.ino,
@@ -424,7 +429,7 @@ mod tests {
         write(e, 1, Duration::from_secs(1), now);
         let reads = e.plan_reads(now, &|_| Some(pos + 10));
         assert_eq!(reads[0].at, pos);
-        let chunk = e.read_done(reads[0], Ok(b"123456789\n".to_vec()), 10_000_000_000, now).expect("read");
+        let chunk = e.read_done(reads[0], Ok(b"123456789\n".to_vec()), 10_000_000_000, None, now).expect("read");
         let mut framed = Framed::default();
         assert!(e.frame(chunk, None, &mut framed));
         e.delivered(inode, Delivery::Accepted, now);

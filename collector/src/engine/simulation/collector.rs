@@ -231,6 +231,23 @@ impl Collector {
     pub(super) fn take_events(&mut self, m: &mut Model, all: bool) -> Vec<(u64, Event)> {
         // The ring overflowed: a write or read event is lost (the collector learns it from
         // the kernel's counter, at its next tick).
+        // Rarely, a truncation's: the kernel's record of it stands in (`events_lost`). Only
+        // with SIMULATION_LOSE_TRUNCATIONS=1: with earlier rotations still carried out, a
+        // later truncation is paired with the lost one's copy (ARCHITECTURE.md).
+        if !all
+            && lose_truncations()
+            && m.rng.chance(1)
+            && let Some(i) = m.queue.iter().position(|(_, e)| matches!(e, Event::Truncate { .. }))
+        {
+            let (_, removed) = m.queue.remove(i).expect("found");
+            if let Event::Truncate { inode, size_before, .. } = removed {
+                m.note(format!("an event is lost: the truncation of inode {} from {size_before}", inode.ino));
+            }
+            // What it cut that was not read is lost, and counted (the kernel's record has
+            // the size before); its copy, if any, goes unread.
+            m.may_lose = true;
+            self.lost = true;
+        }
         if !all
             && m.rng.chance(3)
             && let Some(i) = m.queue.iter().position(|(_, e)| matches!(e, Event::Write { .. } | Event::Read { .. }))
@@ -305,7 +322,8 @@ impl Collector {
             let from = (read.at as usize).min(data.len());
             let bytes = data[from..(from + read.want).min(data.len())].to_vec();
             let now = self.now(m);
-            chunks.extend(self.engine.read_done(read, Ok(bytes), m.now_ns, now));
+            let kernel = Some(m.inodes[index(&read.inode)].kernel_truncations());
+            chunks.extend(self.engine.read_done(read, Ok(bytes), m.now_ns, kernel, now));
             self.effects(m);
         }
         // Changes while the reads were made: their events come late.
@@ -555,4 +573,10 @@ impl Collector {
         }
         self.engine.read_due(now);
     }
+}
+
+/// Whether histories may lose truncation events (SIMULATION_LOSE_TRUNCATIONS=1).
+fn lose_truncations() -> bool {
+    static LOSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOSE.get_or_init(|| std::env::var("SIMULATION_LOSE_TRUNCATIONS").is_ok_and(|v| v == "1"))
 }
