@@ -503,8 +503,7 @@ const RUNS: usize = 5;
 fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     // XTASK_BENCH_NO_HOST=1: the guest rows only.
     if std::env::var_os("XTASK_BENCH_NO_HOST").is_some() {
-        let guest = crate::bench_guest::writer_overhead()?;
-        return Ok(format!("\n## writer-overhead\n\n{}{}", crate::bench_guest::describe(&guest.release), guest.table));
+        return Ok(format!("\n## writer-overhead\n\n{}", guest_writer_overhead()?));
     }
     let dir = shell::work_dir().join("bench");
     let _ = fs::remove_dir_all(&dir);
@@ -579,8 +578,20 @@ fn writer_overhead(collector: &Path) -> anyhow::Result<String> {
     }
     // XTASK_BENCH_NO_GUEST=1: the host rows only.
     if std::env::var_os("XTASK_BENCH_NO_GUEST").is_none() {
-        let guest = crate::bench_guest::writer_overhead()?;
         s.push('\n');
+        s.push_str(&guest_writer_overhead()?);
+    }
+    Ok(s)
+}
+
+/// writer-overhead's rows from each guest kernel (x86-64 and arm64), a table each.
+fn guest_writer_overhead() -> anyhow::Result<String> {
+    let mut s = String::new();
+    for (n, series) in crate::bench_guest::guests().iter().enumerate() {
+        let guest = crate::bench_guest::writer_overhead(series)?;
+        if n > 0 {
+            s.push('\n');
+        }
         s.push_str(&crate::bench_guest::describe(&guest.release));
         s.push_str(&guest.table);
     }

@@ -10,10 +10,18 @@ use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 
-use crate::guest;
+use crate::guest::{self, Arch};
 
-/// The guest kernel: the newest series of the test matrix.
-pub const SERIES: &str = "6.12";
+/// The guest kernels: the newest series of the test matrix, x86-64's and arm64's.
+/// XTASK_BENCH_GUESTS=arm64-6.12 measures one of them.
+pub fn guests() -> Vec<String> {
+    let all = ["6.12", "arm64-6.12"];
+    let wanted = std::env::var("XTASK_BENCH_GUESTS").ok();
+    all.iter()
+        .filter(|g| wanted.as_deref().is_none_or(|w| w.split(',').any(|x| x == **g)))
+        .map(|g| g.to_string())
+        .collect()
+}
 const MODES: &[&str] = &["fentry", "kprobe", "tracepoint"];
 /// Fewer writes than on the host: one guest write costs microseconds of emulation. The
 /// count is exact (icount), so a run's spread is small.
@@ -33,17 +41,17 @@ pub struct GuestRows {
 }
 
 /// Needs `setup::run(true)` first (qemu, the guest kernels).
-pub fn writer_overhead() -> anyhow::Result<GuestRows> {
-    let root = payload()?;
+pub fn writer_overhead(series: &str) -> anyhow::Result<GuestRows> {
+    let root = payload(Arch::of(series))?;
     // XTASK_BENCH_GUEST_MODES=fentry,kprobe: only those modes (to compare builds quickly).
     let wanted = std::env::var("XTASK_BENCH_GUEST_MODES").ok();
     let modes: Vec<&str> =
         MODES.iter().copied().filter(|m| wanted.as_deref().is_none_or(|w| w.split(',').any(|x| x == *m))).collect();
     let mut figures = Figures::new();
     for mode in &modes {
-        eprintln!("+ guest {SERIES} writer-overhead, {mode} mode");
+        eprintln!("+ guest {series} writer-overhead, {mode} mode");
         let run = guest::run_with(
-            SERIES,
+            series,
             &root,
             &script(mode),
             Duration::from_secs(1200),
@@ -56,7 +64,7 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
         parse(&run.output, &mut figures).with_context(|| format!("guest output:\n{}", run.output))?;
     }
     let release =
-        fs::read_to_string(guest::kernel_image(SERIES).with_file_name("release")).unwrap_or_else(|_| SERIES.to_owned());
+        fs::read_to_string(guest::kernel_image(series).with_file_name("release")).unwrap_or_else(|_| series.to_owned());
     let mut table = String::from(
         "| mode | file | detached | empty programs on the same hooks | attached | empty vs detached | attached vs detached |\n\
          |---|---|---|---|---|---|---|\n",
@@ -82,20 +90,27 @@ pub fn writer_overhead() -> anyhow::Result<GuestRows> {
     };
     let (off, floor) = (median(all("detached")), median(all("floor")));
     table.push_str(&format!(
-        "| none: the rename syscall tracepoints enabled with no program (tracefs) | unwatched | {off:.0} | - | {floor:.0} | - | {:.3}x |\n",
+        "| none: the renameat syscall tracepoints enabled with no program (tracefs) | unwatched | {off:.0} | - | {floor:.0} | - | {:.3}x |\n",
         floor / off
     ));
     Ok(GuestRows { table, release: release.trim().to_owned() })
 }
 
 /// The static collector and the C write loop, on the guests' base image.
-fn payload() -> anyhow::Result<PathBuf> {
-    let collector = guest::static_collector()?;
-    let root = guest::dir().join("bench-payload");
+fn payload(arch: Arch) -> anyhow::Result<PathBuf> {
+    let collector = match arch {
+        Arch::X86_64 => guest::static_collector()?,
+        Arch::Arm64 => {
+            // The selection the arm64 test payload builds (test.rs): nothing built twice.
+            guest::cross_build(arch, &["-p", "collector", "-p", "collector-tests", "--bins"])?;
+            crate::shell::root().join("target").join(arch.rust_target()).join("release/collector")
+        }
+    };
+    let root = guest::dir().join(format!("bench-payload-{}", arch.debian()));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("t"))?;
     fs::copy(collector, root.join("t/collector"))?;
-    guest::build_c_program("write_loop", &root.join("t/write_loop"))?;
+    guest::build_c_program("write_loop", arch, &root.join("t/write_loop"))?;
     Ok(root)
 }
 
@@ -119,11 +134,12 @@ loops detached
 # The floor of syscall tracepoints (tracepoint mode's; fentry/kprobe modes attach none):
 # with one enabled, even with no program, every syscall of every task takes the tracing path.
 T=/sys/kernel/tracing/events/syscalls
-echo 1 > $T/sys_enter_rename/enable
-echo 1 > $T/sys_exit_rename/enable
+# (renameat's: arm64 has no rename syscall.)
+echo 1 > $T/sys_enter_renameat/enable
+echo 1 > $T/sys_exit_renameat/enable
 for i in $(seq {RUNS}); do echo "LOOP floor unwatched $(/t/write_loop $B/unwatched/other.log {WRITES})"; done
-echo 0 > $T/sys_enter_rename/enable
-echo 0 > $T/sys_exit_rename/enable
+echo 0 > $T/sys_enter_renameat/enable
+echo 0 > $T/sys_exit_renameat/enable
 # Until process $1 logs $3 in $2 (a minute at most).
 started() {{
   n=0
@@ -190,7 +206,8 @@ pub fn describe(release: &str) -> String {
          The last row is the tracing path every syscall of the host takes once any syscall tracepoint is \
          enabled, measured with no program: fentry and kprobe modes attach none. A watched write that continues \
          the writer's last write event while the daemon has not taken it yet is folded into it and puts nothing in \
-         the ring (on x86-64).\n\n"
+         the ring on x86-64; on arm64 nothing is folded (ARCHITECTURE.md): each watched write puts an event in the \
+         ring, which is what \"attached\" minus \"unwatched\" costs there.\n\n"
     )
 }
 

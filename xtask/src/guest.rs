@@ -354,7 +354,7 @@ fn base_initramfs(arch: Arch) -> anyhow::Result<()> {
             fs::copy("/bin/busybox", base.join("bin/busybox"))
                 .context("busybox-static is needed (cargo xtask setup)")?;
             // Only x86-64's machine has isa-debug-exit.
-            build_c_program("qexit", &base.join("bin/qexit"))?;
+            build_c_program("qexit", Arch::X86_64, &base.join("bin/qexit"))?;
         }
         Arch::Arm64 => {
             let unpacked = dir().join("busybox-arm64");
@@ -461,10 +461,11 @@ pub fn static_collector() -> anyhow::Result<PathBuf> {
     Ok(shell::work_dir().join("static-target/x86_64-unknown-linux-gnu/release/collector"))
 }
 
-/// The C program xtask/guest/`name`.c, built static (the guests have no libraries) to `out`.
-pub fn build_c_program(name: &str, out: &Path) -> anyhow::Result<()> {
+/// The C program xtask/guest/`name`.c, built static for `arch` (the guests have no
+/// libraries) to `out`.
+pub fn build_c_program(name: &str, arch: Arch, out: &Path) -> anyhow::Result<()> {
     let source = shell::root().join("xtask/guest").join(format!("{name}.c"));
-    shell::run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(source))
+    shell::run(Command::new(arch.binutil("gcc")).args(["-O2", "-static", "-o"]).arg(out).arg(source))
 }
 
 /// Where the guest reaches the test-server agent (tests/src/servers.rs); QEMU's user network
