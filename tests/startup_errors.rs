@@ -69,10 +69,14 @@ fn doctor_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
     assert!(text.starts_with("collector "), "{text}");
     assert!(text.contains("\nkernel: ") && text.contains("\nbtf: "), "{text}");
     assert!(text.contains("\ncapabilities: enough\n") && text.contains("\nlockdown: "), "{text}");
+    let mut supported = Vec::new();
     for mode in ["fentry", "kprobe", "tracepoint"] {
         let line =
             text.lines().find(|l| l.starts_with(&format!("attach mode {mode}: "))).unwrap_or_else(|| panic!("{text}"));
-        if line.ends_with(": supported") {
+        // "supported", or "supported, as fentry (copy on kprobe)": families fentry cannot
+        // take fall back to kprobe.
+        if line.contains(": supported") {
+            supported.push(mode);
             continue;
         }
         // Forcing a mode the kernel refuses fails the same way, with the kernel's reason.
@@ -82,6 +86,16 @@ fn doctor_lists_each_attach_mode_and_forcing_one_agrees_with_it() {
         assert!(err.contains(&format!("this kernel refuses attach mode {mode}: ")), "{err}");
     }
     assert!(text.contains(&format!("attach mode {}: supported", attach_mode())), "{text}");
+    // Choosing on its own, the collector takes syscall tracepoints only where neither fentry
+    // nor kprobe loads (on a kernel it was verified on).
+    let automatic = text.lines().find_map(|l| l.strip_prefix("automatic: ")).unwrap_or_else(|| panic!("{text}"));
+    if supported.contains(&"fentry") {
+        assert!(automatic.starts_with("fentry"), "{text}");
+    } else if supported.contains(&"kprobe") {
+        assert!(automatic.starts_with("kprobe"), "{text}");
+    } else {
+        assert!(automatic.starts_with("tracepoint"), "{text}");
+    }
 }
 
 /// With a config, doctor names the filesystem under each of its patterns (a known one here).

@@ -1,6 +1,7 @@
 //! `collector doctor`: what this host offers the collector, in the order an operator would
 //! fix it: the kernel and its BTF, the process's capabilities, kernel lockdown, which attach
-//! modes load, and (given a config) the filesystem under each of its patterns.
+//! modes load, what `run` attaches each hook family with and why not better, and (given a
+//! config) the filesystem under each of its patterns.
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path, process::ExitCode};
 
@@ -9,7 +10,7 @@ use crate::{
     probe::{AttachMode, Probe, ProbeOptions, preflight},
 };
 
-/// Prints the report; 0 when an attach mode loads, else `exit::UNAVAILABLE` (or the config's
+/// Prints the report; 0 when the automatic choice loads, else `exit::UNAVAILABLE` (or the config's
 /// status when a config was given and is wrong).
 pub fn run(config: Option<&Path>) -> ExitCode {
     println!("collector {}", env!("CARGO_PKG_VERSION"));
@@ -22,16 +23,40 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         Err(e) => println!("capabilities: {e}"),
     }
     println!("lockdown: {}", lockdown().unwrap_or_else(|| "unknown (no /sys/kernel/security/lockdown)".into()));
-    let mut any = false;
     for mode in AttachMode::BEST_FIRST {
         match Probe::start(&ProbeOptions { mode: Some(mode), ..ProbeOptions::default() }) {
-            Ok(_) => {
-                any = true;
-                println!("attach mode {mode}: supported");
-            }
+            Ok(probe) if probe.attachment().summary() == mode.name() => println!("attach mode {mode}: supported"),
+            // Forced fentry: the families fentry cannot take fall back to kprobe.
+            Ok(probe) => println!("attach mode {mode}: supported, as {}", probe.attachment().summary()),
             Err(e) => println!("attach mode {mode}: not supported ({e})"),
         }
     }
+    // What `run` chooses on its own, and why each family is not on a better mechanism.
+    let any = match Probe::start(&ProbeOptions::default()) {
+        Ok(probe) => {
+            let attached = probe.attachment();
+            let refused = |hook: &crate::probe::attach::HookChoice| -> String {
+                let each: Vec<String> = hook.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+                if each.is_empty() { String::new() } else { format!(" (refused {})", each.join("; ")) }
+            };
+            // Every family alike (one mode for all): one line.
+            let alike = attached.hooks.windows(2).all(|w| w[0].mode == w[1].mode && w[0].refused == w[1].refused);
+            match attached.hooks.first() {
+                Some(first) if alike => println!("automatic: {}{}", attached.mode, refused(first)),
+                _ => {
+                    println!("automatic: {}", attached.summary());
+                    for hook in &attached.hooks {
+                        println!("hook {}: {}{}", hook.hook, hook.mode, refused(hook));
+                    }
+                }
+            }
+            true
+        }
+        Err(e) => {
+            println!("automatic: none ({e})");
+            false
+        }
+    };
     if let Some(source) = config {
         match crate::config::Config::load(source) {
             Ok(config) => {

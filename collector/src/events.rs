@@ -47,6 +47,7 @@ pub async fn run(probe: Probe, patterns: &[String]) -> anyhow::Result<()> {
     let ready = json!({
         "kind": "ready",
         "attach_mode": shown.probe.mode().name(),
+        "hooks": shown.probe.attachment().by_hook().into_iter().map(|(h, m)| (h.to_owned(), m.into())).collect::<serde_json::Map<_, _>>(),
         "files": scan.files.len(),
         "dirs": scan.dirs.len(),
     });

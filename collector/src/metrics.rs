@@ -77,6 +77,8 @@ pub struct Snapshot {
     /// When the daemon's loop published it: a loop that stopped turning is not alive.
     pub published: Instant,
     pub attach_mode: String,
+    /// Each hook family and the mechanism it is attached with.
+    pub hooks: Vec<(&'static str, &'static str)>,
     /// Events the kernel programs put in the ring (a process's appends folded into one).
     pub kernel_events: u64,
     pub ring_buffer_lost: u64,
@@ -184,7 +186,9 @@ fn status_json(s: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "attach_mode": s.attach_mode, "flows": flows, "files": s.files })
+    let hooks: serde_json::Map<String, serde_json::Value> =
+        s.hooks.iter().map(|(hook, mode)| ((*hook).to_owned(), (*mode).into())).collect();
+    serde_json::json!({ "attach_mode": s.attach_mode, "hooks": hooks, "flows": flows, "files": s.files })
 }
 
 /// Flows whose sink has refused batches for STALLED_AFTER, with their error, and failing
@@ -282,6 +286,14 @@ fn render_metrics(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP collector_hook_attach_mode How each family of kernel hooks is attached.\n\
+         # TYPE collector_hook_attach_mode gauge"
+    );
+    for (hook, mode) in &s.hooks {
+        let _ = writeln!(out, "collector_hook_attach_mode{{hook=\"{hook}\",mode=\"{mode}\"}} 1");
+    }
+    let _ = writeln!(
+        out,
         "# HELP collector_build_info The collector's version.\n# TYPE collector_build_info gauge\n\
          collector_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
@@ -338,7 +350,8 @@ mod tests {
     fn snapshot() -> Snapshot {
         Snapshot {
             published: Instant::now(),
-            attach_mode: "tracepoint".into(),
+            attach_mode: "fentry".into(),
+            hooks: vec![("write", "fentry"), ("copy", "kprobe")],
             kernel_events: 12,
             ring_buffer_lost: 3,
             flows: vec![FlowStatus {
@@ -362,7 +375,8 @@ mod tests {
         assert!(text.contains("collector_lag_bytes{flow=\"a\\\"b\",sink=\"kinesis\"} 7\n"));
         assert!(text.contains("collector_ring_buffer_lost_events_total 3\n"));
         assert!(text.contains("collector_kernel_events_total 12\n"));
-        assert!(text.contains("collector_attach_mode{mode=\"tracepoint\"} 1\n"));
+        assert!(text.contains("collector_attach_mode{mode=\"fentry\"} 1\n"));
+        assert!(text.contains("collector_hook_attach_mode{hook=\"copy\",mode=\"kprobe\"} 1\n"), "{text}");
         assert!(text.contains(&format!("collector_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
     }
 
@@ -393,7 +407,8 @@ mod tests {
         assert!(flow["failing_seconds"].as_u64().is_some_and(|s| s >= 40), "{flow}");
         assert_eq!((flow["lag_bytes"].as_u64(), flow["sent_records"].as_u64()), (Some(7), Some(2)));
         assert_eq!(v["files"], serde_json::json!([]));
-        assert_eq!(v["attach_mode"], "tracepoint");
+        assert_eq!(v["attach_mode"], "fentry");
+        assert_eq!(v["hooks"]["copy"], "kprobe");
     }
 
     #[test]

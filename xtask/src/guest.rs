@@ -169,7 +169,7 @@ pub fn prepare_kernels() -> anyhow::Result<()> {
 
 /// Guests beyond KERNELS that `cargo xtask test` runs (with fewer suites; test.rs), whose
 /// kernels setup fetches.
-pub const IN_TEST_MATRIX: &[&str] = &["arm64-6.12"];
+pub const IN_TEST_MATRIX: &[&str] = &["arm64-6.12", "5.10"];
 
 /// Modules the guests load (their /init, before anything else): the filesystem matrix's
 /// (tests/filesystems.rs), the network card that reaches the test servers on this host, and

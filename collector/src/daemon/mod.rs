@@ -25,7 +25,7 @@ use crate::{
     framer::{Framed, FramerConfig},
     inode_map::InodeMap,
     metrics,
-    probe::{AttachMode, Probe, event::KernelEvent},
+    probe::{AttachMode, Hook, Probe, event::KernelEvent},
     reader,
     sink::Writer,
     watch::WatchSet,
@@ -106,7 +106,8 @@ impl Daemon {
                 sweep_interval: flow.sweep_interval,
             });
         }
-        let exact = probe.mode() != AttachMode::Tracepoint;
+        // The size before a truncation is exact where do_truncate's hooks read it under the lock.
+        let exact = probe.attachment().mode_of(Hook::Truncate) != AttachMode::Tracepoint;
         Ok(Daemon {
             engine: Engine::new(rules, exact, Instant::now()),
             config,

@@ -58,6 +58,7 @@ impl Daemon {
         let snapshot = Snapshot {
             published: Instant::now(),
             attach_mode: self.probe.mode().to_string(),
+            hooks: self.probe.attachment().by_hook(),
             ring_buffer_lost: counters.lost,
             kernel_events: counters.emitted,
             flows,

@@ -27,11 +27,13 @@ impl AttachMode {
     }
 }
 
-/// The oldest kernel series where the fentry and kprobe modes passed the guest tests. On
-/// 5.10 and 5.15 kprobe mode loads but misses reads that copytruncate depends on (and fentry
-/// is refused), while tracepoint mode ships every rotation correctly: there, choosing on
-/// its own, the collector takes tracepoint mode. `--attach-mode` still forces either.
-pub const VFS_MODES_VERIFIED_FROM: (u32, u32) = (6, 1);
+/// The kernel series where fentry/kprobe passed the guest tests: Debian 11's 5.10 (its
+/// verifier refuses do_splice_direct's `loff_t *` as fentry, so the copy hooks take kprobe
+/// there) and 6.1 on. 5.11 to 5.19 were not run (no archive reachable here has them; on an
+/// Ubuntu 5.15 unpacked by hand, kprobe mode had missed logrotate's reads): there, choosing
+/// on its own, the collector takes tracepoint mode. `--attach-mode` still forces either.
+const VFS_MODES_VERIFIED: &[(u32, u32)] = &[(5, 10)];
+const VFS_MODES_VERIFIED_FROM: (u32, u32) = (6, 1);
 
 /// Why the collector, choosing on its own, does not try fentry/kprobe on kernel `release`
 /// (`uname -r`), if it does not.
@@ -39,11 +41,12 @@ pub fn unverified_release(release: &str) -> Option<String> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major: u32 = parts.next()?.parse().ok()?;
     let minor: u32 = parts.next()?.parse().ok()?;
-    let (want_major, want_minor) = VFS_MODES_VERIFIED_FROM;
-    ((major, minor) < VFS_MODES_VERIFIED_FROM).then(|| {
+    let (from_major, from_minor) = VFS_MODES_VERIFIED_FROM;
+    let verified = (major, minor) >= VFS_MODES_VERIFIED_FROM || VFS_MODES_VERIFIED.contains(&(major, minor));
+    (!verified).then(|| {
         format!(
-            "not verified on Linux {major}.{minor} (tested from {want_major}.{want_minor}; on 5.10 and 5.15 kprobe mode \
-             misses the reads copytruncate depends on); --attach-mode forces it"
+            "fentry/kprobe not verified on Linux {major}.{minor} (tested on 5.10 and from {from_major}.{from_minor}); \
+             --attach-mode forces them"
         )
     })
 }
@@ -52,6 +55,123 @@ pub fn unverified_release(release: &str) -> Option<String> {
 /// the programs' atomic add to be a full barrier, which it is as x86-64's JIT emits it
 /// (`lock add`) and is not on arm64.
 pub const FOLDING_IS_ORDERED: bool = cfg!(target_arch = "x86_64");
+
+/// The families of hooks that choose their mechanism together: each family's programs
+/// share a call's state from entry to exit (do_renameat2 brackets vfs_rename; do_truncate's
+/// call is annotated by notify_change), so they attach the same way. Across families,
+/// fentry and kprobe programs keep the same per-thread state (`PENDING`), so a family on
+/// kprobe works beside families on fentry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Write,
+    Read,
+    Copy,
+    Rename,
+    Unlink,
+    Truncate,
+    Open,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 7] =
+        [Hook::Write, Hook::Read, Hook::Copy, Hook::Rename, Hook::Unlink, Hook::Truncate, Hook::Open];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Write => "write",
+            Hook::Read => "read",
+            Hook::Copy => "copy",
+            Hook::Rename => "rename",
+            Hook::Unlink => "unlink",
+            Hook::Truncate => "truncate",
+            Hook::Open => "open",
+        }
+    }
+
+    /// The family of a kernel function the fentry/kprobe programs hook.
+    fn of_function(function: &str) -> Option<Hook> {
+        Some(match function {
+            "vfs_write" | "vfs_writev" | "vfs_iter_write" => Hook::Write,
+            "vfs_read" | "vfs_readv" => Hook::Read,
+            "vfs_copy_file_range" | "do_splice_direct" => Hook::Copy,
+            "do_renameat2" | "vfs_rename" => Hook::Rename,
+            "vfs_unlink" => Hook::Unlink,
+            "do_truncate" | "notify_change" => Hook::Truncate,
+            "do_filp_open" => Hook::Open,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The mechanisms a hook family tries, in order, when `first` is asked for or chosen.
+/// Syscall tracepoints are a mode of their own, never one family's fallback: they resolve
+/// fds themselves and bracket whole syscalls, and are proven only as a whole.
+pub fn mechanisms_from(first: AttachMode) -> &'static [AttachMode] {
+    match first {
+        AttachMode::Fentry => &[AttachMode::Fentry, AttachMode::Kprobe],
+        AttachMode::Kprobe => &[AttachMode::Kprobe],
+        AttachMode::Tracepoint => &[AttachMode::Tracepoint],
+    }
+}
+
+/// What one hook family attached with, and why the better mechanisms it tried were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookChoice {
+    pub hook: Hook,
+    pub mode: AttachMode,
+    pub refused: Vec<(AttachMode, String)>,
+}
+
+/// How the programs are attached: one mechanism per hook family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// The best mechanism any family took: what `attach_mode` reports.
+    pub mode: AttachMode,
+    pub hooks: Vec<HookChoice>,
+}
+
+impl Attached {
+    /// Every family on `mode`, `refused` saying why better modes were not taken.
+    pub fn whole(mode: AttachMode, refused: &[(AttachMode, String)]) -> Attached {
+        let hooks = Hook::ALL.iter().map(|&hook| HookChoice { hook, mode, refused: refused.to_vec() }).collect();
+        Attached { mode, hooks }
+    }
+
+    /// From each family's choice (none may be empty).
+    pub fn per_hook(hooks: Vec<HookChoice>) -> Attached {
+        let mode = AttachMode::BEST_FIRST
+            .into_iter()
+            .find(|m| hooks.iter().any(|h| h.mode == *m))
+            .unwrap_or(AttachMode::Tracepoint);
+        Attached { mode, hooks }
+    }
+
+    /// (family, mode) pairs, for /status and /metrics.
+    pub fn by_hook(&self) -> Vec<(&'static str, &'static str)> {
+        self.hooks.iter().map(|h| (h.hook.name(), h.mode.name())).collect()
+    }
+
+    pub fn mode_of(&self, hook: Hook) -> AttachMode {
+        self.hooks.iter().find(|h| h.hook == hook).map_or(self.mode, |h| h.mode)
+    }
+
+    /// The families not on `mode`.
+    pub fn exceptions(&self) -> impl Iterator<Item = &HookChoice> {
+        self.hooks.iter().filter(|h| h.mode != self.mode)
+    }
+
+    /// `fentry`, or `fentry (copy on kprobe)` where families differ.
+    pub fn summary(&self) -> String {
+        let exceptions: Vec<String> = self.exceptions().map(|h| format!("{} on {}", h.hook, h.mode)).collect();
+        if exceptions.is_empty() { self.mode.to_string() } else { format!("{} ({})", self.mode, exceptions.join(", ")) }
+    }
+}
 
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,6 +192,16 @@ pub enum Target {
     Kretprobe(String),
 }
 
+impl Target {
+    /// The hook family of a kernel function's program (None for tracepoints).
+    fn hook(&self) -> Option<Hook> {
+        match self {
+            Target::Fentry(f) | Target::Fexit(f) | Target::Kprobe(f) | Target::Kretprobe(f) => Hook::of_function(f),
+            Target::SyscallTracepoint(_) | Target::RawTracepoint(_) => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     pub program: String,
@@ -83,6 +213,17 @@ pub struct Planned {
 /// The programs of `mode` among `program_names`, with their targets.
 pub fn plan<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
     plan_named(mode, program_names, Some)
+}
+
+/// The programs of `mode` among `program_names` that hook `hook`'s kernel functions.
+pub fn plan_hook<'a>(mode: AttachMode, hook: Hook, program_names: impl IntoIterator<Item = &'a str>) -> Vec<Planned> {
+    plan(mode, program_names).into_iter().filter(|p| p.target.hook() == Some(hook)).collect()
+}
+
+/// The programs of `mode` that belong to no hook family (a program added without a family:
+/// per-hook attaching would leave it out).
+pub fn without_hook<'a>(mode: AttachMode, program_names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    plan(mode, program_names).into_iter().filter(|p| p.target.hook().is_none()).map(|p| p.program).collect()
 }
 
 /// The empty programs of `mode` (collector-ebpf's floor.rs), named `floor_<a name of that
@@ -159,13 +300,14 @@ mod tests {
     #[test]
     fn vfs_modes_are_chosen_only_on_verified_kernels() {
         assert!(unverified_release("5.15.0-204-generic").is_some());
-        assert!(unverified_release("5.10.0-46-cloud-amd64").is_some());
+        assert!(unverified_release("5.10.0-46-cloud-amd64").is_none());
+        assert!(unverified_release("5.4.0-1").is_some());
         assert_eq!(
             unverified_release("5.15.0-204-generic").unwrap(),
-            "not verified on Linux 5.15 (tested from 6.1; on 5.10 and 5.15 kprobe mode misses the reads copytruncate \
-             depends on); --attach-mode forces it"
+            "fentry/kprobe not verified on Linux 5.15 (tested on 5.10 and from 6.1); --attach-mode forces them"
         );
         assert!(unverified_release("4.19.0").is_some());
+        assert!(unverified_release("6.0.9").is_some());
         assert!(unverified_release("6.1.0-41-cloud-amd64").is_none());
         assert!(unverified_release("6.12.117+deb12-cloud-amd64").is_none());
         assert!(unverified_release("6.18.0").is_none());
@@ -229,6 +371,71 @@ mod tests {
         } else {
             assert_eq!(names, ["tp_sys_enter_rename", "tp_sys_enter_renameat"]);
         }
+    }
+
+    /// Every kernel function collector-ebpf hooks belongs to a family (else per-hook
+    /// attaching would leave its program out; the loader refuses such a build too).
+    #[test]
+    fn every_hooked_kernel_function_has_a_family() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector-ebpf/src");
+        let mut functions = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "floor.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for attribute in [
+                "#[fentry(function = \"",
+                "#[fexit(function = \"",
+                "#[kprobe(function = \"",
+                "#[kretprobe(function = \"",
+            ] {
+                for (at, _) in text.match_indices(attribute) {
+                    let rest = &text[at + attribute.len()..];
+                    functions.push(rest[..rest.find('"').unwrap()].to_owned());
+                }
+            }
+        }
+        assert!(functions.len() > 30, "{functions:?}");
+        for f in &functions {
+            assert!(Hook::of_function(f).is_some(), "{f} has no hook family");
+        }
+        for hook in Hook::ALL {
+            assert!(functions.iter().any(|f| Hook::of_function(f) == Some(hook)), "{hook} hooks nothing");
+        }
+        assert!(without_hook(AttachMode::Fentry, NAMES).is_empty());
+    }
+
+    #[test]
+    fn a_family_falls_back_to_kprobe_only_from_fentry() {
+        assert_eq!(mechanisms_from(AttachMode::Fentry), [AttachMode::Fentry, AttachMode::Kprobe]);
+        assert_eq!(mechanisms_from(AttachMode::Kprobe), [AttachMode::Kprobe]);
+        assert_eq!(mechanisms_from(AttachMode::Tracepoint), [AttachMode::Tracepoint]);
+        let renames = plan_hook(AttachMode::Kprobe, Hook::Rename, NAMES);
+        assert_eq!(renames.iter().map(|p| p.program.as_str()).collect::<Vec<_>>(), ["kprobe_do_renameat2"]);
+        assert!(plan_hook(AttachMode::Tracepoint, Hook::Write, NAMES).is_empty());
+    }
+
+    #[test]
+    fn attached_reports_the_best_mode_taken_and_each_exception() {
+        let choice = |hook, mode| HookChoice { hook, mode, refused: Vec::new() };
+        let mut hooks: Vec<HookChoice> = Hook::ALL.iter().map(|&h| choice(h, AttachMode::Fentry)).collect();
+        hooks[2] = HookChoice {
+            hook: Hook::Copy,
+            mode: AttachMode::Kprobe,
+            refused: vec![(AttachMode::Fentry, "fentry_do_splice_direct: load: EACCES".into())],
+        };
+        let attached = Attached::per_hook(hooks);
+        assert_eq!(attached.mode, AttachMode::Fentry);
+        assert_eq!(attached.mode_of(Hook::Copy), AttachMode::Kprobe);
+        assert_eq!(attached.mode_of(Hook::Read), AttachMode::Fentry);
+        assert_eq!(attached.summary(), "fentry (copy on kprobe)");
+        let all_kprobe = Attached::per_hook(Hook::ALL.iter().map(|&h| choice(h, AttachMode::Kprobe)).collect());
+        assert_eq!(all_kprobe.summary(), "kprobe");
+        let whole = Attached::whole(AttachMode::Tracepoint, &[(AttachMode::Fentry, "EPERM".into())]);
+        assert_eq!(whole.summary(), "tracepoint");
+        assert!(whole.hooks.iter().all(|h| h.refused.len() == 1));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use aya::{
 };
 use collector_common::{Counter, InodeKey, WatchedInode, names};
 
-pub use attach::AttachMode;
-use attach::{Planned, Target};
+pub use attach::{AttachMode, Attached, Hook};
+use attach::{HookChoice, Planned, Target};
 
 /// The kernel programs, built by build.rs (collector-ebpf through aya-build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
@@ -76,7 +76,7 @@ pub struct Counters {
 
 pub struct Probe {
     ebpf: Ebpf,
-    mode: AttachMode,
+    attached: Attached,
 }
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
@@ -108,37 +108,60 @@ impl Probe {
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object").map_err(StartError::Load)?;
 
-        let candidates = options.mode.map_or(AttachMode::BEST_FIRST.to_vec(), |m| vec![m]);
-        let mut rejected = Vec::new();
         // Why fentry/kprobe are not tried on this kernel, if they are not.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let vfs_unusable = offsets::unusable_reason(&kernel_offsets)
             .or_else(|| attach::unverified_release(release.trim()).filter(|_| options.mode.is_none()));
-        for mode in candidates {
-            let attached = match vfs_unusable.clone().filter(|_| mode != AttachMode::Tracepoint) {
+        let mut rejected: Vec<(AttachMode, String)> = Vec::new();
+        if options.mode != Some(AttachMode::Tracepoint) {
+            let first = options.mode.unwrap_or(AttachMode::Fentry);
+            let attached = match vfs_unusable {
                 Some(why) => Err(why),
-                None => attach_mode(&mut ebpf, mode),
+                // Forced, the mode must take at least one family; chosen, kprobe alone will do.
+                None => attach_per_hook(&mut ebpf, first, options.mode.is_some()),
             };
             match attached {
-                Ok(()) => {
-                    for (worse, why) in &rejected {
-                        tracing::info!(mode = %worse, reason = %why, "attach mode not usable");
-                    }
-                    tracing::info!(%mode, coalesce_appends = coalesce_appends != 0, "kernel programs attached");
-                    return Ok(Probe { ebpf, mode });
-                }
-                Err(why) => rejected.push((mode, why)),
+                Ok(attached) => return Ok(Probe::attached(ebpf, attached, coalesce_appends)),
+                Err(why) if options.mode.is_some() => return Err(StartError::Refused(why)),
+                Err(why) => rejected.push((first, why)),
             }
         }
-        let reasons: Vec<String> = rejected.iter().map(|(m, why)| format!("{m}: {why}")).collect();
-        if options.mode.is_some() {
-            return Err(StartError::Refused(reasons.join("; ")));
+        match attach_mode(&mut ebpf, AttachMode::Tracepoint) {
+            Ok(()) => Ok(Probe::attached(ebpf, Attached::whole(AttachMode::Tracepoint, &rejected), coalesce_appends)),
+            Err(why) => {
+                rejected.push((AttachMode::Tracepoint, why));
+                let reasons: Vec<String> = rejected.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+                if options.mode.is_some() {
+                    return Err(StartError::Refused(reasons.join("; ")));
+                }
+                Err(StartError::NoMode(reasons.join("; ")))
+            }
         }
-        Err(StartError::NoMode(reasons.join("; ")))
     }
 
+    fn attached(ebpf: Ebpf, attached: Attached, coalesce_appends: u8) -> Probe {
+        for hook in &attached.hooks {
+            for (better, why) in &hook.refused {
+                tracing::info!(hook = %hook.hook, mode = %better, reason = %why, "attach mode not usable for this hook");
+            }
+        }
+        tracing::info!(
+            mode = %attached.mode,
+            hooks = %attached.summary(),
+            coalesce_appends = coalesce_appends != 0,
+            "kernel programs attached"
+        );
+        Probe { ebpf, attached }
+    }
+
+    /// The best mode any hook family took (what `attach_mode` reports).
     pub fn mode(&self) -> AttachMode {
-        self.mode
+        self.attached.mode
+    }
+
+    /// What each hook family uses, and why better mechanisms were refused.
+    pub fn attachment(&self) -> &Attached {
+        &self.attached
     }
 
     /// Reports changes to this inode from now on; `known_end` is its current size.
@@ -268,16 +291,74 @@ fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode) -> Result<(), String> {
     if planned.is_empty() {
         return Err("this build has no programs for it".into());
     }
+    attach_all(ebpf, &planned, &mut None).map(drop)
+}
+
+/// Each hook family on the first of `mechanisms_from(first)` that takes all its programs.
+/// Fails, with everything unloaded, when a family takes none of them, or when `first` must
+/// be taken (forced) and no family takes it.
+fn attach_per_hook(ebpf: &mut Ebpf, first: AttachMode, first_required: bool) -> Result<Attached, String> {
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+    let modes = attach::mechanisms_from(first);
+    if let Some(program) = modes.iter().find_map(|&m| attach::without_hook(m, names.iter().map(String::as_str)).pop()) {
+        return Err(format!("{program}: belongs to no hook family (this build is wrong)"));
+    }
     let mut btf = None;
+    let mut attached: Vec<String> = Vec::new();
+    let mut hooks = Vec::new();
+    let mut failure = None;
+    for hook in attach::Hook::ALL {
+        let mut refused = Vec::new();
+        for &mode in modes {
+            let planned = attach::plan_hook(mode, hook, names.iter().map(String::as_str));
+            if planned.is_empty() {
+                refused.push((mode, "this build has no programs for it".to_owned()));
+                continue;
+            }
+            match attach_all(ebpf, &planned, &mut btf) {
+                Ok(programs) => {
+                    attached.extend(programs);
+                    hooks.push(HookChoice { hook, mode, refused: std::mem::take(&mut refused) });
+                    break;
+                }
+                Err(why) => refused.push((mode, why)),
+            }
+        }
+        // A family that took a mechanism left `refused` empty.
+        if !refused.is_empty() {
+            let reasons: Vec<String> = refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+            failure = Some(format!("the {hook} hooks: {}", reasons.join("; ")));
+            break;
+        }
+    }
+    let attachment = Attached::per_hook(hooks);
+    if failure.is_none() && first_required && attachment.mode != first {
+        let why = attachment.hooks.iter().find_map(|h| h.refused.iter().find(|(m, _)| *m == first)).map(|(_, w)| w);
+        failure = Some(format!("no hook takes it ({})", why.map_or("", String::as_str)));
+    }
+    match failure {
+        None => Ok(attachment),
+        Some(why) => {
+            for name in &attached {
+                unload(ebpf, name);
+            }
+            Err(why)
+        }
+    }
+}
+
+/// Loads and attaches `planned`, all or nothing: the programs attached, or which one failed
+/// and why (with the others unloaded).
+fn attach_all(ebpf: &mut Ebpf, planned: &[Planned], btf: &mut Option<aya::Btf>) -> Result<Vec<String>, String> {
     let mut attached = Vec::new();
-    for p in &planned {
-        match attach_one(ebpf, p, &mut btf) {
-            Ok(()) => attached.push(p.program.as_str()),
+    for p in planned {
+        match attach_one(ebpf, p, btf) {
+            Ok(()) => attached.push(p.program.clone()),
             Err(e) if p.optional => {
                 tracing::debug!(program = %p.program, error = %format!("{e:#}"), "optional program not attached");
             }
             Err(e) => {
-                for name in attached {
+                for name in &attached {
                     unload(ebpf, name);
                 }
                 unload(ebpf, &p.program);
@@ -285,7 +366,7 @@ fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(attached)
 }
 
 fn attach_one(ebpf: &mut Ebpf, planned: &Planned, btf: &mut Option<aya::Btf>) -> anyhow::Result<()> {
