@@ -109,7 +109,7 @@ impl Framed {
 
 #[derive(Clone, Debug)]
 pub struct FramerConfig {
-    pub multiline_start: Option<regex_lite::Regex>,
+    pub multiline_start: Option<crate::line_regex::Regex>,
     pub multiline_flush: Duration,
     pub skip_header_lines: u32,
     pub max_record_bytes: usize,
@@ -241,7 +241,7 @@ impl Framer {
             Some(Span { start, len, .. }) => &out.read[start..start + len as usize],
             None => &self.line[..],
         };
-        if starts.is_match(&String::from_utf8_lossy(data)) {
+        if starts.is_match(data) {
             let next = Gathering { offset, end, data: data.to_vec(), truncated };
             if let Some(held) = self.held.replace(next) {
                 held.emit(out);
@@ -315,7 +315,7 @@ mod tests {
     fn framer(multiline: Option<&str>, skip: u32, max: usize) -> Framer {
         Framer::new(
             FramerConfig {
-                multiline_start: multiline.map(|r| regex_lite::Regex::new(r).unwrap()),
+                multiline_start: multiline.map(|r| crate::line_regex::compile(r).unwrap()),
                 multiline_flush: Duration::from_secs(1),
                 skip_header_lines: skip,
                 max_record_bytes: max,

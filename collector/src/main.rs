@@ -19,6 +19,7 @@ mod events;
 mod exit;
 mod framer;
 mod inode_map;
+mod line_regex;
 mod links;
 mod metrics;
 mod newlines;

@@ -56,7 +56,7 @@ pub struct Flow {
     /// Where to start in files that have no checkpoint and existed before start-up (files
     /// created while running are always read from the start).
     pub initial_position: InitialPosition,
-    pub multiline_start: Option<regex_lite::Regex>,
+    pub multiline_start: Option<crate::line_regex::Regex>,
     pub multiline_flush: Duration,
     pub skip_header_lines: u32,
     pub max_record_bytes: usize,
@@ -366,7 +366,7 @@ impl Merged {
             };
             let multiline_start = match &f.multiline_start {
                 Some(re) => Some(
-                    regex_lite::Regex::new(re.get_ref())
+                    crate::line_regex::compile(re.get_ref())
                         .map_err(|e| at(re.span(), &key("multiline_start"), format!("bad regex: {e}")))?,
                 ),
                 None => None,

@@ -46,7 +46,7 @@ fn errors_name_file_line_and_key() {
     );
     assert_eq!(
         error(&GOOD.replace(r"'^\d{4}-'", "'(unclosed'")),
-        "c.toml:8: flow[0].multiline_start: bad regex: found open group without closing ')'"
+        "c.toml:8: flow[0].multiline_start: bad regex: error: unclosed group"
     );
     assert!(
         error(&GOOD.replace("kind = \"file\"", "kind = \"kafka\""))

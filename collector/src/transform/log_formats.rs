@@ -2,7 +2,7 @@
 //! flow's own regex. Values stay strings, as read; a group that did not take part in the
 //! match (an optional part absent from the line) leaves its field out.
 
-use regex_lite::Regex;
+use crate::line_regex::{self, Regex};
 use serde_json::{Map, Value};
 
 /// An Apache/NCSA quoted field: `"..."` with `\"` escapes.
@@ -50,7 +50,7 @@ impl LogParser {
             "cri" => (r"^(\S+) (stdout|stderr) ([FP]) (.*)$".to_owned(), &["time", "stream", "tag", "message"]),
             other => return Err(format!("`{other}`: expected one of {}", FORMATS.join(", "))),
         };
-        let regex = Regex::new(&pattern).expect("the built-in patterns compile");
+        let regex = line_regex::compile(&pattern).expect("the built-in patterns compile");
         let fields = match rename {
             Some(names) if names.len() != fields.len() => {
                 return Err(format!(
@@ -68,7 +68,7 @@ impl LogParser {
 
     /// A flow's own pattern: its groups named by `fields`, or by the pattern's own names.
     pub fn pattern(pattern: &str, fields: Option<Vec<String>>) -> Result<LogParser, String> {
-        let regex = Regex::new(pattern).map_err(|e| format!("bad regex: {e}"))?;
+        let regex = line_regex::compile(pattern).map_err(|e| format!("bad regex: {e}"))?;
         let groups = regex.captures_len() - 1;
         let fields = match fields {
             Some(names) if names.len() != groups => {
@@ -86,14 +86,16 @@ impl LogParser {
         Ok(LogParser { regex, fields })
     }
 
-    pub fn parse(&self, line: &str) -> Option<Map<String, Value>> {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+    /// The line's fields, each value its bytes as text (invalid UTF-8 replaced).
+    pub fn parse(&self, line: &[u8]) -> Option<Map<String, Value>> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let caps = self.regex.captures(line)?;
+        let text = |m: regex::bytes::Match<'_>| Value::String(String::from_utf8_lossy(m.as_bytes()).into_owned());
         Some(
             self.fields
                 .iter()
                 .enumerate()
-                .filter_map(|(i, name)| caps.get(i + 1).map(|m| (name.clone(), Value::String(m.as_str().to_owned()))))
+                .filter_map(|(i, name)| caps.get(i + 1).map(|m| (name.clone(), text(m))))
                 .collect(),
         )
     }

@@ -101,7 +101,7 @@ impl Pipeline {
                         _ => return Output::Unparsed,
                     }
                 }
-                (Step::LogToJson(parser), Content::Text(text)) => match parser.parse(&String::from_utf8_lossy(&text)) {
+                (Step::LogToJson(parser), Content::Text(text)) => match parser.parse(&text) {
                     Some(o) => Content::Object(o),
                     None => return Output::Unparsed,
                 },
