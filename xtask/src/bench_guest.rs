@@ -101,11 +101,7 @@ pub fn writer_overhead(series: &str) -> anyhow::Result<GuestRows> {
 fn payload(arch: Arch) -> anyhow::Result<PathBuf> {
     let collector = match arch {
         Arch::X86_64 => guest::static_collector()?,
-        Arch::Arm64 => {
-            // The selection the arm64 test payload builds (test.rs): nothing built twice.
-            guest::cross_build(arch, &["-p", "collector", "-p", "collector-tests", "--bins"])?;
-            crate::shell::root().join("target").join(arch.rust_target()).join("release/collector")
-        }
+        Arch::Arm64 => crate::build::collector_for(arch)?,
     };
     let root = guest::dir().join(format!("bench-payload-{}", arch.debian()));
     let _ = fs::remove_dir_all(&root);

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use crate::shell;
+use crate::{guest, shell};
 
 /// `cargo xtask build-ebpf`: the eBPF object, as aya-build makes it for the daemon.
 pub fn ebpf() -> anyhow::Result<()> {
@@ -30,6 +30,17 @@ pub fn ebpf() -> anyhow::Result<()> {
 pub fn collector() -> anyhow::Result<PathBuf> {
     release_all()?;
     Ok(shell::root().join("target/release/collector"))
+}
+
+/// The release daemon for `arch`: this host's build (x86-64), or the static arm64 cross build.
+pub fn collector_for(arch: guest::Arch) -> anyhow::Result<PathBuf> {
+    match arch {
+        guest::Arch::X86_64 => collector(),
+        guest::Arch::Arm64 => {
+            guest::cross_build(arch, guest::ARM64_SELECTION)?;
+            Ok(shell::root().join("target").join(arch.rust_target()).join("release/collector"))
+        }
+    }
 }
 
 /// Builds every release target; returns cargo's JSON messages (where each artifact is).

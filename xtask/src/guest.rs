@@ -52,6 +52,15 @@ impl Arch {
     }
 
     /// Debian's name for it.
+    /// From Debian's name.
+    pub fn from_debian(name: &str) -> anyhow::Result<Arch> {
+        match name {
+            "amd64" => Ok(Arch::X86_64),
+            "arm64" => Ok(Arch::Arm64),
+            other => bail!("no architecture {other} (amd64, arm64)"),
+        }
+    }
+
     pub fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
@@ -421,6 +430,11 @@ pub struct GuestRun {
 /// <args>` in release for it, static (crt-static: the guest has no C library of that
 /// architecture for them), linked and its C compiled by Debian's cross gcc. Shares target/
 /// with the native build (its host tools are reused). Returns cargo's JSON messages.
+/// What every arm64 build here selects (the guests' payload, the bench's, the package and the
+/// image; the payload adds its test targets, which need no other features): one feature
+/// resolution, so the collector is built once and the guests run the binary that is shipped.
+pub const ARM64_SELECTION: &[&str] = &["-p", "collector", "-p", "collector-tests", "--bins"];
+
 pub fn cross_build(arch: Arch, args: &[&str]) -> anyhow::Result<String> {
     let target = arch.rust_target();
     let env_target = target.replace('-', "_");

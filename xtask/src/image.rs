@@ -1,10 +1,11 @@
-//! `cargo xtask image`: an OCI image archive of the release build,
+//! `cargo xtask image [--arch arm64]`: an OCI image archive of the release build,
 //! `target/package/collector-<version>-<arch>.tar`, for `podman load -i` or `skopeo copy
 //! oci-archive:...` (the README says how to push it).
 //!
 //! No base image can be pulled here, so the image is built from this host: one layer with the
-//! binary (stripped, as in the package), the shared libraries and the loader it links (as `ldd`
-//! names them), and the CA certificates for HTTPS to AWS. Nothing else: no shell, no package
+//! binary (the package's, stripped), the shared libraries and the loader it links (as `ldd`
+//! names them; arm64's binary is static and links none), and the CA certificates for HTTPS to
+//! AWS. Nothing else: no shell, no package
 //! manager. The layer and the archive are written with tar and gzip, timestamps and owners
 //! zeroed, then laid out as the OCI image layout says (`oci-layout`, `index.json`, blobs named
 //! by their sha256).
@@ -19,25 +20,32 @@ use std::{
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::{build, shell};
+use crate::{guest::Arch, package, shell};
 
 /// Where the collector's TLS stack looks for the system's CA certificates (Debian's bundle).
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-pub fn run() -> anyhow::Result<PathBuf> {
-    let collector = build::collector()?;
+/// Needs `package::run(arch)` first: the image carries the package's binary.
+pub fn run(target: Arch) -> anyhow::Result<PathBuf> {
+    let collector = package::tree(target).join("usr/bin/collector");
+    anyhow::ensure!(collector.exists(), "{} is missing: cargo xtask package first", collector.display());
     let version = env!("CARGO_PKG_VERSION");
     // Debian's architecture names are OCI's for these two (amd64, arm64).
-    let arch = shell::output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
+    let arch = target.debian();
     let out_dir = shell::root().join("target/package");
-    let work = out_dir.join("image");
+    let work = out_dir.join(format!("image-{arch}"));
     let _ = fs::remove_dir_all(&work);
     let rootfs = work.join("rootfs");
 
-    let binary = rootfs.join("usr/bin/collector");
-    place(&collector, &binary, 0o755)?;
-    shell::run(Command::new("strip").arg("--strip-debug").arg(&binary))?;
-    for library in linked_libraries(&collector)? {
+    place(&collector, &rootfs.join("usr/bin/collector"), 0o755)?;
+    let libraries = match target {
+        Arch::X86_64 => linked_libraries(&collector)?,
+        Arch::Arm64 => {
+            assert_static(&collector)?;
+            Vec::new()
+        }
+    };
+    for library in libraries {
         place(&library, &rootfs.join(library.strip_prefix("/")?), 0o755)?;
     }
     anyhow::ensure!(Path::new(CA_BUNDLE).exists(), "{CA_BUNDLE} is missing: install Debian's ca-certificates");
@@ -118,6 +126,13 @@ fn linked_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     anyhow::ensure!(!libraries.is_empty(), "ldd listed no library for {}: {listed}", binary.display());
     Ok(libraries)
+}
+
+/// Fails unless `binary` is statically linked (no program interpreter to ship with it).
+fn assert_static(binary: &Path) -> anyhow::Result<()> {
+    let headers = shell::output(Command::new("readelf").arg("--program-headers").arg(binary))?;
+    anyhow::ensure!(!headers.contains("INTERP"), "{} is not static: {headers}", binary.display());
+    Ok(())
 }
 
 /// Copies `from` (a link's target, where it is one) to `to` with `mode`.

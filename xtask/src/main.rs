@@ -59,9 +59,18 @@ enum Command {
         name: Option<String>,
     },
     /// Build the Debian package: target/package/collector_<version>_<arch>.deb.
-    Package,
-    /// Build the container image: target/package/collector-<version>-<arch>.tar (OCI archive).
-    Image,
+    Package {
+        /// amd64 (this host's build) or arm64 (the static cross build).
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+    },
+    /// Build the Debian package, then the container image from its binary:
+    /// target/package/collector-<version>-<arch>.tar (OCI archive).
+    Image {
+        /// amd64 or arm64, as for package.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+    },
     /// Serve one guest connection on stdin/stdout: start a test server on this host, or run
     /// a boto3 script (QEMU runs this for the guests; tests/src/servers.rs).
     #[command(hide = true)]
@@ -75,8 +84,12 @@ fn main() -> anyhow::Result<()> {
         Command::Run { seconds } => run::run(seconds),
         Command::Test { native_only, guest_only, extended } => test::run(!guest_only, !native_only, extended),
         Command::Bench { name } => bench::run(name.as_deref()),
-        Command::Package => package::run().map(|_| ()),
-        Command::Image => image::run().map(|_| ()),
+        Command::Package { arch } => package::run(guest::Arch::from_debian(&arch)?).map(|_| ()),
+        Command::Image { arch } => {
+            let arch = guest::Arch::from_debian(&arch)?;
+            package::run(arch)?;
+            image::run(arch).map(|_| ())
+        }
         Command::GuestAgent => Ok(collector_tests::servers::serve(std::io::stdin(), std::io::stdout())?),
     }
 }

@@ -1,23 +1,29 @@
-//! `cargo xtask package`: a Debian package of the release build,
+//! `cargo xtask package [--arch arm64]`: a Debian package of the release build,
 //! `target/package/collector_<version>_<arch>.deb`, made with dpkg-deb from a tree laid out
 //! here: the binary without its debug info, the systemd unit, and two conffiles (the config
 //! and the unit's environment file). No maintainer scripts: installing starts nothing, and
-//! the package installs into any root (`dpkg --root`), which its test does.
+//! the package installs into any root (`dpkg --root`), which its test does. amd64's binary
+//! links this host's glibc; arm64's is the static cross build the arm64 guests run.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{build, shell};
+use crate::{build, guest::Arch, shell};
 
 const CONFFILES: &[&str] = &["/etc/collector/collector.toml", "/etc/default/collector"];
 
-pub fn run() -> anyhow::Result<PathBuf> {
-    let collector = build::collector()?;
+/// The tree the package of `arch` is made from (its binary: `usr/bin/collector`).
+pub fn tree(arch: Arch) -> PathBuf {
+    shell::root().join("target/package").join(format!("tree-{}", arch.debian()))
+}
+
+pub fn run(arch: Arch) -> anyhow::Result<PathBuf> {
+    let collector = build::collector_for(arch)?;
     let version = env!("CARGO_PKG_VERSION");
-    let arch = shell::output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned();
     let out_dir = shell::root().join("target/package");
-    let tree = out_dir.join("tree");
+    let tree = tree(arch);
+    let arch_name = arch.debian();
     let _ = fs::remove_dir_all(&tree);
     let repo = shell::root();
     let files: [(PathBuf, &str, u32); 4] = [
@@ -34,16 +40,21 @@ pub fn run() -> anyhow::Result<PathBuf> {
     }
     // The release profile keeps debug info (profiles, backtraces): most of the binary's size.
     // Stripping it leaves the same machine code.
-    shell::run(Command::new("strip").arg("--strip-debug").arg(tree.join("usr/bin/collector")))?;
+    shell::run(Command::new(arch.binutil("strip")).arg("--strip-debug").arg(tree.join("usr/bin/collector")))?;
     let installed_size_kib = du_kib(&tree)?;
+    // The static arm64 build needs no library.
+    let depends = match arch {
+        Arch::X86_64 => "Depends: libc6 (>= 2.34)\n",
+        Arch::Arm64 => "",
+    };
     let control = format!(
         "Package: collector\n\
          Version: {version}\n\
-         Architecture: {arch}\n\
+         Architecture: {arch_name}\n\
          Maintainer: collector developers <collector@localhost>\n\
          Section: admin\n\
          Priority: optional\n\
-         Depends: libc6 (>= 2.34)\n\
+         {depends}\
          Installed-Size: {installed_size_kib}\n\
          Description: log shipper that knows from eBPF which file every write touched\n \
          Streams new log lines to Amazon Kinesis Data Streams or Firehose (or a file) with\n \
@@ -54,7 +65,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     fs::create_dir_all(tree.join("DEBIAN"))?;
     fs::write(tree.join("DEBIAN/control"), control)?;
     fs::write(tree.join("DEBIAN/conffiles"), CONFFILES.join("\n") + "\n")?;
-    let deb = out_dir.join(format!("collector_{version}_{arch}.deb"));
+    let deb = out_dir.join(format!("collector_{version}_{arch_name}.deb"));
     shell::run(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&tree).arg(&deb))?;
     let binary = fs::metadata(tree.join("usr/bin/collector"))?.len();
     let size = fs::metadata(&deb)?.len();

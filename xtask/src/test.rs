@@ -174,11 +174,27 @@ fn before_6_9(series: &str) -> bool {
 
 pub fn run(native: bool, with_guest: bool, extended: bool) -> anyhow::Result<()> {
     setup::run(with_guest)?;
+    // XTASK_GUEST_ONLY=6.1/fentry runs one guest in one mode (debugging a guest failure),
+    // or several, comma-separated; a guest outside the matrix (5.10, arm64-6.1) is fetched.
+    let runs = if with_guest {
+        planned_runs(std::env::var("XTASK_GUEST_ONLY").ok().as_deref(), extended)?
+    } else {
+        Vec::new()
+    };
+    // arm64's package and image: checked by tests/packaging.rs, and their binary is the one
+    // the arm64 guests run (the cross build is theirs).
+    let arm64 = native && with_guest || runs.iter().any(|r| guest::Arch::of(&r.series) == guest::Arch::Arm64);
+    let arm64_artifacts = if arm64 {
+        let deb = package::run(guest::Arch::Arm64)?;
+        Some((deb, crate::image::run(guest::Arch::Arm64)?))
+    } else {
+        None
+    };
     if native {
         let collector = build::collector()?;
         // tests/packaging.rs installs the one and runs the other.
-        let deb = package::run()?;
-        let image = crate::image::run()?;
+        let deb = package::run(guest::Arch::X86_64)?;
+        let image = crate::image::run(guest::Arch::X86_64)?;
         let mut tests = Command::new("cargo");
         tests
             .args(["test", "--release"])
@@ -198,14 +214,21 @@ pub fn run(native: bool, with_guest: bool, extended: bool) -> anyhow::Result<()>
             }
             tests.env("COLLECTOR_GUEST_VMLINUX", &guest_elf);
         }
+        match &arm64_artifacts {
+            Some((deb, image)) => {
+                tests.env("COLLECTOR_DEB_ARM64", deb).env("COLLECTOR_IMAGE_ARM64", image);
+            }
+            // Without the guests there is no arm64 build: its checks are left out, by name.
+            None => {
+                eprintln!("+ no arm64 build (--native-only): the arm64 package and image are not checked");
+                tests.args(["--", "--skip", "arm64"]);
+            }
+        }
         shell::run(&mut tests)?;
     }
     if !with_guest {
         return Ok(());
     }
-    // XTASK_GUEST_ONLY=6.1/fentry runs one guest in one mode (debugging a guest failure),
-    // or several, comma-separated; a guest outside the matrix (5.10, arm64-6.1) is fetched.
-    let runs = planned_runs(std::env::var("XTASK_GUEST_ONLY").ok().as_deref(), extended)?;
     for run in &runs {
         // (Fetched, or its modules extracted again, unless they are as wanted.)
         if let Some(meta) = guest::meta_package(&run.series) {
@@ -359,12 +382,12 @@ fn guest_payload() -> anyhow::Result<PathBuf> {
 /// Debian's arm64 packages the arm64 payload carries: logrotate and what it loads.
 const ARM64_USERLAND: &[&str] = &["logrotate", "libacl1", "libc6", "libpopt0", "libselinux1", "libpcre2-8-0"];
 
-/// The root tree of the arm64 guests: the collector, the test programs and `suites`, built
-/// for arm64 (static), in /t; Debian's arm64 logrotate with its libraries; the arm64
-/// guests' modules.
+/// The root tree of the arm64 guests: the arm64 package's collector (built first), the test
+/// programs and `suites`, built for arm64 (static), in /t; Debian's arm64 logrotate with its
+/// libraries; the arm64 guests' modules.
 fn arm64_payload(suites: &[&str]) -> anyhow::Result<PathBuf> {
     let arch = guest::Arch::Arm64;
-    let mut args = vec!["-p", "collector", "-p", "collector-tests", "--bins"];
+    let mut args = guest::ARM64_SELECTION.to_vec();
     for suite in suites {
         args.extend(["--test", suite]);
     }
@@ -373,9 +396,9 @@ fn arm64_payload(suites: &[&str]) -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("t"))?;
     let release = shell::root().join("target").join(arch.rust_target()).join("release");
-    let mut programs: Vec<(String, PathBuf)> = ["collector", "log_writer", "uring_writer", "fast_copytruncate"]
-        .map(|p| (p.to_owned(), release.join(p)))
-        .into();
+    let mut programs: Vec<(String, PathBuf)> =
+        ["log_writer", "uring_writer", "fast_copytruncate"].map(|p| (p.to_owned(), release.join(p))).into();
+    programs.push(("collector".to_owned(), package::tree(arch).join("usr/bin/collector")));
     for suite in suites {
         let exe = test_executable(&messages, suite).with_context(|| format!("no arm64 test executable for {suite}"))?;
         programs.push(((*suite).to_owned(), exe));

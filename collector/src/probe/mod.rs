@@ -1,6 +1,7 @@
 //! The kernel side, seen from the daemon: checks the kernel, reads its layout, loads the
-//! programs, attaches them in the best mode that works, and gives access to the watch maps,
-//! the event ring buffer and the counters. This is the only module that makes bpf syscalls.
+//! programs, attaches each hook family with the best mechanism that works (attach.rs), and
+//! gives access to the watch maps, the event ring buffer and the counters. This is the only
+//! module that makes bpf syscalls.
 
 pub mod attach;
 pub mod btf;
