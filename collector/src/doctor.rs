@@ -40,9 +40,8 @@ pub fn run(config: Option<&Path>) -> ExitCode {
                 if each.is_empty() { String::new() } else { format!(" (refused {})", each.join("; ")) }
             };
             // Every family alike (one mode for all): one line.
-            let alike = attached.hooks.windows(2).all(|w| w[0].mode == w[1].mode && w[0].refused == w[1].refused);
             match attached.hooks.first() {
-                Some(first) if alike => println!("automatic: {}{}", attached.mode, refused(first)),
+                Some(first) if attached.alike() => println!("automatic: {}{}", attached.mode, refused(first)),
                 _ => {
                     println!("automatic: {}", attached.summary());
                     for hook in &attached.hooks {

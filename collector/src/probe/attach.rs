@@ -152,6 +152,12 @@ impl Attached {
         Attached { mode, hooks }
     }
 
+    /// Whether every family took the same mode after the same refusals (one mode for all:
+    /// said once, not per family).
+    pub fn alike(&self) -> bool {
+        self.hooks.windows(2).all(|w| w[0].mode == w[1].mode && w[0].refused == w[1].refused)
+    }
+
     /// (family, mode) pairs, for /status and /metrics.
     pub fn by_hook(&self) -> Vec<(&'static str, &'static str)> {
         self.hooks.iter().map(|h| (h.hook.name(), h.mode.name())).collect()
@@ -431,11 +437,12 @@ mod tests {
         assert_eq!(attached.mode_of(Hook::Copy), AttachMode::Kprobe);
         assert_eq!(attached.mode_of(Hook::Read), AttachMode::Fentry);
         assert_eq!(attached.summary(), "fentry (copy on kprobe)");
+        assert!(!attached.alike());
         let all_kprobe = Attached::per_hook(Hook::ALL.iter().map(|&h| choice(h, AttachMode::Kprobe)).collect());
         assert_eq!(all_kprobe.summary(), "kprobe");
         let whole = Attached::whole(AttachMode::Tracepoint, &[(AttachMode::Fentry, "EPERM".into())]);
         assert_eq!(whole.summary(), "tracepoint");
-        assert!(whole.hooks.iter().all(|h| h.refused.len() == 1));
+        assert!(whole.hooks.iter().all(|h| h.refused.len() == 1) && whole.alike());
     }
 
     #[test]

@@ -141,9 +141,18 @@ impl Probe {
     }
 
     fn attached(ebpf: Ebpf, attached: Attached, coalesce_appends: u8) -> Probe {
-        for hook in &attached.hooks {
-            for (better, why) in &hook.refused {
-                tracing::info!(hook = %hook.hook, mode = %better, reason = %why, "attach mode not usable for this hook");
+        match attached.hooks.first() {
+            Some(first) if attached.alike() => {
+                for (better, why) in &first.refused {
+                    tracing::info!(mode = %better, reason = %why, "attach mode not usable");
+                }
+            }
+            _ => {
+                for hook in &attached.hooks {
+                    for (better, why) in &hook.refused {
+                        tracing::info!(hook = %hook.hook, mode = %better, reason = %why, "attach mode not usable for this hook");
+                    }
+                }
             }
         }
         tracing::info!(
