@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use crate::guest::{self, Arch};
 
 /// The guest kernels: the newest series of the test matrix, x86-64's and arm64's, and the
-/// oldest (5.10, where fentry mode puts the copy hooks on kprobe).
+/// oldest (5.10, where fentry mode puts the write, read and copy hooks on kprobe).
 /// XTASK_BENCH_GUESTS=arm64-6.12 measures one of them.
 pub fn guests() -> Vec<String> {
     let all = ["6.12", "5.10", "arm64-6.12"];
