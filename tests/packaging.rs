@@ -217,7 +217,7 @@ fn the_image_is_an_oci_layout_whose_layer_runs_the_collector_alone() {
 fn unpack_image(scratch: &Scratch, archive: &Path, arch: &str) -> std::path::PathBuf {
     let layout = scratch.path("layout");
     std::fs::create_dir_all(&layout).unwrap();
-    assert!(Command::new("tar").arg("xf").arg(&archive).arg("-C").arg(&layout).status().unwrap().success());
+    assert!(Command::new("tar").arg("xf").arg(archive).arg("-C").arg(&layout).status().unwrap().success());
     assert_eq!(read_json(&layout.join("oci-layout"))["imageLayoutVersion"], "1.0.0");
     let blob = |digest: &serde_json::Value, size: &serde_json::Value| {
         let hex = digest.as_str().and_then(|d| d.strip_prefix("sha256:")).expect("a sha256 digest");
