@@ -123,7 +123,7 @@ impl Probe {
             };
             match attached {
                 Ok(attached) => return Ok(Probe::attached(ebpf, attached, coalesce_appends)),
-                Err(why) if options.mode.is_some() => return Err(StartError::Refused(why)),
+                Err(why) if options.mode.is_some() => return Err(StartError::Refused(format!("{first}: {why}"))),
                 Err(why) => rejected.push((first, why)),
             }
         }
